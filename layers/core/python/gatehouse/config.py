@@ -1,0 +1,78 @@
+"""Configuration, read once from the environment into a frozen, validated record."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gatehouse import names
+
+
+class ConfigError(ValueError):
+    """A required setting is missing or malformed: the process must not start."""
+
+
+def default_policy_dir() -> Path:
+    return Path(__file__).parent / "policy" / "policies"
+
+
+@dataclass(frozen=True)
+class Settings:
+    log_bucket: str
+    requests_table: str = names.REQUESTS_TABLE
+    connections_table: str = names.CONNECTIONS_TABLE
+    principals_table: str = names.PRINCIPALS_TABLE
+    masking_key_secret: str = names.MASKING_KEY_SECRET
+    policy_dir: Path = default_policy_dir()
+    statement_timeout_ms: int = 5_000
+    max_rows: int = 1_000
+    log_retention_days: int = names.DEFAULT_LOG_RETENTION_DAYS
+    max_body_bytes: int = 256 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        bucket = env.get(names.ENV_LOG_BUCKET, "")
+        if not bucket:
+            raise ConfigError(f"{names.ENV_LOG_BUCKET} is not set")
+        return cls(
+            log_bucket=bucket,
+            requests_table=env.get(names.ENV_REQUESTS_TABLE) or names.REQUESTS_TABLE,
+            connections_table=env.get(names.ENV_CONNECTIONS_TABLE) or names.CONNECTIONS_TABLE,
+            principals_table=env.get(names.ENV_PRINCIPALS_TABLE) or names.PRINCIPALS_TABLE,
+            masking_key_secret=env.get(names.ENV_MASKING_KEY_SECRET) or names.MASKING_KEY_SECRET,
+            policy_dir=Path(env[names.ENV_POLICY_DIR]) if env.get(names.ENV_POLICY_DIR) else default_policy_dir(),
+            statement_timeout_ms=_positive_int(env, names.ENV_STATEMENT_TIMEOUT_MS, 5_000),
+            max_rows=_positive_int(env, names.ENV_MAX_ROWS, 1_000),
+            log_retention_days=_positive_int(
+                env, names.ENV_LOG_RETENTION_DAYS, names.DEFAULT_LOG_RETENTION_DAYS
+            ),
+        )
+
+    def as_env(self) -> dict[str, str]:
+        """The environment a Lambda function (or the local dispatcher) needs for these settings."""
+        return {
+            names.ENV_LOG_BUCKET: self.log_bucket,
+            names.ENV_REQUESTS_TABLE: self.requests_table,
+            names.ENV_CONNECTIONS_TABLE: self.connections_table,
+            names.ENV_PRINCIPALS_TABLE: self.principals_table,
+            names.ENV_MASKING_KEY_SECRET: self.masking_key_secret,
+            names.ENV_STATEMENT_TIMEOUT_MS: str(self.statement_timeout_ms),
+            names.ENV_MAX_ROWS: str(self.max_rows),
+            names.ENV_LOG_RETENTION_DAYS: str(self.log_retention_days),
+        }
+
+
+def _positive_int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{key} must be an integer, got {raw!r}") from exc
+    if value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
+    return value

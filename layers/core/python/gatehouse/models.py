@@ -1,0 +1,152 @@
+"""Domain records shared by every step of the decision path.
+
+Frozen dataclasses: they are built once (from the registry, the parser, the policy engine)
+and passed along, never mutated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class StatementClass(StrEnum):
+    """What a command really does. A closed set; `unknown` is the highest risk."""
+
+    READ = "read"
+    WRITE = "write"
+    DDL = "ddl"
+    PRIVILEGE = "privilege"
+    SESSION = "session"
+    TRANSACTION = "transaction"
+    ADMIN = "admin"
+    UNKNOWN = "unknown"
+
+
+# Strictness order used to reduce a multi-statement text to one class for display;
+# policy decisions are taken per statement and reduced by decision strictness instead.
+CLASS_RISK: Mapping[StatementClass, int] = {
+    StatementClass.TRANSACTION: 0,
+    StatementClass.READ: 1,
+    StatementClass.SESSION: 2,
+    StatementClass.WRITE: 3,
+    StatementClass.DDL: 4,
+    StatementClass.ADMIN: 5,
+    StatementClass.PRIVILEGE: 6,
+    StatementClass.UNKNOWN: 7,
+}
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One classified statement of a command text."""
+
+    text: str
+    cls: StatementClass
+    relations: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+    reason: str = ""  # why this class (e.g. "data-modifying CTE"), shown in decisions and logs
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Every statement of a command text, in order."""
+
+    kind: str  # target kind: "postgres", later "http", "kubernetes", "ssh"
+    statements: tuple[Statement, ...]
+
+    @property
+    def cls(self) -> StatementClass:
+        """The riskiest class among the statements (unknown when there are none)."""
+        if not self.statements:
+            return StatementClass.UNKNOWN
+        return max((s.cls for s in self.statements), key=CLASS_RISK.__getitem__)
+
+    @property
+    def relations(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for s in self.statements:
+            seen.update(dict.fromkeys(s.relations))
+        return tuple(seen)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an agent (IAM identity) or an approver (Slack user)."""
+
+    name: str
+    kind: str  # "agent" | "approver"
+    arn: str = ""
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A registered target. The secret is named, never held."""
+
+    name: str
+    kind: str  # "postgres"
+    host: str
+    port: int
+    database: str
+    secret_id: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # env, data_classification, ...
+    masking_profile: str = "default"
+
+    def public_view(self) -> dict[str, Any]:
+        """What an agent may see: no address, no secret."""
+        return {"name": self.name, "kind": self.kind, "attributes": dict(self.attributes)}
+
+
+class Effect(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVAL = "approval"  # allowed only after a human quorum approves
+
+
+# Strictest wins when a multi-statement text is reduced to one decision.
+EFFECT_RISK: Mapping[Effect, int] = {Effect.ALLOW: 0, Effect.APPROVAL: 1, Effect.DENY: 2}
+
+
+@dataclass(frozen=True)
+class ApprovalRequirement:
+    group: str
+    quorum: int = 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of authorization, naming the policies that made it."""
+
+    effect: Effect
+    policy_ids: tuple[str, ...] = ()
+    approval: ApprovalRequirement | None = None
+    reasons: tuple[str, ...] = ()  # human-readable, e.g. "no policy permits sql:ddl on demo-prod"
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"effect": self.effect.value, "policy_ids": list(self.policy_ids)}
+        if self.approval is not None:
+            out["approval"] = {"group": self.approval.group, "quorum": self.approval.quorum}
+        if self.reasons:
+            out["reasons"] = list(self.reasons)
+        return out
+
+
+@dataclass(frozen=True)
+class MaskedColumn:
+    column: str
+    rule: str  # e.g. "column:email", "detector:card_number"
+    strategy: str  # redact | partial | hash | null
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    row_count: int
+    truncated: bool = False  # more rows existed than the row limit
+    duration_ms: float = 0.0
+    masked: tuple[MaskedColumn, ...] = ()

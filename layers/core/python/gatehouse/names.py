@@ -1,0 +1,59 @@
+"""Resource names shared by the CDK app (`infra/`) and the local stack (`gatehouse.local`).
+
+Both sides build their resources from this module so that the laptop stack and the deployed
+stack cannot drift apart. Names that must be globally unique (the bucket) are functions of the
+account and region; CDK passes its tokens (`Aws.ACCOUNT_ID`, `Aws.REGION`) in.
+"""
+
+from __future__ import annotations
+
+STACK_NAME = "Gatehouse"
+PREFIX = "gatehouse"
+
+# DynamoDB
+REQUESTS_TABLE = f"{PREFIX}-requests"  # pk: request_id (S)
+CONNECTIONS_TABLE = f"{PREFIX}-connections"  # pk: name (S)
+PRINCIPALS_TABLE = f"{PREFIX}-principals"  # pk: principal_key (S): "iam:<arn>" | "slack:<user id>"
+
+# Secrets Manager
+CONNECTION_SECRET_PREFIX = f"{PREFIX}/connections/"  # + connection name -> {"username","password"}
+MASKING_KEY_SECRET = f"{PREFIX}/masking-key"  # HMAC key for keyed-hash masking
+
+# Lambda
+API_FUNCTION = f"{PREFIX}-api"
+
+# Audit (Glue / Athena)
+GLUE_DATABASE = f"{PREFIX}_audit"
+EVENTS_TABLE = f"{PREFIX}_events"
+ATHENA_WORKGROUP = f"{PREFIX}-audit"
+
+# S3 key prefixes inside the session-log bucket
+EVENTS_PREFIX = "events/"
+MANIFESTS_PREFIX = "manifests/"
+
+# Environment variables the Lambda functions and the proxy read (see gatehouse.config).
+ENV_LOG_BUCKET = "GATEHOUSE_LOG_BUCKET"
+ENV_REQUESTS_TABLE = "GATEHOUSE_REQUESTS_TABLE"
+ENV_CONNECTIONS_TABLE = "GATEHOUSE_CONNECTIONS_TABLE"
+ENV_PRINCIPALS_TABLE = "GATEHOUSE_PRINCIPALS_TABLE"
+ENV_MASKING_KEY_SECRET = "GATEHOUSE_MASKING_KEY_SECRET"
+ENV_POLICY_DIR = "GATEHOUSE_POLICY_DIR"
+ENV_STATEMENT_TIMEOUT_MS = "GATEHOUSE_STATEMENT_TIMEOUT_MS"
+ENV_MAX_ROWS = "GATEHOUSE_MAX_ROWS"
+ENV_LOG_RETENTION_DAYS = "GATEHOUSE_LOG_RETENTION_DAYS"
+
+DEFAULT_LOG_RETENTION_DAYS = 365
+LOCAL_LOG_RETENTION_DAYS = 1
+
+
+def connection_secret_name(connection: str) -> str:
+    return f"{CONNECTION_SECRET_PREFIX}{connection}"
+
+
+def session_log_bucket(account: str, region: str) -> str:
+    """Bucket names are global: suffix with account and region (CDK passes tokens)."""
+    return f"{PREFIX}-session-log-{account}-{region}"
+
+
+def athena_results_bucket(account: str, region: str) -> str:
+    return f"{PREFIX}-athena-results-{account}-{region}"
