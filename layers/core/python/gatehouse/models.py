@@ -56,6 +56,9 @@ class Classification:
 
     kind: str  # target kind: "postgres", later "http", "kubernetes", "ssh"
     statements: tuple[Statement, ...]
+    # Set when the text does not parse: the one statement is then `unknown` (highest risk),
+    # and the API refuses it as bad input rather than guessing.
+    parse_error: str | None = None
 
     @property
     def cls(self) -> StatementClass:
