@@ -1,0 +1,49 @@
+# Gatehouse: the two commands a new user runs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install lint test demo synth bench layer clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Gatehouse needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@bash scripts/ensure-postgres.sh
+	@touch $@
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/pytest
+
+demo: install
+	$(BIN)/python -m gatehouse.local.demo
+
+synth: install
+	$(BIN)/python app.py
+	@echo "templates written to cdk.out/"
+
+bench: install
+	$(BIN)/python bench/run.py
+
+# Third-party dependencies for the Lambda layer, built without Docker: manylinux wheels only.
+layer: install
+	rm -rf build/deps-layer
+	$(BIN)/pip install -q --platform manylinux2014_x86_64 --implementation cp --python-version 3.12 \
+		--only-binary=:all: --target build/deps-layer/python \
+		aws-lambda-powertools[tracer]==3.37.0 pydantic==2.14.3 pg8000==1.31.6 requests-aws4auth==1.4.0 \
+		cedarpy==4.12.2 pglast==8.7
+
+clean:
+	rm -rf $(VENV) cdk.out build .gatehouse .bench .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,152 @@
+"""The `gatehouse` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from gatehouse.client import ApiAnswer, ClientConfigError, GatehouseClient
+
+EXIT_OK, EXIT_ERROR, EXIT_DENIED, EXIT_PENDING = 0, 1, 2, 3
+
+
+def _client(args: argparse.Namespace) -> GatehouseClient:
+    if args.as_agent:
+        return GatehouseClient.from_local(args.as_agent)
+    return GatehouseClient.from_env()
+
+
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 40) -> str:
+    def cell(v: Any) -> str:
+        text = "NULL" if v is None else str(v)
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    sep = "-+-".join("-" * w for w in widths)
+    body = [" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([line, sep, *body])
+
+
+def describe(answer: ApiAnswer) -> str:
+    """A human-readable rendering of an API answer."""
+    b = answer.body
+    if "error" in b:
+        return f"error {answer.status_code} {b['error']}: {b.get('message', '')}"
+    decision = b.get("decision") or {}
+    policies = ", ".join(decision.get("policy_ids") or []) or "none"
+    head = (f"request {b.get('request_id')}: {b.get('status')} "
+            f"(class {b.get('statement_class')}, decision {decision.get('effect')}, policies {policies})")
+    lines = [head]
+    if b.get("status") == "denied" and decision.get("reasons"):
+        lines.append("  reason: " + "; ".join(decision["reasons"]))
+    if b.get("status") == "pending_approval" and decision.get("approval"):
+        appr = decision["approval"]
+        lines.append(f"  waiting for {appr.get('quorum', 1)} approval(s) from group {appr.get('group')}")
+    if b.get("columns"):
+        lines.append(format_table(b["columns"], b.get("rows") or []))
+    if "row_count" in b and b.get("status") == "executed":
+        more = " (truncated at the row limit)" if b.get("truncated") else ""
+        lines.append(f"({b['row_count']} rows, {b.get('duration_ms')} ms){more}")
+    if b.get("masked"):
+        masked = ", ".join(f"{m['column']} by {m['rule']} ({m['strategy']})" for m in b["masked"])
+        lines.append(f"masked: {masked}")
+    return "\n".join(lines)
+
+
+def _exit_code(answer: ApiAnswer) -> int:
+    if answer.status_code >= 400 and answer.body.get("status") != "denied":
+        return EXIT_ERROR
+    return {"denied": EXIT_DENIED, "pending_approval": EXIT_PENDING}.get(
+        str(answer.body.get("status")), EXIT_OK
+    )
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    client = _client(args)
+    answer = client.submit(args.connection, args.sql, args.reason or "")
+    deadline = time.monotonic() + (args.wait or 0)
+    while answer.body.get("status") == "pending_approval" and time.monotonic() < deadline:
+        remaining = max(1, min(20, int(deadline - time.monotonic())))
+        polled = client.get_request(answer.body["request_id"], wait=remaining)
+        if polled.body.get("status") != "pending_approval":
+            answer = polled
+            break
+        time.sleep(1)
+    print(json.dumps(answer.body, indent=2) if args.json else describe(answer))
+    return _exit_code(answer)
+
+
+def cmd_requests_get(args: argparse.Namespace) -> int:
+    answer = _client(args).get_request(args.request_id)
+    print(json.dumps(answer.body, indent=2) if args.json else describe(answer))
+    return EXIT_OK if answer.ok else EXIT_ERROR
+
+
+def cmd_connections(args: argparse.Namespace) -> int:
+    answer = _client(args).list_connections()
+    if args.json or not answer.ok:
+        print(json.dumps(answer.body, indent=2))
+        return EXIT_OK if answer.ok else EXIT_ERROR
+    for conn in answer.body.get("connections", []):
+        actions = ", ".join(f"{k}={v}" for k, v in (conn.get("actions") or {}).items())
+        print(f"{conn['name']} ({conn['kind']}) {json.dumps(conn.get('attributes', {}))} {actions}")
+    return EXIT_OK
+
+
+def _agent_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--as", dest="as_agent", metavar="AGENT",
+                   help="act as this agent of the local stack (.gatehouse/local.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gatehouse.audit import cli as audit_cli
+    from gatehouse.local import cli as local_cli
+
+    parser = argparse.ArgumentParser(prog="gatehouse", description="Gatehouse: an access gateway for AI agents")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("exec", help="run a command through Gatehouse")
+    p.add_argument("--connection", required=True)
+    p.add_argument("--sql", required=True)
+    p.add_argument("--reason", default="")
+    p.add_argument("--wait", type=int, default=0, metavar="SECONDS",
+                   help="wait this long for an approval before returning")
+    p.add_argument("--json", action="store_true")
+    _agent_option(p)
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("requests", help="read back requests")
+    rsub = p.add_subparsers(dest="requests_command", required=True)
+    g = rsub.add_parser("get", help="a request's record")
+    g.add_argument("request_id")
+    g.add_argument("--json", action="store_true")
+    _agent_option(g)
+    g.set_defaults(func=cmd_requests_get)
+
+    p = sub.add_parser("connections", help="connections you may use")
+    p.add_argument("--json", action="store_true")
+    _agent_option(p)
+    p.set_defaults(func=cmd_connections)
+
+    local_cli.register(sub)
+    audit_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ClientConfigError as exc:
+        print(f"gatehouse: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Wire the service from settings and boto3 clients, once per process (never at import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from gatehouse.approvals import RequestStore
+from gatehouse.config import Settings
+from gatehouse.policy import PolicyEngine
+from gatehouse.registry import Registry
+from gatehouse.secrets import SecretStore
+from gatehouse.service import Gatehouse
+
+# Retries here are botocore's; the session log adds its own backoff on top (gatehouse.audit).
+_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=3, read_timeout=10)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    service: Gatehouse
+    registry: Registry
+
+
+def build_runtime(settings: Settings, session: Any = None) -> Runtime:
+    """Clients come from `session` (a boto3 Session) so tests can point them at moto."""
+    session = session or boto3.session.Session()
+    ddb = session.client("dynamodb", config=_BOTO_CONFIG)
+    registry = Registry(ddb, settings.connections_table, settings.principals_table)
+    secrets = SecretStore(session.client("secretsmanager", config=_BOTO_CONFIG))
+    service = Gatehouse(
+        settings,
+        registry=registry,
+        # Parsed and validated once per process; an invalid policy set stops startup here.
+        policy=PolicyEngine.from_dir(settings.policy_dir),
+        secrets=secrets,
+        requests=RequestStore(ddb, settings.requests_table),
+        s3_client=session.client("s3", config=_BOTO_CONFIG),
+    )
+    return Runtime(settings=settings, service=service, registry=registry)

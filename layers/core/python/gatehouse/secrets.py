@@ -1,0 +1,62 @@
+"""Credentials from Secrets Manager, fetched at run time and cached briefly.
+
+A credential never leaves this module's callers: it is not returned to agents, not logged, and
+not written to the session log. Errors name the secret, never its value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.utilities.parameters import SecretsProvider
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError, TransformParameterError
+
+from gatehouse.exceptions import SecretUnavailableError
+
+# Long enough to spare Secrets Manager a call per request, short enough that a rotated
+# password is picked up within a minute.
+CACHE_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class DatabaseCredential:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # keep the password out of any accidental log line or traceback
+        return f"DatabaseCredential(username={self.username!r}, password='***')"
+
+
+class SecretStore:
+    """Reads Gatehouse's secrets through powertools' cached SecretsProvider."""
+
+    def __init__(self, secrets_client: Any = None, cache_seconds: int = CACHE_SECONDS) -> None:
+        self._provider = SecretsProvider(boto3_client=secrets_client)
+        self._max_age = cache_seconds
+
+    def database_credential(self, secret_id: str) -> DatabaseCredential:
+        value = self._get(secret_id, transform="json")
+        if not isinstance(value, dict) or not value.get("username") or not value.get("password"):
+            raise SecretUnavailableError(f"secret {secret_id} has no username/password")
+        return DatabaseCredential(username=str(value["username"]), password=str(value["password"]))
+
+    def binary_key(self, secret_id: str) -> bytes:
+        """A key stored as base64 text (the masking HMAC key)."""
+        value = self._get(secret_id, transform=None)
+        try:
+            key = base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise SecretUnavailableError(f"secret {secret_id} is not base64") from exc
+        if len(key) < 16:
+            raise SecretUnavailableError(f"secret {secret_id} is shorter than 128 bits")
+        return key
+
+    def _get(self, secret_id: str, transform: Any) -> Any:
+        try:
+            return self._provider.get(secret_id, max_age=self._max_age, transform=transform)
+        except (GetParameterError, TransformParameterError) as exc:
+            # The provider's message can quote the SDK error, never the value; keep only the name.
+            raise SecretUnavailableError(f"secret {secret_id} could not be read") from exc
