@@ -1,0 +1,209 @@
+"""The agent API: an HTTP API (IAM SigV4 on every route) in front of the `functions/api` function."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import jsii
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_apigatewayv2 as apigwv2
+from aws_cdk import aws_apigatewayv2_authorizers as authorizers
+from aws_cdk import aws_apigatewayv2_integrations as integrations
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+from gatehouse import names
+from gatehouse.config import Settings
+
+from infra.context import REPO_ROOT, InfraContext
+from infra.functions import GatehouseFunction
+from infra.nag import acknowledge
+from infra.secrets import Secrets
+from infra.tables import Tables
+
+API_CODE_DIR = REPO_ROOT / "functions" / "api"
+
+# (method, path): the agent-facing routes of DESIGN.md. POST /slack/interactions is not here: Slack
+# cannot sign with SigV4, so it gets its own function and its own (signature-checked) route.
+ROUTES: tuple[tuple[apigwv2.HttpMethod, str], ...] = (
+    (apigwv2.HttpMethod.POST, "/v1/requests"),
+    (apigwv2.HttpMethod.GET, "/v1/requests/{id}"),
+    (apigwv2.HttpMethod.GET, "/v1/connections"),
+    (apigwv2.HttpMethod.POST, "/v1/proxy-tokens"),
+    (apigwv2.HttpMethod.GET, "/v1/openapi.json"),
+)
+
+# Long polls (`GET /v1/requests/{id}?wait=N`) stay under API Gateway's 30 s integration limit.
+API_TIMEOUT = Duration.seconds(29)
+
+# One JSON line per request; `userArn` is the SigV4 caller, which is what an auditor asks first.
+_ACCESS_LOG_FORMAT = {
+    "requestId": "$context.requestId",
+    "requestTime": "$context.requestTime",
+    "sourceIp": "$context.identity.sourceIp",
+    "userArn": "$context.identity.userArn",
+    "routeKey": "$context.routeKey",
+    "status": "$context.status",
+    "protocol": "$context.protocol",
+    "responseLength": "$context.responseLength",
+    "responseLatency": "$context.responseLatency",
+    "integrationLatency": "$context.integrationLatency",
+    "integrationError": "$context.integrationErrorMessage",
+    "authorizerError": "$context.authorizer.error",
+}
+
+
+@jsii.implements(apigwv2.IAccessLogSettings)
+class _AccessLogSettings:
+    def __init__(self, log_group: logs.ILogGroup) -> None:
+        self._destination = apigwv2.LogGroupLogDestination(log_group)
+
+    @property
+    def destination(self) -> apigwv2.IAccessLogDestination:
+        return self._destination
+
+    @property
+    def format(self) -> apigw.AccessLogFormat:
+        return apigw.AccessLogFormat.custom(json.dumps(_ACCESS_LOG_FORMAT, separators=(",", ":")))
+
+
+class ApiFunction(Construct):
+    """The function behind every agent route, with read/write grants on exactly what it touches."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        context: InfraContext,
+        layers: Sequence[lambda_.ILayerVersion],
+        tables: Tables,
+        secrets: Secrets,
+        log_bucket: s3.IBucket,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        settings = Settings(
+            log_bucket=log_bucket.bucket_name,
+            requests_table=tables.requests.table_name,
+            connections_table=tables.connections.table_name,
+            principals_table=tables.principals.table_name,
+            masking_key_secret=secrets.masking_key.secret_arn,
+            log_retention_days=context.log_retention_days,
+        )
+        built = GatehouseFunction(
+            self,
+            "Api",
+            function_name=names.API_FUNCTION,
+            description="Gatehouse agent API: classify, authorize, execute, mask, record.",
+            code_dir=API_CODE_DIR,
+            handler="handler.lambda_handler",
+            service_name=names.API_FUNCTION,
+            layers=layers,
+            environment=settings.as_env(),
+            context=context,
+            timeout=API_TIMEOUT,
+            reserved_concurrency=context.api_reserved_concurrency,
+        )
+        self.function = built.function
+        role = built.role
+
+        # Request records are written and updated (votes, status), never deleted: expiry is TTL's.
+        tables.requests.grant(
+            role,
+            "dynamodb:GetItem",
+            "dynamodb:BatchGetItem",
+            "dynamodb:Query",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:ConditionCheckItem",
+            "dynamodb:DescribeTable",
+        )
+        tables.connections.grant_read_data(role)
+        tables.principals.grant_read_data(role)
+        secrets.grant_read(role)
+        # The session log is append-only for this function: no s3:DeleteObject*, no s3:PutBucket*,
+        # no s3:BypassGovernanceRetention. A write may carry its own retain-until date (in
+        # COMPLIANCE mode it can only move later) but never a weaker mode than the bucket's default.
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject", "s3:PutObjectRetention"],
+                resources=[log_bucket.arn_for_objects("*")],
+                conditions={"StringEqualsIfExists": {"s3:object-lock-mode": "COMPLIANCE"}},
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[log_bucket.arn_for_objects("*")])
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[log_bucket.bucket_arn])
+        )
+        stack = Stack.of(self)
+        bucket_logical_id = stack.resolve(stack.get_logical_id(log_bucket.node.default_child))
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::<{bucket_logical_id}.Arn>/*]",
+            "Session log keys are events/dt=<day>/session=<id>/<seq>.json and manifests/...: new "
+            "keys on every request, so objects are granted by the bucket's key wildcard (put and "
+            "get, never delete).",
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
+            f"<AWS::AccountId>:secret:{names.CONNECTION_SECRET_PREFIX}*]",
+            "Operators create one secret per connection under gatehouse/connections/ after deploy; "
+            "the function reads that prefix only (and the masking key by its ARN).",
+        )
+
+
+class HttpApi(Construct):
+    """Every route requires SigV4 (AWS_IAM); throttled and access-logged at the $default stage."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        context: InfraContext,
+        function: lambda_.IFunction,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.api = apigwv2.HttpApi(
+            self,
+            "Api",
+            api_name=names.PREFIX,
+            description="Gatehouse agent API (IAM SigV4).",
+            default_authorizer=authorizers.HttpIamAuthorizer(),
+            # The stage below is the $default one, with logging and throttling.
+            create_default_stage=False,
+        )
+        integration = integrations.HttpLambdaIntegration("ApiFunction", function)
+        for method, path in ROUTES:
+            self.api.add_routes(path=path, methods=[method], integration=integration)
+
+        self.access_logs = logs.LogGroup(
+            self,
+            "AccessLogs",
+            retention=context.function_log_retention,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.stage = apigwv2.HttpStage(
+            self,
+            "DefaultStage",
+            http_api=self.api,
+            stage_name="$default",
+            auto_deploy=True,
+            detailed_metrics_enabled=True,
+            throttle=apigwv2.ThrottleSettings(
+                rate_limit=context.api_throttle_rate_limit,
+                burst_limit=context.api_throttle_burst_limit,
+            ),
+            access_log_settings=_AccessLogSettings(self.access_logs),
+        )
+
+    @property
+    def url(self) -> str:
+        return self.stage.url

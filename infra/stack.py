@@ -1,0 +1,61 @@
+"""The Gatehouse stack: one construct per concern, composed here and nowhere else."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Stack
+from constructs import Construct
+
+from infra.api import ApiFunction, HttpApi
+from infra.audit_analytics import AuditAnalytics
+from infra.audit_log import AccessLogsBucket, SessionLogBucket
+from infra.context import InfraContext
+from infra.core_layer import CoreLayers
+from infra.secrets import Secrets
+from infra.tables import Tables
+
+
+class GatehouseStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str, **kwargs: object) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        context = InfraContext.from_node(self)
+
+        access_logs = AccessLogsBucket(self, "AccessLogs", retention_days=context.log_retention_days)
+        self.session_log = SessionLogBucket(
+            self,
+            "SessionLog",
+            retention_days=context.log_retention_days,
+            access_logs=access_logs.bucket,
+        )
+        self.tables = Tables(self, "Tables")
+        self.secrets = Secrets(self, "Secrets")
+        self.layers = CoreLayers(self, "Layers", context=context)
+        self.api_function = ApiFunction(
+            self,
+            "ApiFunction",
+            context=context,
+            layers=self.layers.layers,
+            tables=self.tables,
+            secrets=self.secrets,
+            log_bucket=self.session_log.bucket,
+        )
+        self.http_api = HttpApi(self, "HttpApi", context=context, function=self.api_function.function)
+        self.audit_analytics = AuditAnalytics(
+            self,
+            "AuditAnalytics",
+            log_bucket=self.session_log.bucket,
+            access_logs=access_logs.bucket,
+        )
+
+        CfnOutput(self, "ApiUrl", value=self.http_api.url, description="Base URL of the agent API.")
+        CfnOutput(
+            self,
+            "SessionLogBucketName",
+            value=self.session_log.bucket.bucket_name,
+            description="The session log (Object Lock, COMPLIANCE).",
+        )
+        CfnOutput(
+            self,
+            "AthenaWorkGroup",
+            value=self.audit_analytics.workgroup.name,
+            description="Athena workgroup for audit queries.",
+        )
