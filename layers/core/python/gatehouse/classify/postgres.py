@@ -237,6 +237,15 @@ IDENTITY_SETTINGS = {"role": "ROLE", "session_authorization": "SESSION AUTHORIZA
 TRANSACTION_SETTINGS = frozenset(
     {"TRANSACTION", "transaction_isolation", "transaction_read_only", "transaction_deferrable"}
 )
+TRANSACTION_LABELS = {
+    "TRANS_STMT_BEGIN": "BEGIN",
+    "TRANS_STMT_START": "START TRANSACTION",
+    "TRANS_STMT_COMMIT": "COMMIT",
+    "TRANS_STMT_ROLLBACK": "ROLLBACK",
+    "TRANS_STMT_SAVEPOINT": "SAVEPOINT",
+    "TRANS_STMT_RELEASE": "RELEASE SAVEPOINT",
+    "TRANS_STMT_ROLLBACK_TO": "ROLLBACK TO SAVEPOINT",
+}
 TWO_PHASE = {
     "TRANS_STMT_PREPARE": "PREPARE TRANSACTION leaves a two-phase transaction on the server",
     "TRANS_STMT_COMMIT_PREPARED": "COMMIT PREPARED finishes a two-phase transaction",
@@ -414,7 +423,7 @@ def _transaction(body: Node) -> Finding:
     kind = body.get("kind", "")
     if kind in TWO_PHASE:
         return ADMIN, TWO_PHASE[kind]
-    label = kind.removeprefix("TRANS_STMT_").replace("_", " ")
+    label = TRANSACTION_LABELS.get(kind, "transaction control")
     return TRANSACTION, f"{label} controls the transaction"
 
 

