@@ -152,18 +152,30 @@ class PolicyEngine:
         return tuple(self._by_cedar_id.values())
 
     def _check_actions(self) -> None:
-        """Fail at load, not at the first request, when the schema lacks an action we send."""
-        probe_principal = Principal(name="gatehouse-schema-probe", kind="agent")
-        probe_connection = Connection(
-            name="gatehouse-schema-probe", kind="postgres", host="", port=0, database="", secret_id=""
+        """Fail at load, not at the first request, when the schema does not fit what we send.
+
+        Every action `sql:<class>` is probed with entities and a context of the shape `authorize`
+        builds, against an empty policy set: only the schema can object.
+        """
+        principal = Principal(name="gatehouse-schema-probe", kind="agent")
+        target = Connection(
+            name="gatehouse-schema-probe", kind="", host="", port=0, database="", secret_id=""
         )
         probe = Classification(
             kind="postgres", statements=tuple(Statement(text="", cls=cls) for cls in StatementClass)
         )
         try:
-            self._evaluate(probe_principal, probe_connection, probe, "", datetime.now(UTC))
-        except PolicyError as exc:
-            raise PolicyError(f"the schema does not fit the requests Gatehouse sends: {exc.message}") from exc
+            entities = self._entity_set(principal, target)
+            requests = _requests(principal, target, probe, "", datetime.now(UTC))
+            results = cedarpy.is_authorized_batch(
+                requests, cedarpy.PolicySet.from_str(""), entities, self._schema
+            )
+        except (PolicyError, ValueError) as exc:
+            raise PolicyError(f"the schema does not fit the requests Gatehouse sends: {exc}") from exc
+        for stmt, result in zip(probe.statements, results, strict=True):
+            if result.diagnostics.errors or result.decision is cedarpy.Decision.NoDecision:
+                detail = "; ".join(str(e) for e in result.diagnostics.errors) or "no decision"
+                raise PolicyError(f"the schema does not fit sql:{stmt.cls.value} requests: {detail}")
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -197,24 +209,7 @@ class PolicyEngine:
         now: datetime,
     ) -> list[_StatementDecision]:
         statements = classification.statements
-        utc = now.astimezone(UTC) if now.tzinfo is not None else now
-        shared = {
-            "statement_count": len(statements),
-            "reason": reason,
-            "hour_utc": utc.hour,
-            "weekday": WEEKDAYS[utc.weekday()],
-        }
-        principal_uid = {"type": AGENT_TYPE, "id": principal.name}
-        resource_uid = {"type": CONNECTION_TYPE, "id": connection.name}
-        requests = [
-            {
-                "principal": principal_uid,
-                "action": {"type": ACTION_TYPE, "id": f"sql:{s.cls.value}"},
-                "resource": resource_uid,
-                "context": {"relations": list(s.relations), "functions": list(s.functions), **shared},
-            }
-            for s in statements
-        ]
+        requests = _requests(principal, connection, classification, reason, now)
         entities = self._entity_set(principal, connection)
         try:
             results = cedarpy.is_authorized_batch(requests, self._policy_set, entities, self._schema)
@@ -374,6 +369,35 @@ def _policy_info(policy_id: str, policy: Mapping[str, Any], source: str) -> Poli
 
 
 # -- deciding helpers ------------------------------------------------------------------------------
+
+
+def _requests(
+    principal: Principal,
+    connection: Connection,
+    classification: Classification,
+    reason: str,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """One Cedar request per statement, action `sql:<class>`, in statement order."""
+    statements = classification.statements
+    utc = now.astimezone(UTC) if now.tzinfo is not None else now
+    shared = {
+        "statement_count": len(statements),
+        "reason": reason,
+        "hour_utc": utc.hour,
+        "weekday": WEEKDAYS[utc.weekday()],
+    }
+    principal_uid = {"type": AGENT_TYPE, "id": principal.name}
+    resource_uid = {"type": CONNECTION_TYPE, "id": connection.name}
+    return [
+        {
+            "principal": principal_uid,
+            "action": {"type": ACTION_TYPE, "id": f"sql:{s.cls.value}"},
+            "resource": resource_uid,
+            "context": {"relations": list(s.relations), "functions": list(s.functions), **shared},
+        }
+        for s in statements
+    ]
 
 
 def _combine(decisions: Sequence[_StatementDecision]) -> Decision:
