@@ -1,0 +1,594 @@
+"""The session log writer: one S3 object per event, written once, locked, hash-chained.
+
+S3 layout (inside the session-log bucket)::
+
+    events/dt=YYYY-MM-DD/session=<session_id>/<seq:08d>.json   one event, one JSON line
+    manifests/<session_id>.json                                written when the session closes
+
+`dt` is the UTC date of the event's own `time`, so Athena partition projection (`dt` projected as a
+date, `storage.location.template = s3://<bucket>/events/dt=${dt}/`) prunes a time-bounded query to
+exactly the days it covers; Athena reads the `session=` folders below a partition as part of it.
+A session that runs past midnight has objects under two dates; `resume` and `verify` find them.
+
+Every object is written with:
+- `ObjectLockMode=COMPLIANCE` and a retain-until date `retention_days` from now (wall clock);
+- `ChecksumAlgorithm=SHA256` with the body's SHA-256: S3 (and moto) refuse an Object Lock put
+  without an integrity header (Content-MD5 or x-amz-sdk-checksum-algorithm);
+- `IfNoneMatch="*"`: the put fails (412) if the key exists, so a key is written once, and two
+  writers that continue the same chain cannot both claim a seq (the loser adopts the winner's
+  event and writes after it).
+
+Durability: throttling, 5xx and connection errors are retried with exponential backoff and full
+jitter (`RetryPolicy`, bounded in attempts and total time). When the retries run out `append`
+raises `AuditWriteError` and the chain does not advance; the caller must not run the command.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+
+from gatehouse import names
+from gatehouse.audit import events
+from gatehouse.exceptions import AuditWriteError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_EVENT_KEY = re.compile(
+    "^" + re.escape(names.EVENTS_PREFIX) + r"dt=(\d{4}-\d{2}-\d{2})/session=([^/]+)/(\d{8})\.json$"
+)
+
+# S3 error codes worth another try; any 5xx or 429 status is retried as well.
+_RETRYABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+    }
+)
+
+
+class SessionClosedError(AuditWriteError):
+    """The session already ended: nothing more may be recorded in it (so nothing may run)."""
+
+    code = "audit_session_closed"
+    status = 409
+
+
+class ChainConflictError(AuditWriteError):
+    """Another writer stored a different event at this position: the chain cannot continue safely."""
+
+    code = "audit_chain_conflict"
+    status = 409
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded in attempts and in total time."""
+
+    max_attempts: int = 5
+    base_delay_s: float = 0.05
+    max_delay_s: float = 1.0
+    total_timeout_s: float = 5.0
+    sleep: Callable[[float], None] = time.sleep
+    random: Callable[[], float] = random.random
+    monotonic: Callable[[], float] = time.monotonic
+
+    def delay(self, retry: int) -> float:
+        """The pause before retry number `retry` (1-based): uniform in [0, min(cap, base * 2^n))."""
+        return self.random() * min(self.max_delay_s, self.base_delay_s * (2 ** (retry - 1)))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return error.get("Code") in _RETRYABLE_CODES or status >= 500 or status == 429
+    # EndpointConnectionError, ConnectTimeoutError (ConnectionError); ReadTimeoutError,
+    # ConnectionClosedError (HTTPClientError): the request may or may not have reached S3.
+    return isinstance(exc, ConnectionError | HTTPClientError)
+
+
+def call_with_retry(policy: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
+    """Run `fn`, retrying transient S3 failures; raise AuditWriteError when they do not pass."""
+    deadline = policy.monotonic() + policy.total_timeout_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except (ClientError, BotoCoreError) as exc:
+            if not is_retryable(exc):
+                raise
+            pause = policy.delay(attempt)
+            if attempt >= policy.max_attempts or policy.monotonic() + pause > deadline:
+                log.error("session log: %s failed after %d attempt(s): %s", what, attempt, exc)
+                raise AuditWriteError(f"the session log is unavailable ({what}: {_describe(exc)})") from exc
+            log.warning("session log: %s failed (attempt %d), retrying: %s", what, attempt, exc)
+            policy.sleep(pause)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
+    return type(exc).__name__
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code") or "")
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def is_not_found(exc: ClientError) -> bool:
+    return _error_code(exc) in {"NoSuchKey", "404", "NotFound"} or _status(exc) == 404
+
+
+def is_precondition_failed(exc: ClientError) -> bool:
+    return _error_code(exc) == "PreconditionFailed" or _status(exc) == 412
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+def event_key(session_id: str, seq: int, time_text: str) -> str:
+    return f"{names.EVENTS_PREFIX}dt={time_text[:10]}/session={session_id}/{seq:08d}.json"
+
+
+def manifest_key(session_id: str) -> str:
+    return f"{names.MANIFESTS_PREFIX}{session_id}.json"
+
+
+@dataclass(frozen=True)
+class EventKey:
+    key: str
+    dt: str
+    session_id: str
+    seq: int
+
+
+def parse_event_key(key: str) -> EventKey | None:
+    match = _EVENT_KEY.match(key)
+    if match is None:
+        return None
+    return EventKey(key=key, dt=match.group(1), session_id=match.group(2), seq=int(match.group(3)))
+
+
+def list_keys(s3_client: Any, bucket: str, prefix: str, *, delimiter: str | None = None) -> Iterator[str]:
+    """Keys (or, with a delimiter, common prefixes) under `prefix`, across pages."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if delimiter:
+        kwargs["Delimiter"] = delimiter
+    for page in s3_client.get_paginator("list_objects_v2").paginate(**kwargs):
+        if delimiter:
+            yield from (p["Prefix"] for p in page.get("CommonPrefixes", []))
+        else:
+            yield from (o["Key"] for o in page.get("Contents", []))
+
+
+def list_partitions(s3_client: Any, bucket: str) -> list[str]:
+    """The `events/dt=.../` prefixes, newest first."""
+    return sorted(list_keys(s3_client, bucket, names.EVENTS_PREFIX, delimiter="/"), reverse=True)
+
+
+def find_session_keys(
+    s3_client: Any, bucket: str, session_id: str, *, stop_at_first_event: bool = False
+) -> list[EventKey]:
+    """Every event key of a session, in seq order (one list call per day partition, newest first).
+
+    With `stop_at_first_event` the scan ends at the partition holding seq 0: sessions run forward in
+    time, so nothing of theirs is older (a tamperer's misplaced copy could be: `verify` scans all).
+    """
+    found: list[EventKey] = []
+    for partition in list_partitions(s3_client, bucket):
+        for key in list_keys(s3_client, bucket, f"{partition}session={session_id}/"):
+            parsed = parse_event_key(key)
+            if parsed is not None and parsed.session_id == session_id:
+                found.append(parsed)
+        if stop_at_first_event and any(k.seq == 0 for k in found):
+            break
+    return sorted(found, key=lambda k: (k.seq, k.dt))
+
+
+# -- the writer --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Chain:
+    next_seq: int = 0
+    last_hash: str = events.GENESIS_HASH
+    first_hash: str | None = None
+    first_time: str | None = None
+    last_time: str | None = None
+    keys: list[str] = field(default_factory=list)
+    closed_event: dict[str, Any] | None = None
+
+
+class SessionLog:
+    """The hash-chained event log of one session. Build it with `start` or `resume`."""
+
+    # How many events written by a concurrent writer one append may adopt before giving up.
+    MAX_ADOPTIONS = 8
+
+    def __init__(
+        self,
+        s3_client: Any,
+        bucket: str,
+        *,
+        session: Mapping[str, Any],
+        retention_days: int,
+        clock: Callable[[], Any] | None = None,
+        retry: RetryPolicy | None = None,
+        chain: _Chain | None = None,
+    ) -> None:
+        if retention_days <= 0:
+            raise ValueError("retention_days must be positive")
+        self._s3 = s3_client
+        self._bucket = bucket
+        self._session = dict(session)
+        self._retention = timedelta(days=retention_days)
+        self._clock = clock or time.time
+        self._retry = retry or DEFAULT_RETRY
+        self._chain = chain or _Chain()
+        # The key of an append that failed: its put may still have landed (a timeout after S3
+        # stored it), so the next append looks there first.
+        self._pending_key: str | None = None
+        self._manifest: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(
+        cls,
+        s3_client: Any,
+        bucket: str,
+        *,
+        session_id: str,
+        principal_arn: str,
+        principal_name: str,
+        connection: str,
+        target_kind: str,
+        retention_days: int,
+        request_id: str | None = None,
+        connection_env: str | None = None,
+        clock: Callable[[], Any] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> SessionLog:
+        """A new session. Nothing is written until the first `append`."""
+        session = {
+            "session_id": events.check_session_id(session_id),
+            "request_id": request_id,
+            "principal_arn": principal_arn,
+            "principal_name": principal_name,
+            "connection": connection,
+            "connection_env": connection_env,
+            "target_kind": target_kind,
+        }
+        for name in ("principal_arn", "principal_name", "connection", "target_kind", "request_id"):
+            value = session[name]
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string")
+        if not target_kind:
+            raise ValueError("target_kind is required")
+        return cls(
+            s3_client, bucket, session=session, retention_days=retention_days, clock=clock, retry=retry
+        )
+
+    @classmethod
+    def resume(
+        cls,
+        s3_client: Any,
+        bucket: str,
+        *,
+        session_id: str,
+        retention_days: int,
+        clock: Callable[[], Any] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> SessionLog:
+        """Continue a chain an earlier process wrote (e.g. when an approval arrives).
+
+        Reads the session's keys and its last event; session constants come from that event.
+        Raises NotFoundError for an unknown session, SessionClosedError for a closed one, and
+        AuditWriteError when the last event does not check out (its hash, its position) or S3
+        cannot be read.
+        """
+        events.check_session_id(session_id)
+        policy = retry or DEFAULT_RETRY
+        keys = guarded(
+            policy,
+            "list session",
+            lambda: find_session_keys(s3_client, bucket, session_id, stop_at_first_event=True),
+        )
+        if not keys:
+            raise NotFoundError(f"no session log for {session_id}")
+        seqs = [k.seq for k in keys]
+        if seqs != list(range(len(seqs))):
+            raise AuditWriteError(f"session {session_id}: its log has gaps or duplicates; run verify")
+        first = _read_event(s3_client, bucket, keys[0].key, policy)
+        last = first if len(keys) == 1 else _read_event(s3_client, bucket, keys[-1].key, policy)
+        for ek, event in ((keys[0], first), (keys[-1], last)):
+            if events.event_hash(event) != event["hash"] or event["seq"] != ek.seq:
+                raise AuditWriteError(f"session {session_id}: event {ek.seq} does not check out; run verify")
+        if first["prev_hash"] != events.GENESIS_HASH:
+            raise AuditWriteError(f"session {session_id}: event 0 does not start the chain; run verify")
+        if last["kind"] == events.EventKind.SESSION_CLOSED:
+            raise SessionClosedError(f"session {session_id} is closed")
+        chain = _Chain(
+            next_seq=last["seq"] + 1,
+            last_hash=last["hash"],
+            first_hash=first["hash"],
+            first_time=first["time"],
+            last_time=last["time"],
+            keys=[k.key for k in keys],
+        )
+        session = {name: last.get(name) for name in events.SESSION_FIELDS}
+        return cls(
+            s3_client,
+            bucket,
+            session=session,
+            retention_days=retention_days,
+            clock=clock,
+            retry=retry,
+            chain=chain,
+        )
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return str(self._session["session_id"])
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next event will get (the number of events stored so far)."""
+        return self._chain.next_seq
+
+    @property
+    def last_hash(self) -> str:
+        return self._chain.last_hash
+
+    @property
+    def closed(self) -> bool:
+        return self._chain.closed_event is not None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self._chain.keys)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Record one event and return it as stored. Raises AuditWriteError when it cannot.
+
+        `fields` are schema columns by name (`events.APPEND_FIELDS`); an unknown name or a bad
+        value is a ValueError. A failed append leaves seq and prev_hash where they were.
+        """
+        if kind not in events.EVENT_KINDS:
+            raise ValueError(f"unknown event kind {kind!r}; one of {', '.join(events.EVENT_KINDS)}")
+        if kind == events.EventKind.SESSION_CLOSED:
+            raise ValueError("use close() to end a session")
+        cleaned = events.clean_fields(fields)
+        with self._lock:
+            return self._append(kind, cleaned)
+
+    def close(self) -> dict[str, Any]:
+        """End the session: append `session_closed`, write the manifest, return the manifest.
+
+        Idempotent: after a failure, call it again to finish; after success it returns the manifest.
+        """
+        with self._lock:
+            if self._manifest is not None:
+                return dict(self._manifest)
+            if self._chain.closed_event is None:
+                self._append(events.EventKind.SESSION_CLOSED.value, {})
+            manifest = self._build_manifest()
+            body = (json.dumps(manifest, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+            key = manifest_key(self.session_id)
+            if not self._put_once(key, body, "write manifest"):
+                existing = self._get(key, "read manifest")
+                if existing != body:
+                    raise ChainConflictError(f"session {self.session_id}: a different manifest exists")
+            self._manifest = manifest
+            return dict(manifest)
+
+    def _append(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        if self._chain.closed_event is not None:
+            raise SessionClosedError(f"session {self.session_id} is closed")
+        self._settle_pending()
+        if "connection_env" in fields and fields["connection_env"] is not None:
+            self._session["connection_env"] = fields["connection_env"]
+        moment = self._now()
+        adoptions = 0
+        while True:
+            event = events.build_event(
+                kind=kind,
+                seq=self._chain.next_seq,
+                prev_hash=self._chain.last_hash,
+                moment=moment,
+                session=self._session,
+                fields=fields,
+            )
+            key = event_key(self.session_id, event["seq"], event["time"])
+            body = events.serialize(event)
+            try:
+                written = self._put_once(key, body, f"write event {event['seq']}")
+            except AuditWriteError:
+                self._pending_key = key
+                raise
+            if written:
+                self._advance(key, event)
+                return event
+            # The key exists: our own earlier put that landed, or another writer's event.
+            existing_body = self._get(key, f"read event {event['seq']}")
+            if existing_body == body:
+                self._advance(key, event)
+                return event
+            self._adopt(key, existing_body)
+            adoptions += 1
+            if self._chain.closed_event is not None:
+                raise SessionClosedError(f"session {self.session_id} was closed by another writer")
+            if adoptions >= self.MAX_ADOPTIONS:
+                raise ChainConflictError(f"session {self.session_id}: too many concurrent writers")
+
+    def _settle_pending(self) -> None:
+        """After a failed append, learn whether its put landed after all, and adopt it if it did."""
+        key = self._pending_key
+        if key is None:
+            return
+        body = self._get_if_exists(key, "check the last failed write")
+        if body is not None:
+            self._adopt(key, body)
+        self._pending_key = None
+
+    def _adopt(self, key: str, body: bytes) -> None:
+        """Accept an event stored at our next position if it continues our chain exactly."""
+        try:
+            event = events.parse_event(body)
+        except ValueError as exc:
+            raise ChainConflictError(f"session {self.session_id}: unreadable event at {key}") from exc
+        if (
+            event["session_id"] != self.session_id
+            or event["seq"] != self._chain.next_seq
+            or event["prev_hash"] != self._chain.last_hash
+            or events.event_hash(event) != event["hash"]
+        ):
+            raise ChainConflictError(f"session {self.session_id}: {key} holds an event that does not chain")
+        log.info("session log: adopting %s written by another attempt or writer", key)
+        self._advance(key, event)
+        if event.get("connection_env"):
+            self._session["connection_env"] = event["connection_env"]
+
+    def _advance(self, key: str, event: dict[str, Any]) -> None:
+        chain = self._chain
+        if chain.first_hash is None:
+            chain.first_hash = event["hash"]
+            chain.first_time = event["time"]
+        chain.next_seq = event["seq"] + 1
+        chain.last_hash = event["hash"]
+        chain.last_time = event["time"]
+        chain.keys.append(key)
+        if event["kind"] == events.EventKind.SESSION_CLOSED:
+            chain.closed_event = event
+
+    def _build_manifest(self) -> dict[str, Any]:
+        chain = self._chain
+        closed = chain.closed_event or {}
+        manifest: dict[str, Any] = {
+            "schema_version": events.SCHEMA_VERSION,
+            "session_id": self.session_id,
+            "event_count": chain.next_seq,
+            "first_seq": 0,
+            "last_seq": chain.next_seq - 1,
+            "first_hash": chain.first_hash,
+            "last_hash": chain.last_hash,
+            "first_time": chain.first_time,
+            "last_time": chain.last_time,
+            "closed_at": closed.get("time"),
+            "keys": list(chain.keys),
+        }
+        manifest["hash"] = events.event_hash(manifest)
+        return manifest
+
+    # -- S3 ------------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        value = self._clock()
+        if isinstance(value, datetime):
+            return value
+        return datetime.fromtimestamp(float(value), tz=UTC)
+
+    def _put_once(self, key: str, body: bytes, what: str) -> bool:
+        """Create `key`; False if it already exists. Retries transient failures."""
+        checksum = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+
+        def put() -> bool:
+            # Retention runs from the wall clock (S3's notion of now), not the injectable clock.
+            retain_until = datetime.now(UTC) + self._retention
+            try:
+                self._s3.put_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/json",
+                    IfNoneMatch="*",
+                    ObjectLockMode="COMPLIANCE",
+                    ObjectLockRetainUntilDate=retain_until,
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=checksum,
+                )
+            except ClientError as exc:
+                if is_precondition_failed(exc):
+                    return False
+                raise
+            return True
+
+        return self._guard(what, put)
+
+    def _get(self, key: str, what: str) -> bytes:
+        body = self._get_if_exists(key, what)
+        if body is None:
+            raise AuditWriteError(f"session log: {key} vanished")
+        return body
+
+    def _get_if_exists(self, key: str, what: str) -> bytes | None:
+        def get() -> bytes | None:
+            try:
+                response = self._s3.get_object(Bucket=self._bucket, Key=key)
+            except ClientError as exc:
+                if is_not_found(exc):
+                    return None
+                raise
+            return bytes(response["Body"].read())
+
+        return self._guard(what, get)
+
+    def _guard(self, what: str, fn: Callable[[], T]) -> T:
+        return guarded(self._retry, what, fn)
+
+
+def guarded(policy: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
+    """`call_with_retry`, with any S3 failure (retried or not) turned into AuditWriteError."""
+    try:
+        return call_with_retry(policy, what, fn)
+    except AuditWriteError:
+        raise
+    except (ClientError, BotoCoreError) as exc:
+        log.error("session log: %s failed: %s", what, exc)
+        raise AuditWriteError(f"the session log refused a request ({what}: {_describe(exc)})") from exc
+
+
+def _read_event(s3_client: Any, bucket: str, key: str, policy: RetryPolicy) -> dict[str, Any]:
+    def get() -> bytes:
+        return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    body = guarded(policy, f"read {key}", get)
+    try:
+        return events.parse_event(body)
+    except ValueError as exc:
+        raise AuditWriteError(f"session log: {key} is not an event; run verify") from exc
