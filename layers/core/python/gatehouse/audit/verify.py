@@ -1,0 +1,457 @@
+"""Recompute every session's hash chain and manifest and say what does not hold.
+
+What each problem kind means (one `Problem` per session, seq and kind):
+
+- `missing`: a gap in seq; a key the manifest lists is absent; fewer events than it counts.
+- `altered`: an event's content does not match its hash; an event was replaced by one with a valid
+  hash that its successor does not chain to; the manifest's first/last hash, or its own, differs.
+- `reordered`: intact events in the wrong place: an object holds another seq, sits under the wrong
+  date, or chains from a different predecessor.
+- `extra`: an event the manifest does not list, one after `session_closed`, a second event
+  claiming a seq, an event of another session, an object outside the key layout.
+- `missing_manifest`: the session has a `session_closed` event but no manifest.
+- `rewritten`: a key has more than one version or a delete marker (Object Lock keeps the
+  original version: look there).
+- `unreadable`: an object that is not a JSON event with every column.
+
+An open session (no `session_closed`, no manifest) is fine as long as its chain holds; a truncated
+tail is only detectable once the manifest exists, and a rewrite of its last event only by its
+version count. The chain is plain SHA-256, not a keyed MAC: someone who can rewrite every object
+and the manifest of a copy can forge a consistent copy. The defence is the original bucket, where
+COMPLIANCE Object Lock keeps every version for the whole retention; verify the original.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from gatehouse import names
+from gatehouse.audit import events
+from gatehouse.audit.log import EventKey, manifest_key, parse_event_key
+
+_MANIFEST_FIELDS = (
+    "session_id",
+    "event_count",
+    "first_seq",
+    "last_seq",
+    "first_hash",
+    "last_hash",
+    "keys",
+    "hash",
+)
+
+
+class ProblemKind(StrEnum):
+    MISSING = "missing"
+    ALTERED = "altered"
+    REORDERED = "reordered"
+    EXTRA = "extra"
+    MISSING_MANIFEST = "missing_manifest"
+    REWRITTEN = "rewritten"
+    UNREADABLE = "unreadable"
+
+
+@dataclass(frozen=True)
+class Problem:
+    session_id: str | None
+    seq: int | None
+    kind: ProblemKind
+    detail: str
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    session_id: str
+    events: int
+    closed: bool
+    has_manifest: bool
+    first_time: str | None
+    last_time: str | None
+    ok: bool
+
+
+@dataclass
+class VerifyReport:
+    sessions: list[SessionSummary] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problems_for(self, session_id: str) -> list[Problem]:
+        return [p for p in self.problems if p.session_id == session_id]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "sessions": [asdict(s) for s in self.sessions],
+            "problems": [{**asdict(p), "kind": p.kind.value} for p in self.problems],
+        }
+
+    def format(self) -> str:
+        closed = sum(1 for s in self.sessions if s.closed)
+        lines = [
+            f"{len(self.sessions)} session(s) ({closed} closed, {len(self.sessions) - closed} open), "
+            f"{sum(s.events for s in self.sessions)} event(s): "
+            + ("chain and manifests intact" if self.ok else f"{len(self.problems)} problem(s)")
+        ]
+        for p in self.problems:
+            where = f"{p.session_id or '-'}" + (f" #{p.seq}" if p.seq is not None else "")
+            lines.append(f"  {p.kind.value:<16} {where}: {p.detail}")
+        return "\n".join(lines)
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+@dataclass
+class KeyState:
+    current: bool = False  # the key has a current (non-deleted) version
+    versions: int = 0
+    delete_markers: int = 0
+
+
+@dataclass
+class StoredEvent:
+    key: EventKey
+    state: KeyState
+    event: dict[str, Any] | None = None
+    error: str | None = None  # why it is not an event
+
+
+@dataclass
+class StoredManifest:
+    state: KeyState
+    manifest: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class SessionObjects:
+    session_id: str
+    events: list[StoredEvent] = field(default_factory=list)  # current objects, and deleted keys
+    manifest: StoredManifest | None = None
+
+
+def _scan(s3_client: Any, bucket: str, prefix: str) -> dict[str, KeyState]:
+    """Each key under `prefix` with its version counts (current objects only, if versions are hidden)."""
+    states: dict[str, KeyState] = defaultdict(KeyState)
+    try:
+        for page in s3_client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+            for version in page.get("Versions", []):
+                state = states[version["Key"]]
+                state.versions += 1
+                state.current = state.current or bool(version.get("IsLatest"))
+            for marker in page.get("DeleteMarkers", []):
+                states[marker["Key"]].delete_markers += 1
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in {"AccessDenied", "NotImplemented"}:
+            raise
+        # Without s3:ListBucketVersions: current objects only, no rewrite detection.
+        states.clear()
+        for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                states[obj["Key"]] = KeyState(current=True, versions=1)
+    return dict(states)
+
+
+def _partitions(s3_client: Any, bucket: str) -> list[str]:
+    prefixes: set[str] = set()
+    for page in s3_client.get_paginator("list_object_versions").paginate(
+        Bucket=bucket, Prefix=names.EVENTS_PREFIX, Delimiter="/"
+    ):
+        prefixes.update(p["Prefix"] for p in page.get("CommonPrefixes", []))
+    return sorted(prefixes)
+
+
+def load_objects(
+    s3_client: Any, bucket: str, session_id: str | None = None, *, max_workers: int = 8
+) -> tuple[dict[str, SessionObjects], list[Problem]]:
+    """Read the log (or one session of it): events by session, manifests, stray objects."""
+    if session_id is None:
+        event_states = _scan(s3_client, bucket, names.EVENTS_PREFIX)
+        manifest_states = _scan(s3_client, bucket, names.MANIFESTS_PREFIX)
+    else:
+        events.check_session_id(session_id)
+        event_states = {}
+        for partition in _partitions(s3_client, bucket):
+            event_states.update(_scan(s3_client, bucket, f"{partition}session={session_id}/"))
+        mkey = manifest_key(session_id)
+        manifest_states = {k: v for k, v in _scan(s3_client, bucket, mkey).items() if k == mkey}
+
+    sessions: dict[str, SessionObjects] = {}
+    strays: list[Problem] = []
+
+    def session(sid: str) -> SessionObjects:
+        return sessions.setdefault(sid, SessionObjects(sid))
+
+    for key, state in sorted(event_states.items()):
+        parsed = parse_event_key(key)
+        if parsed is None:
+            strays.append(Problem(None, None, ProblemKind.EXTRA, f"{key} is outside the key layout"))
+            continue
+        session(parsed.session_id).events.append(StoredEvent(parsed, state))
+    for key, state in sorted(manifest_states.items()):
+        sid = key[len(names.MANIFESTS_PREFIX) :].removesuffix(".json")
+        if not key.endswith(".json") or "/" in sid:
+            strays.append(Problem(None, None, ProblemKind.EXTRA, f"{key} is outside the key layout"))
+            continue
+        session(sid).manifest = StoredManifest(state)
+    if session_id is not None:
+        session(session_id)
+
+    def fetch(key: str) -> bytes:
+        return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    jobs: list[tuple[str, StoredEvent | StoredManifest]] = []
+    for objs in sessions.values():
+        jobs.extend((e.key.key, e) for e in objs.events if e.state.current)
+        if objs.manifest is not None and objs.manifest.state.current:
+            jobs.append((manifest_key(objs.session_id), objs.manifest))
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        bodies = list(pool.map(fetch, [key for key, _ in jobs]))
+    for (_, target), body in zip(jobs, bodies, strict=True):
+        if isinstance(target, StoredEvent):
+            try:
+                target.event = events.parse_event(body)
+            except ValueError as exc:
+                target.error = str(exc)
+        else:
+            try:
+                target.manifest = _parse_manifest(body)
+            except ValueError as exc:
+                target.error = str(exc)
+    return sessions, strays
+
+
+def _parse_manifest(body: bytes) -> dict[str, Any]:
+    try:
+        manifest = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"manifest is not JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ValueError("manifest is not a JSON object")
+    missing = [k for k in _MANIFEST_FIELDS if k not in manifest]
+    if missing:
+        raise ValueError(f"manifest lacks {', '.join(missing)}")
+    if not isinstance(manifest["keys"], list) or not isinstance(manifest["event_count"], int):
+        raise ValueError("manifest keys or event_count have the wrong type")
+    return manifest
+
+
+# -- checking ----------------------------------------------------------------------------------
+
+
+class _Findings:
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.items: dict[tuple[int | None, ProblemKind], Problem] = {}
+
+    def add(self, seq: int | None, kind: ProblemKind, detail: str) -> None:
+        self.items.setdefault((seq, kind), Problem(self.session_id, seq, kind, detail))
+
+    def has(self, kind: ProblemKind) -> bool:
+        return any(k == kind for _, k in self.items)
+
+    def sorted(self) -> list[Problem]:
+        return sorted(self.items.values(), key=lambda p: (-1 if p.seq is None else p.seq, p.kind.value))
+
+
+def check_session(objs: SessionObjects) -> tuple[SessionSummary, list[Problem]]:
+    """The chain and manifest checks for one session (pure: no S3)."""
+    sid = objs.session_id
+    found = _Findings(sid)
+    candidates: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    present_seqs: set[int] = set()  # seqs with a current object, readable or not
+
+    for stored in objs.events:
+        seq = stored.key.seq
+        if stored.state.delete_markers:
+            found.add(
+                seq,
+                ProblemKind.REWRITTEN,
+                f"{stored.key.key} was deleted: a delete marker hides "
+                f"{stored.state.versions} locked version(s)",
+            )
+        if stored.state.versions > 1:
+            found.add(seq, ProblemKind.REWRITTEN, f"{stored.key.key} has {stored.state.versions} versions")
+        if not stored.state.current:
+            continue
+        present_seqs.add(seq)
+        if stored.event is None:
+            found.add(seq, ProblemKind.UNREADABLE, f"{stored.key.key}: {stored.error}")
+            continue
+        event = stored.event
+        if event["session_id"] != sid:
+            found.add(
+                seq, ProblemKind.EXTRA, f"{stored.key.key} holds an event of session {event['session_id']}"
+            )
+            continue
+        if events.event_hash(event) != event["hash"]:
+            found.add(seq, ProblemKind.ALTERED, "its content does not match its hash")
+        if event["seq"] != seq:
+            found.add(seq, ProblemKind.REORDERED, f"the object for seq {seq} holds event seq {event['seq']}")
+        if str(event.get("time") or "")[:10] != stored.key.dt:
+            found.add(
+                seq, ProblemKind.REORDERED, f"stored under dt={stored.key.dt} but its time is {event['time']}"
+            )
+        candidates[seq].append(event)
+
+    chain = _pick_chain(candidates, found)
+    hashes = {event["hash"]: seq for seq, event in chain.items()}
+    closed_at = min(
+        (s for s, e in chain.items() if e["kind"] == events.EventKind.SESSION_CLOSED), default=None
+    )
+
+    manifest = objs.manifest.manifest if objs.manifest is not None else None
+    if objs.manifest is not None:
+        _check_manifest_object(objs.manifest, sid, found)
+
+    # Links.
+    for seq in sorted(chain):
+        event = chain[seq]
+        if seq == 0:
+            expected = events.GENESIS_HASH
+        elif seq - 1 in chain:
+            expected = chain[seq - 1]["hash"]
+        else:
+            continue
+        if event["prev_hash"] == expected:
+            continue
+        source = hashes.get(event["prev_hash"])
+        if source is not None and source != seq - 1:
+            found.add(seq, ProblemKind.REORDERED, f"chains from seq {source}, not seq {seq - 1}")
+        elif event["prev_hash"] == events.GENESIS_HASH:
+            found.add(seq, ProblemKind.REORDERED, "claims to start the chain but is not seq 0")
+        elif seq == 0:
+            found.add(0, ProblemKind.ALTERED, "does not start from the genesis hash")
+        else:
+            found.add(
+                seq - 1,
+                ProblemKind.ALTERED,
+                f"replaced: seq {seq} chains from {event['prev_hash'][:12]}, "
+                f"but seq {seq - 1} hashes to {expected[:12]}",
+            )
+
+    # Gaps, and events after the end.
+    last_expected = max(present_seqs, default=-1)
+    if closed_at is None and manifest is not None and isinstance(manifest.get("last_seq"), int):
+        last_expected = max(last_expected, manifest["last_seq"])  # a truncated tail
+    if closed_at is not None:
+        last_expected = closed_at
+        for seq in sorted(present_seqs):
+            if seq > closed_at:
+                found.add(seq, ProblemKind.EXTRA, f"recorded after session_closed (seq {closed_at})")
+    for seq in range(last_expected + 1):
+        if seq not in present_seqs:
+            found.add(seq, ProblemKind.MISSING, f"no event with seq {seq}")
+
+    if manifest is not None:
+        _check_manifest_contents(manifest, objs, chain, found)
+    elif closed_at is not None:
+        found.add(
+            None, ProblemKind.MISSING_MANIFEST, f"closed at seq {closed_at} but {manifest_key(sid)} is absent"
+        )
+    if not objs.events and objs.manifest is None:
+        found.add(None, ProblemKind.MISSING, "no events and no manifest for this session")
+
+    times = sorted(str(e["time"]) for e in chain.values() if e.get("time"))
+    problems = found.sorted()
+    summary = SessionSummary(
+        session_id=sid,
+        events=len(present_seqs),
+        closed=closed_at is not None or objs.manifest is not None,
+        has_manifest=objs.manifest is not None and objs.manifest.state.current,
+        first_time=times[0] if times else None,
+        last_time=times[-1] if times else None,
+        ok=not problems,
+    )
+    return summary, problems
+
+
+def _pick_chain(candidates: dict[int, list[dict[str, Any]]], found: _Findings) -> dict[int, dict[str, Any]]:
+    """One event per seq; a second event claiming a seq (a fork) is extra."""
+    chain: dict[int, dict[str, Any]] = {}
+    for seq in sorted(candidates):
+        options = candidates[seq]
+        if len(options) > 1:
+            expected = events.GENESIS_HASH if seq == 0 else chain.get(seq - 1, {}).get("hash")
+            options = sorted(options, key=lambda e: (e["prev_hash"] != expected, e["time"]))
+            for other in options[1:]:
+                found.add(seq, ProblemKind.EXTRA, f"a second event ({other['event_id']}) claims seq {seq}")
+        chain[seq] = options[0]
+    return chain
+
+
+def _check_manifest_object(stored: StoredManifest, sid: str, found: _Findings) -> None:
+    if stored.state.versions > 1 or stored.state.delete_markers:
+        found.add(
+            None,
+            ProblemKind.REWRITTEN,
+            f"the manifest has {stored.state.versions} version(s) and {stored.state.delete_markers} "
+            "delete marker(s)",
+        )
+    if not stored.state.current:
+        found.add(None, ProblemKind.MISSING_MANIFEST, "the manifest was deleted")
+    elif stored.manifest is None:
+        found.add(None, ProblemKind.UNREADABLE, f"manifest: {stored.error}")
+    elif events.event_hash(stored.manifest) != stored.manifest["hash"]:
+        found.add(None, ProblemKind.ALTERED, "the manifest's content does not match its hash")
+    elif stored.manifest["session_id"] != sid:
+        found.add(None, ProblemKind.ALTERED, f"the manifest names session {stored.manifest['session_id']}")
+
+
+def _check_manifest_contents(
+    manifest: dict[str, Any], objs: SessionObjects, chain: dict[int, dict[str, Any]], found: _Findings
+) -> None:
+    current = {e.key.key: e for e in objs.events if e.state.current}
+    listed = {str(k) for k in manifest["keys"]}
+    for key in sorted(listed - set(current)):
+        parsed = parse_event_key(key)
+        seq = parsed.seq if parsed is not None else None
+        found.add(seq, ProblemKind.MISSING, f"{key} is listed in the manifest but absent")
+    for key in sorted(set(current) - listed):
+        found.add(current[key].key.seq, ProblemKind.EXTRA, f"{key} is not listed in the manifest")
+    count = len({e.key.seq for e in current.values()})
+    if count < manifest["event_count"] and not found.has(ProblemKind.MISSING):
+        found.add(
+            None, ProblemKind.MISSING, f"the manifest counts {manifest['event_count']} events, found {count}"
+        )
+    if count > manifest["event_count"] and not found.has(ProblemKind.EXTRA):
+        found.add(
+            None, ProblemKind.EXTRA, f"the manifest counts {manifest['event_count']} events, found {count}"
+        )
+    first = chain.get(0)
+    if first is not None and first["hash"] != manifest["first_hash"]:
+        found.add(0, ProblemKind.ALTERED, "does not match the manifest's first hash")
+    last_seq = manifest.get("last_seq")
+    last = chain.get(last_seq) if isinstance(last_seq, int) else None
+    if last is not None and last["hash"] != manifest["last_hash"]:
+        found.add(last_seq, ProblemKind.ALTERED, "does not match the manifest's last hash")
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def verify_objects(sessions: Iterable[SessionObjects], strays: Iterable[Problem] = ()) -> VerifyReport:
+    report = VerifyReport(problems=list(strays))
+    for objs in sorted(sessions, key=lambda o: o.session_id):
+        summary, problems = check_session(objs)
+        report.sessions.append(summary)
+        report.problems.extend(problems)
+    return report
+
+
+def verify_log(s3_client: Any, bucket: str, session_id: str | None = None) -> VerifyReport:
+    """Verify every session in the bucket, or one. Reads current objects and version listings."""
+    sessions, strays = load_objects(s3_client, bucket, session_id)
+    return verify_objects(sessions.values(), strays)
