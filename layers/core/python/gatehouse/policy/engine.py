@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,7 +93,9 @@ class PolicyEngine:
         self._policy_set = policy_set
         self._schema = schema
         self._by_cedar_id = dict(policies)
+        self._load_order = {cedar_id: n for n, cedar_id in enumerate(self._by_cedar_id)}
         self._entities: dict[str, cedarpy.Entities] = {}
+        self._entities_lock = threading.Lock()
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -231,12 +234,14 @@ class PolicyEngine:
         if errors or result.decision is cedarpy.Decision.NoDecision:
             detail = "; ".join(self._readable(str(e)) for e in errors) or "no decision"
             raise PolicyError(f"policy evaluation failed for {action} on {connection}: {detail}")
-        matched = []
-        for cedar_id in result.diagnostics.reasons:
-            info = self._by_cedar_id.get(cedar_id)
-            if info is None:
-                raise PolicyError(f"Cedar named a policy the engine did not load: {cedar_id}")
-            matched.append(info)
+        unknown_ids = [i for i in result.diagnostics.reasons if i not in self._by_cedar_id]
+        if unknown_ids:
+            raise PolicyError(f"Cedar named policies the engine did not load: {unknown_ids}")
+        # Cedar reports matching policies in no particular order: use load order, so ties and
+        # policy_ids come out the same on every run.
+        matched = [
+            self._by_cedar_id[i] for i in sorted(result.diagnostics.reasons, key=self._load_order.__getitem__)
+        ]
         forbids = tuple(p for p in matched if p.effect == "forbid")
         permits = tuple(p for p in matched if p.effect == "permit")
         where = _where(stmt, index, total)
@@ -293,9 +298,10 @@ class PolicyEngine:
             entities = cedarpy.Entities.from_json_str(document, self._schema)
         except ValueError as exc:
             raise PolicyError(f"the principal or connection does not fit the schema: {exc}") from exc
-        if len(self._entities) >= ENTITY_CACHE_SIZE:
-            self._entities.pop(next(iter(self._entities)), None)
-        self._entities[document] = entities
+        with self._entities_lock:
+            if len(self._entities) >= ENTITY_CACHE_SIZE:
+                self._entities.pop(next(iter(self._entities)))
+            self._entities[document] = entities
         return entities
 
 
