@@ -479,6 +479,10 @@ class SessionLog:
             or events.event_hash(event) != event["hash"]
         ):
             raise ChainConflictError(f"session {self.session_id}: {key} holds an event that does not chain")
+        # Another writer of the same session, never someone else's session under a reused id.
+        for name in ("principal_arn", "principal_name", "connection", "target_kind"):
+            if event.get(name) != self._session.get(name):
+                raise ChainConflictError(f"session {self.session_id}: {key} was written for another {name}")
         log.info("session log: adopting %s written by another attempt or writer", key)
         self._advance(key, event)
         if event.get("connection_env"):

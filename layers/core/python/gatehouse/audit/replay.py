@@ -54,10 +54,11 @@ def replay(s3_client: Any, bucket: str, session_id: str) -> str:
     lines.extend(_problem_lines(by_seq.get(None, [])))
 
     state = "closed" if summary.closed else "open"
-    manifest = "manifest matches" if summary.has_manifest else "no manifest"
     if summary.ok:
+        manifest = "manifest matches" if summary.has_manifest else "no manifest yet"
         lines.append(f"chain intact: {summary.events} events, {state}, {manifest}")
     else:
+        manifest = "manifest present" if summary.has_manifest else "no manifest"
         lines.append(
             f"chain BROKEN: {len(problems)} problem(s) in {summary.events} events, {state}, {manifest}"
         )
@@ -98,7 +99,8 @@ def _event_lines(seq: int, event: dict[str, Any]) -> list[str]:
         if event.get("outcome"):
             parts.append(str(event["outcome"]))
         if event.get("row_count") is not None:
-            parts.append(f"{event['row_count']} rows")
+            rows = event["row_count"]
+            parts.append(f"{rows} row" if rows == 1 else f"{rows} rows")
         if event.get("duration_ms") is not None:
             parts.append(f"{event['duration_ms']} ms")
         if event.get("error"):

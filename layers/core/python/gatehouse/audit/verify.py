@@ -357,10 +357,9 @@ def check_session(objs: SessionObjects) -> tuple[SessionSummary, list[Problem]]:
 
     if manifest is not None:
         _check_manifest_contents(manifest, objs, chain, found)
-    elif closed_at is not None:
-        found.add(
-            None, ProblemKind.MISSING_MANIFEST, f"closed at seq {closed_at} but {manifest_key(sid)} is absent"
-        )
+    elif closed_at is not None and objs.manifest is None:
+        detail = f"closed at seq {closed_at} but {manifest_key(sid)} is absent"
+        found.add(None, ProblemKind.MISSING_MANIFEST, detail)
     if not objs.events and objs.manifest is None:
         found.add(None, ProblemKind.MISSING, "no events and no manifest for this session")
 

@@ -1,0 +1,220 @@
+"""verify_log: each kind of tampering, done to a copy of the log (or as new versions in the original)."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from gatehouse.audit import events
+from gatehouse.audit.log import event_key, manifest_key
+from gatehouse.audit.verify import ProblemKind, verify_log
+from moto import mock_aws
+
+from tests.unit.audit_fixtures import (
+    COPY_BUCKET,
+    LOG_BUCKET,
+    SteppingClock,
+    copy_bucket,
+    make_log_bucket,
+    mutate,
+    read_json,
+    rehashed,
+    start_session,
+    write_json,
+    write_read_session,
+)
+
+CLOSED = "closed-1"  # received, decision, executed, session_closed (seq 0..3) + manifest
+OTHER = "closed-2"
+OPEN = "open-1"  # received, decision, approval_requested: no manifest yet
+
+
+def key(session_id: str, seq: int) -> str:
+    return event_key(session_id, seq, "2026-11-03")
+
+
+@pytest.fixture
+def s3(aws_env):
+    with mock_aws():
+        client = boto3.client("s3")
+        make_log_bucket(client)
+        write_read_session(start_session(client, CLOSED))
+        write_read_session(start_session(client, OTHER))
+        log = start_session(client, OPEN)
+        log.append("received", statement="UPDATE customers SET notes = 'x' WHERE id = 2")
+        log.append("decision", decision="approval", policy_ids=["prod-write-approval"])
+        log.append("approval_requested", outcome="pending")
+        yield client
+
+
+@pytest.fixture
+def copy(s3):
+    return copy_bucket(s3)
+
+
+def found(report, session_id=CLOSED):
+    return {(p.seq, p.kind) for p in report.problems if p.session_id == session_id}
+
+
+def test_an_intact_log_verifies(s3, copy):
+    for bucket in (LOG_BUCKET, copy):
+        report = verify_log(s3, bucket)
+        assert report.ok, report.format()
+        by_id = {s.session_id: s for s in report.sessions}
+        assert set(by_id) == {CLOSED, OTHER, OPEN}
+        assert by_id[CLOSED].closed and by_id[CLOSED].has_manifest and by_id[CLOSED].events == 4
+        assert not by_id[OPEN].closed and not by_id[OPEN].has_manifest  # open is fine
+        assert "chain and manifests intact" in report.format()
+
+
+def test_one_session_can_be_verified_alone(s3):
+    report = verify_log(s3, LOG_BUCKET, CLOSED)
+    assert report.ok and [s.session_id for s in report.sessions] == [CLOSED]
+    unknown = verify_log(s3, LOG_BUCKET, "never-was")
+    assert not unknown.ok and unknown.problems[0].kind is ProblemKind.MISSING
+
+
+def test_an_edited_event_no_longer_matches_its_hash(s3, copy):
+    mutate(s3, copy, key(CLOSED, 2), lambda e: {**e, "row_count": 0})
+    report = verify_log(s3, copy)
+    assert found(report) == {(2, ProblemKind.ALTERED)}
+    assert found(report, OTHER) == set()  # other sessions are unaffected
+
+
+def test_a_rewritten_event_with_a_recomputed_hash_breaks_the_next_link(s3, copy):
+    mutate(s3, copy, key(CLOSED, 1), lambda e: rehashed(e, decision="deny"))
+    assert found(verify_log(s3, copy)) == {(1, ProblemKind.ALTERED)}
+
+
+def test_a_rewritten_last_event_is_caught_by_the_manifest(s3, copy):
+    mutate(s3, copy, key(CLOSED, 3), lambda e: rehashed(e, reason="nothing to see"))
+    assert found(verify_log(s3, copy)) == {(3, ProblemKind.ALTERED)}
+
+
+def test_a_deleted_event_is_missing(s3, copy):
+    s3.delete_object(Bucket=copy, Key=key(CLOSED, 1))
+    problems = found(verify_log(s3, copy))
+    assert (1, ProblemKind.MISSING) in problems
+    assert {kind for _, kind in problems} == {ProblemKind.MISSING}
+
+
+def test_a_deleted_tail_is_missing_by_the_manifest(s3, copy):
+    s3.delete_object(Bucket=copy, Key=key(CLOSED, 3))
+    assert found(verify_log(s3, copy)) == {(3, ProblemKind.MISSING)}
+
+
+def test_swapped_events_are_reordered(s3, copy):
+    one, two = read_json(s3, copy, key(CLOSED, 1)), read_json(s3, copy, key(CLOSED, 2))
+    write_json(s3, copy, key(CLOSED, 1), two)
+    write_json(s3, copy, key(CLOSED, 2), one)
+    problems = found(verify_log(s3, copy))
+    assert (1, ProblemKind.REORDERED) in problems and (2, ProblemKind.REORDERED) in problems
+    assert {kind for _, kind in problems} == {ProblemKind.REORDERED}
+
+
+def test_an_event_moved_to_another_day_is_reordered(s3, copy):
+    body = s3.get_object(Bucket=copy, Key=key(CLOSED, 1))["Body"].read()
+    s3.delete_object(Bucket=copy, Key=key(CLOSED, 1))
+    moved = event_key(CLOSED, 1, "2026-11-05")
+    s3.put_object(Bucket=copy, Key=moved, Body=body)
+    problems = found(verify_log(s3, copy))
+    assert (1, ProblemKind.REORDERED) in problems  # under the wrong date
+    assert (1, ProblemKind.MISSING) in problems  # the manifest's key is absent
+    assert (1, ProblemKind.EXTRA) in problems  # and the moved key is not listed
+
+
+def test_an_event_appended_after_close_is_extra(s3, copy):
+    last = read_json(s3, copy, key(CLOSED, 3))
+    forged = rehashed(last, seq=4, kind="executed", prev_hash=last["hash"], statement="DROP TABLE customers")
+    write_json(s3, copy, key(CLOSED, 4), forged)
+    assert found(verify_log(s3, copy)) == {(4, ProblemKind.EXTRA)}
+
+
+def test_an_event_inserted_in_the_middle_is_caught(s3, copy):
+    # The careful tamperer: shift seq 1.. up by one, slip a forged event in at seq 1.
+    originals = [read_json(s3, copy, key(CLOSED, seq)) for seq in range(4)]
+    for record in reversed(originals[1:]):
+        write_json(s3, copy, key(CLOSED, record["seq"] + 1), record)
+    forged = rehashed(originals[1], decision="allow", policy_ids=["made-up"], prev_hash=originals[0]["hash"])
+    write_json(s3, copy, key(CLOSED, 1), forged)
+    problems = found(verify_log(s3, copy))
+    assert {(2, ProblemKind.REORDERED), (3, ProblemKind.REORDERED), (4, ProblemKind.EXTRA)} <= problems
+
+
+def test_a_closed_session_without_its_manifest_is_flagged(s3, copy):
+    s3.delete_object(Bucket=copy, Key=manifest_key(CLOSED))
+    assert found(verify_log(s3, copy)) == {(None, ProblemKind.MISSING_MANIFEST)}
+
+
+def test_an_edited_manifest_is_altered(s3, copy):
+    manifest = read_json(s3, copy, manifest_key(CLOSED))
+    edited = {**manifest, "event_count": 3, "last_seq": 2, "keys": manifest["keys"][:3]}
+    s3.put_object(Bucket=copy, Key=manifest_key(CLOSED), Body=json.dumps(edited).encode())
+    problems = found(verify_log(s3, copy))
+    assert (None, ProblemKind.ALTERED) in problems  # its own hash
+    assert (3, ProblemKind.EXTRA) in problems  # the closing event it no longer lists
+
+
+def test_an_unreadable_manifest_is_reported_once(s3, copy):
+    s3.put_object(Bucket=copy, Key=manifest_key(CLOSED), Body=b"truncated{")
+    assert found(verify_log(s3, copy)) == {(None, ProblemKind.UNREADABLE)}
+
+
+def test_an_event_from_another_session_is_extra(s3, copy):
+    intruder = read_json(s3, copy, key(OTHER, 2))
+    write_json(s3, copy, key(OPEN, 3), intruder)
+    assert (3, ProblemKind.EXTRA) in found(verify_log(s3, copy), OPEN)
+
+
+def test_garbage_objects_are_unreadable_or_outside_the_layout(s3, copy):
+    s3.put_object(Bucket=copy, Key=key(CLOSED, 2), Body=b"{not json")
+    s3.put_object(Bucket=copy, Key="events/notes.txt", Body=b"hello")
+    report = verify_log(s3, copy)
+    assert found(report) == {(2, ProblemKind.UNREADABLE)}
+    assert any(p.session_id is None and p.kind is ProblemKind.EXTRA for p in report.problems)
+
+
+def test_an_open_session_with_a_gap_is_missing(s3, copy):
+    s3.delete_object(Bucket=copy, Key=key(OPEN, 1))
+    assert found(verify_log(s3, copy), OPEN) == {(1, ProblemKind.MISSING)}
+
+
+def test_in_the_locked_bucket_a_new_version_is_flagged_as_a_rewrite(s3):
+    record = read_json(s3, LOG_BUCKET, key(CLOSED, 2))
+    s3.put_object(
+        Bucket=LOG_BUCKET,
+        Key=key(CLOSED, 2),
+        Body=events.serialize(rehashed(record, row_count=0)),
+        ChecksumAlgorithm="SHA256",
+    )
+    problems = found(verify_log(s3, LOG_BUCKET))
+    assert (2, ProblemKind.REWRITTEN) in problems
+    assert (2, ProblemKind.ALTERED) in problems
+
+
+def test_in_the_locked_bucket_a_delete_marker_is_flagged(s3):
+    s3.delete_object(Bucket=LOG_BUCKET, Key=key(CLOSED, 1))  # allowed: it only hides the locked version
+    problems = found(verify_log(s3, LOG_BUCKET))
+    assert {(1, ProblemKind.REWRITTEN), (1, ProblemKind.MISSING)} <= problems
+
+
+def test_the_report_serialises_for_json_output(s3, copy):
+    s3.delete_object(Bucket=copy, Key=key(CLOSED, 1))
+    data = verify_log(s3, copy).as_dict()
+    assert data["ok"] is False
+    assert {"session_id": CLOSED, "seq": 1, "kind": "missing"}.items() <= data["problems"][0].items()
+    assert {s["session_id"] for s in data["sessions"]} == {CLOSED, OTHER, OPEN}
+
+
+def test_a_session_that_crossed_midnight_verifies(s3):
+    from datetime import UTC, datetime, timedelta
+
+    clock = SteppingClock(
+        datetime(2026, 11, 3, 23, 59, 59, 995000, tzinfo=UTC), step=timedelta(milliseconds=3)
+    )
+    write_read_session(start_session(s3, "late-1", clock=clock))
+    report = verify_log(s3, LOG_BUCKET, "late-1")
+    assert report.ok, report.format()
+    assert report.sessions[0].events == 4
+    assert COPY_BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
