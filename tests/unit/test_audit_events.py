@@ -170,3 +170,11 @@ def test_schema_and_named_queries_import_nothing_heavy():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_athena_table_parameters_project_dt_over_the_event_layout():
+    params = events.athena_table_parameters("my-log-bucket")
+    assert params["projection.enabled"] == "true" and params["projection.dt.type"] == "date"
+    assert params["projection.dt.format"] == "yyyy-MM-dd"
+    assert params["storage.location.template"] == "s3://my-log-bucket/events/dt=${dt}/"
+    assert events.PARTITION_COLUMN.name == "dt" and events.PARTITION_COLUMN.name not in events.FIELD_NAMES

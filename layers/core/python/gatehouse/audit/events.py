@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from gatehouse import names
 from gatehouse.models import Effect, StatementClass
 
 SCHEMA_VERSION = 1
@@ -136,6 +137,28 @@ COLUMNS: tuple[Column, ...] = tuple(
     )
 )
 FIELD_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+
+# The Glue table over `events/`: one partition column, `dt`, projected as a date (no crawler, no
+# partition registration). `session=` folders below a partition are read as part of it.
+PARTITION_COLUMN = Column("dt", "string", "VARCHAR")
+JSON_SERDE = "org.openx.data.jsonserde.JsonSerDe"
+INPUT_FORMAT = "org.apache.hadoop.mapred.TextInputFormat"
+OUTPUT_FORMAT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+
+
+def athena_table_parameters(bucket: str, first_day: str = "2025-01-01") -> dict[str, str]:
+    """Glue table parameters for partition projection on `dt` (`bucket` may be a CDK token)."""
+    return {
+        "classification": "json",
+        "projection.enabled": "true",
+        "projection.dt.type": "date",
+        "projection.dt.format": "yyyy-MM-dd",
+        "projection.dt.range": f"{first_day},NOW",
+        "projection.dt.interval": "1",
+        "projection.dt.interval.unit": "DAYS",
+        "storage.location.template": f"s3://{bucket}/{names.EVENTS_PREFIX}dt=${{dt}}/",
+    }
+
 
 # Set once per session at `SessionLog.start` and copied into every event.
 SESSION_FIELDS: tuple[str, ...] = (

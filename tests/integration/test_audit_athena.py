@@ -1,0 +1,52 @@
+"""The named queries on real Athena against a deployed stack (opt-in: pytest -m aws, with credentials,
+GATEHOUSE_LOG_BUCKET and the Athena workgroup / Glue database the stack created)."""
+
+from __future__ import annotations
+
+import os
+
+import boto3
+import pytest
+from gatehouse import names
+from gatehouse.audit import named_queries
+from gatehouse.audit.cli import ENV_ATHENA_WORKGROUP, ENV_GLUE_DATABASE
+from gatehouse.audit.events import FIELD_NAMES
+from gatehouse.audit.query import AthenaAuditQuery
+from gatehouse.audit.verify import verify_log
+
+pytestmark = pytest.mark.aws
+
+
+@pytest.fixture(scope="module")
+def deployed(request: pytest.FixtureRequest) -> tuple[str, AthenaAuditQuery]:
+    selected = str(request.config.getoption("markexpr") or "")
+    if "aws" not in selected or "not aws" in selected:
+        pytest.skip("opt-in: pytest -m aws")
+    bucket = os.environ.get(names.ENV_LOG_BUCKET)
+    if not bucket:
+        pytest.skip(f"needs a deployed stack: set {names.ENV_LOG_BUCKET} (and AWS credentials)")
+    athena = AthenaAuditQuery(
+        boto3.client("athena"),
+        os.environ.get(ENV_ATHENA_WORKGROUP) or names.ATHENA_WORKGROUP,
+        os.environ.get(ENV_GLUE_DATABASE) or names.GLUE_DATABASE,
+    )
+    return bucket, athena
+
+
+def test_the_glue_table_has_the_event_columns(deployed):
+    _, athena = deployed
+    columns, _ = athena.run(f"SELECT * FROM {named_queries.TABLE} LIMIT 0")
+    assert columns == [*FIELD_NAMES, "dt"]
+
+
+@pytest.mark.parametrize("query", named_queries.NAMED_QUERIES, ids=lambda q: q.name)
+def test_each_named_query_runs_on_athena(deployed, query):
+    _, athena = deployed
+    columns, _ = athena.run(query.example_sql())
+    assert columns
+
+
+def test_the_deployed_log_verifies(deployed):
+    bucket, _ = deployed
+    report = verify_log(boto3.client("s3"), bucket)
+    assert report.ok, report.format()
