@@ -143,7 +143,8 @@ def build_app(service: Gatehouse, registry: Registry) -> APIGatewayHttpResolver:
             403: {"description": "Denied by policy"},
         },
     )
-    def submit(request: Annotated[SubmitRequest, Body()]) -> Response:
+    # Route functions carry no return annotation: powertools would build a response model from it.
+    def submit(request: Annotated[SubmitRequest, Body()]):
         principal = caller()
         outcome = service.submit(principal, request.connection, request.sql, request.reason)
         status = {"executed": 200, "pending_approval": 202, "denied": 403}[outcome.status]
@@ -153,17 +154,17 @@ def build_app(service: Gatehouse, registry: Registry) -> APIGatewayHttpResolver:
     def get_request(
         request_id: Annotated[str, Path(min_length=1, max_length=64)],
         wait: Annotated[int, Query(ge=0, le=20)] = 0,
-    ) -> Response:
+    ):
         # `wait` long-polls once approvals exist; today a request's record is final when stored.
         record = service.get_request(caller(), request_id)
         return _json(200, record.public_view())
 
     @app.get("/v1/connections", summary="Connections the caller may use")
-    def list_connections() -> Response:
+    def list_connections():
         return _json(200, {"connections": service.connections_for(caller())})
 
     @app.get("/v1/openapi.json", summary="This API's OpenAPI document")
-    def openapi() -> Response:
+    def openapi():
         return Response(
             status_code=200,
             content_type=content_types.APPLICATION_JSON,
@@ -188,7 +189,8 @@ def build_app(service: Gatehouse, registry: Registry) -> APIGatewayHttpResolver:
 
     @app.exception_handler(GatehouseError)
     def gatehouse_error(exc: GatehouseError) -> Response:
-        extra = {"sqlstate": exc.sqlstate} if getattr(exc, "sqlstate", None) else {}
+        sqlstate = getattr(exc, "sqlstate", None)
+        extra = {"sqlstate": sqlstate} if sqlstate else {}
         return error_response(exc.status, exc.code, exc.message, **extra)
 
     @app.exception_handler(Exception)

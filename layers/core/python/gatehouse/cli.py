@@ -105,8 +105,8 @@ def _agent_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gatehouse.audit import cli as audit_cli
-    from gatehouse.local import cli as local_cli
+    from gatehouse.audit.cli import register as register_audit
+    from gatehouse.local.cli import register as register_local
 
     parser = argparse.ArgumentParser(prog="gatehouse", description="Gatehouse: an access gateway for AI agents")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     _agent_option(p)
     p.set_defaults(func=cmd_connections)
 
-    local_cli.register(sub)
-    audit_cli.register(sub)
+    register_local(sub)
+    register_audit(sub)
     return parser
 
 

@@ -137,12 +137,12 @@ class Gatehouse:
             "connection_env": _env(connection),
         }
         if classification.parse_error is not None:
-            exc = ClassificationError(
+            unparseable = ClassificationError(
                 f"the SQL does not parse: {masker.mask_text(classification.parse_error)}",
                 code="sql_parse_error",
             )
-            self._refuse(session, exc, statement=masked_sql, reason=masked_reason, **described)
-            raise exc
+            self._refuse(session, unparseable, reason=masked_reason, **described)
+            raise unparseable
 
         decision = self._policy.authorize(principal, connection, classification, reason=reason)
         # The decision is on record before anything runs; if this append fails, nothing runs.
