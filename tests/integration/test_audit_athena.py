@@ -7,6 +7,7 @@ import os
 
 import boto3
 import pytest
+
 from gatehouse import names
 from gatehouse.audit import named_queries
 from gatehouse.audit.cli import ENV_ATHENA_WORKGROUP, ENV_GLUE_DATABASE

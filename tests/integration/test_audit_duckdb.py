@@ -11,12 +11,12 @@ from typing import Any
 
 import boto3
 import pytest
+from moto.server import ThreadedMotoServer
+
 from gatehouse.audit import cli, named_queries
 from gatehouse.audit.events import COLUMNS
 from gatehouse.audit.log import SessionLog, event_key
 from gatehouse.audit.query import AuditQueryError, DuckDBAuditQuery, run_named
-from moto.server import ThreadedMotoServer
-
 from tests.unit.audit_fixtures import (
     SteppingClock,
     copy_bucket,

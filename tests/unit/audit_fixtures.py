@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError, EndpointConnectionError
+
 from gatehouse.audit import events
 from gatehouse.audit.log import RetryPolicy, SessionLog
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pytest
+
 from gatehouse import names
 from gatehouse.audit import cli
 

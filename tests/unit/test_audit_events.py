@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+
 from gatehouse.audit import events
 from gatehouse.models import StatementClass
 

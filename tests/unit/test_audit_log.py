@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 from botocore.exceptions import ReadTimeoutError
+from moto import mock_aws
+
 from gatehouse.audit import events
 from gatehouse.audit.log import (
     ChainConflictError,
@@ -21,8 +23,6 @@ from gatehouse.audit.log import (
 )
 from gatehouse.audit.verify import verify_log
 from gatehouse.exceptions import AuditWriteError, NotFoundError
-from moto import mock_aws
-
 from tests.unit.audit_fixtures import (
     ACCESS_DENIED,
     AGENT_ARN,

@@ -6,13 +6,14 @@ import re
 
 import boto3
 import pytest
+from moto import mock_aws
+from moto.athena.models import QueryResults, athena_backends
+from moto.moto_api import state_manager
+
 from gatehouse import names
 from gatehouse.audit import events, named_queries
 from gatehouse.audit.named_queries import NAMED_QUERIES, ParamKind, normalize_time, render, sql_literal
 from gatehouse.audit.query import AthenaAuditQuery, AuditQueryError, run_named
-from moto import mock_aws
-from moto.athena.models import QueryResults, athena_backends
-from moto.moto_api import state_manager
 
 # -- named queries -----------------------------------------------------------------------------
 

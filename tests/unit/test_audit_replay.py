@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import boto3
 import pytest
+from moto import mock_aws
+
 from gatehouse.audit.log import SessionLog, event_key
 from gatehouse.audit.replay import replay
 from gatehouse.exceptions import NotFoundError
-from moto import mock_aws
-
 from tests.unit.audit_fixtures import (
     LOG_BUCKET,
     copy_bucket,

@@ -6,15 +6,16 @@ import json
 
 import boto3
 import pytest
+from moto import mock_aws
+
 from gatehouse.audit import events
 from gatehouse.audit.log import event_key, manifest_key
 from gatehouse.audit.verify import ProblemKind, verify_log
-from moto import mock_aws
-
 from tests.unit.audit_fixtures import (
     COPY_BUCKET,
     LOG_BUCKET,
     SteppingClock,
+    client_error,
     copy_bucket,
     make_log_bucket,
     mutate,
@@ -218,3 +219,31 @@ def test_a_session_that_crossed_midnight_verifies(s3):
     assert report.ok, report.format()
     assert report.sessions[0].events == 4
     assert COPY_BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+class WithoutVersionListing:
+    """An auditor role without s3:ListBucketVersions."""
+
+    def __init__(self, s3):
+        self._s3 = s3
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+    def get_paginator(self, operation):
+        if operation != "list_object_versions":
+            return self._s3.get_paginator(operation)
+
+        class Denied:
+            def paginate(self, **kwargs):
+                raise client_error("AccessDenied", 403, "ListObjectVersions")
+
+        return Denied()
+
+
+def test_without_version_listing_verify_still_checks_the_chain(s3, copy):
+    auditor = WithoutVersionListing(s3)
+    assert verify_log(auditor, LOG_BUCKET).ok
+    assert verify_log(auditor, LOG_BUCKET, CLOSED).ok
+    s3.delete_object(Bucket=copy, Key=key(CLOSED, 1))
+    assert found(verify_log(auditor, copy)) == {(1, ProblemKind.MISSING)}

@@ -423,9 +423,10 @@ class SessionLog:
         self._settle_pending()
         if "connection_env" in fields and fields["connection_env"] is not None:
             self._session["connection_env"] = fields["connection_env"]
-        moment = self._now()
         adoptions = 0
         while True:
+            # Taken afresh after an adoption, so times stay in chain order.
+            moment = self._now()
             event = events.build_event(
                 kind=kind,
                 seq=self._chain.next_seq,

@@ -35,7 +35,7 @@ from botocore.exceptions import ClientError
 
 from gatehouse import names
 from gatehouse.audit import events
-from gatehouse.audit.log import EventKey, manifest_key, parse_event_key
+from gatehouse.audit.log import EventKey, list_partitions, manifest_key, parse_event_key
 
 _MANIFEST_FIELDS = (
     "session_id",
@@ -165,11 +165,17 @@ def _scan(s3_client: Any, bucket: str, prefix: str) -> dict[str, KeyState]:
 
 
 def _partitions(s3_client: Any, bucket: str) -> list[str]:
+    """Every `events/dt=.../` prefix, including days whose objects are all hidden by delete markers."""
     prefixes: set[str] = set()
-    for page in s3_client.get_paginator("list_object_versions").paginate(
-        Bucket=bucket, Prefix=names.EVENTS_PREFIX, Delimiter="/"
-    ):
-        prefixes.update(p["Prefix"] for p in page.get("CommonPrefixes", []))
+    try:
+        for page in s3_client.get_paginator("list_object_versions").paginate(
+            Bucket=bucket, Prefix=names.EVENTS_PREFIX, Delimiter="/"
+        ):
+            prefixes.update(p["Prefix"] for p in page.get("CommonPrefixes", []))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in {"AccessDenied", "NotImplemented"}:
+            raise
+        prefixes.update(list_partitions(s3_client, bucket))
     return sorted(prefixes)
 
 
