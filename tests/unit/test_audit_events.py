@@ -179,3 +179,12 @@ def test_athena_table_parameters_project_dt_over_the_event_layout():
     assert params["projection.dt.format"] == "yyyy-MM-dd"
     assert params["storage.location.template"] == "s3://my-log-bucket/events/dt=${dt}/"
     assert events.PARTITION_COLUMN.name == "dt" and events.PARTITION_COLUMN.name not in events.FIELD_NAMES
+
+
+def test_parse_event_refuses_nan_and_wrongly_typed_keys():
+    event = build()
+    text = events.serialize(event).decode()
+    with pytest.raises(ValueError):
+        events.parse_event(text.replace('"row_count":null', '"row_count":NaN').encode())
+    with pytest.raises(ValueError, match="time"):
+        events.parse_event(events.serialize({**event, "time": 5}))

@@ -306,10 +306,14 @@ def serialize(event: Mapping[str, Any]) -> bytes:
     )
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid in an event")
+
+
 def parse_event(body: bytes) -> dict[str, Any]:
     """Parse a stored event; raise ValueError when it is not one JSON object with every column."""
     try:
-        record = json.loads(body.decode("utf-8"))
+        record = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a JSON event: {exc}") from exc
     if not isinstance(record, dict):
@@ -319,6 +323,7 @@ def parse_event(body: bytes) -> dict[str, Any]:
         raise ValueError(f"missing column(s): {', '.join(missing)}")
     if not isinstance(record["seq"], int) or isinstance(record["seq"], bool):
         raise ValueError("seq is not an integer")
-    if not isinstance(record["hash"], str) or not isinstance(record["prev_hash"], str):
-        raise ValueError("hash or prev_hash is not a string")
+    for name in ("hash", "prev_hash", "session_id", "time", "kind"):
+        if not isinstance(record[name], str):
+            raise ValueError(f"{name} is not a string")
     return record

@@ -115,7 +115,12 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def call_with_retry(policy: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
-    """Run `fn`, retrying transient S3 failures; raise AuditWriteError when they do not pass."""
+    """Run `fn`, retrying transient S3 failures; raise AuditWriteError when they do not pass.
+
+    Other errors propagate unchanged. The budget is checked between attempts, so the total is at
+    most `total_timeout_s` plus one attempt: give the client short timeouts and few retries of its
+    own (botocore's retries multiply these).
+    """
     deadline = policy.monotonic() + policy.total_timeout_s
     attempt = 0
     while True:
