@@ -1,0 +1,273 @@
+"""Content detectors: what each one masks inside free text, and what it must leave alone."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+
+import pytest
+
+from gatehouse.masking import DETECTOR_NAMES, Masker, load_profile
+from gatehouse.masking.detectors import card_number_ok, iban_ok, jwt_ok, luhn_ok, ssn_ok
+
+KEY = b"unit-test-masking-key-0123456789"
+
+# Credential-shaped test strings are assembled at run time: the repository's hook refuses
+# anything that looks like a real key in a commit, and these are not real keys.
+ACCESS_KEY = "AKIA" + "IOSFODNN7EXAMPLE"  # AWS's documented example
+SESSION_KEY = "AS" + "IA" + "Q3EGRTWZ7XAMPL3X"
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"  # AWS's documented example (40)
+PEM_BEGIN = "-----BEGIN " + "RSA PRIVATE KEY-----"
+PEM_END = "-----END " + "RSA PRIVATE KEY-----"
+PEM = PEM_BEGIN + "\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n" + PEM_END
+
+
+def _b64url(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+JWT = _b64url({"alg": "HS256", "typ": "JWT"}) + "." + _b64url({"sub": "42"}) + ".c2lnbmF0dXJlLXNpZw"
+
+
+def _luhn_complete(body: str) -> str:
+    """An independent Luhn: the check digit that makes `body + digit` valid."""
+    total = 0
+    for i, c in enumerate(reversed(body)):
+        d = int(c) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return body + str((10 - total % 10) % 10)
+
+
+@pytest.fixture(scope="module")
+def masker() -> Masker:
+    return Masker(load_profile("default"), KEY)
+
+
+def _mask_cell(masker: Masker, value: str) -> tuple[object, set[str]]:
+    """One value through the result path; returns it and the detectors reported."""
+    out = masker.mask_rows(["value"], [(value,)])
+    return out.rows[0][0], {m.rule.removeprefix("detector:") for m in out.masked}
+
+
+POSITIVE = [
+    # email
+    ("email", "write to alice@example.com today", "write to [EMAIL] today"),
+    ("email", "John.Smith+news@Mail.Example.CO.UK", "[EMAIL]"),
+    ("email", "<bob_o-neil@corp.example.io>", "<[EMAIL]>"),
+    ("email", "Key (email)=(carol@example.org) already exists.", "Key (email)=([EMAIL]) already exists."),
+    # card numbers (Luhn-valid test numbers of several networks and groupings)
+    ("card_number", "4111111111111111", "[CARD_NUMBER]"),
+    ("card_number", "paid with 4111 1111 1111 1111 yesterday", "paid with [CARD_NUMBER] yesterday"),
+    ("card_number", "5555-5555-5555-4444", "[CARD_NUMBER]"),
+    ("card_number", "amex 378282246310005", "amex [CARD_NUMBER]"),
+    ("card_number", "amex 3782 822463 10005", "amex [CARD_NUMBER]"),
+    ("card_number", "13 digits: 4222222222222.", "13 digits: [CARD_NUMBER]."),
+    ("card_number", "expiry after it: 4111 1111 1111 1111 12/27", "expiry after it: [CARD_NUMBER] 12/27"),
+    ("card_number", "card:6011111111111117,", "card:[CARD_NUMBER],"),
+    # US SSN
+    ("ssn", "ssn 123-45-6789 on file", "ssn [SSN] on file"),
+    ("ssn", "WHERE ssn = '078-05-1120'", "WHERE ssn = '[SSN]'"),
+    # phones
+    ("phone", "call (415) 555-0132 now", "call [PHONE] now"),
+    ("phone", "415-555-0132", "[PHONE]"),
+    ("phone", "415.555.0132", "[PHONE]"),
+    ("phone", "415 555 0132", "[PHONE]"),
+    ("phone", "1-415-555-0132", "[PHONE]"),
+    ("phone", "+1-415-555-0132", "[PHONE]"),
+    ("phone", "+1 (415) 555-0132", "[PHONE]"),
+    ("phone", "London +44 20 7946 0958.", "London [PHONE]."),
+    ("phone", "+4915123456789", "[PHONE]"),
+    ("phone", "+33 1 23 45 67 89", "[PHONE]"),
+    # IBAN (mod-97 valid)
+    ("iban", "DE89 3704 0044 0532 0130 00", "[IBAN]"),
+    ("iban", "pay GB82WEST12345698765432 now", "pay [IBAN] now"),
+    ("iban", "FR1420041010050500013M02606", "[IBAN]"),
+    ("iban", "NO9386011117947", "[IBAN]"),
+    ("iban", "MT84MALT011000012345MTLCAST001S", "[IBAN]"),
+    ("iban", "DE89 3704 0044 0532 0130 00 THANKS", "[IBAN] THANKS"),
+    # AWS
+    ("aws_access_key", f"key {ACCESS_KEY} leaked", "key [AWS_ACCESS_KEY] leaked"),
+    ("aws_access_key", f"{SESSION_KEY}", "[AWS_ACCESS_KEY]"),
+    ("aws_secret_key", f"aws_secret_access_key = {SECRET_KEY}", "aws_secret_access_key = [AWS_SECRET_KEY]"),
+    ("aws_secret_key", f'{{"SecretAccessKey": "{SECRET_KEY}"}}', '{"SecretAccessKey": "[AWS_SECRET_KEY]"}'),
+    ("aws_secret_key", f"AWS_SECRET_ACCESS_KEY={SECRET_KEY}", "AWS_SECRET_ACCESS_KEY=[AWS_SECRET_KEY]"),
+    ("aws_secret_key", SECRET_KEY, "[AWS_SECRET_KEY]"),
+    ("aws_secret_key", f"  {SECRET_KEY}  ", "[AWS_SECRET_KEY]"),
+    # JWT
+    ("jwt", f"token={JWT}&x=1", "token=[JWT]&x=1"),
+    ("jwt", _b64url({"alg": "none"}) + "." + _b64url({"sub": "1"}) + ".", "[JWT]"),
+    # private keys, whole blocks, even cut short
+    ("private_key", f"key:\n{PEM}\nend", "key:\n[PRIVATE_KEY]\nend"),
+    ("private_key", "-----BEGIN " + "PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B", "[PRIVATE_KEY]"),
+    ("private_key", "x -----BEGIN " + "OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY----- y",
+     "x [PRIVATE_KEY] y"),
+    # bearer tokens and Authorization headers
+    ("bearer_token", "Authorization: Bearer abc123def456ghi789", "Authorization: Bearer [BEARER_TOKEN]"),
+    ("bearer_token", "curl -H 'authorization: basic dXNlcjpwYXNz'",
+     "curl -H 'authorization: basic [BEARER_TOKEN]'"),
+    ("bearer_token", "sent bearer Zm9vYmFyYmF6cXV4 ok", "sent bearer [BEARER_TOKEN] ok"),
+    ("bearer_token", '{"Authorization": "tok_8f3kLmQ2"}', '{"Authorization": "[BEARER_TOKEN]"}'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("detector", "text", "expected"), POSITIVE)
+def test_detector_masks_only_the_sensitive_span(
+    masker: Masker, detector: str, text: str, expected: str
+) -> None:
+    value, reported = _mask_cell(masker, text)
+
+    assert value == expected
+    assert detector in reported
+    assert masker.mask_text(text) == expected
+
+
+def test_every_detector_has_a_positive_case() -> None:
+    assert {d for d, _, _ in POSITIVE} == set(DETECTOR_NAMES)
+
+
+def test_a_19_digit_card_is_masked(masker: Masker) -> None:
+    card = _luhn_complete("6304" + "000000000000" + "12")
+    assert len(card) == 19 and luhn_ok(card)
+
+    assert masker.mask_text(f"maestro {card}") == "maestro [CARD_NUMBER]"
+
+
+NEGATIVE = [
+    # identifiers, dates, versions, amounts, addresses that carry digits but no PII
+    "ORD-2024-000123",
+    "order ORD-2024-000123 shipped",
+    "3f9a0c1e-2b7d-4c1e-9a0c-1e2b7d3f9a0c",
+    "12345678-1234-1234-1234-123412341234",
+    "2024-01-15",
+    "2024-01-15T10:30:00Z",
+    "2024-01-15 10:30:00.123456+00:00",
+    "15.01.2024",
+    "v1.2.3",
+    "1.2.3",
+    "release 10.4.12",
+    "1234.56",
+    "$1,234,567.89",
+    "0.4111111111111111",
+    "192.168.1.10",
+    "10.0.12.7:5432",
+    "1700000000000",
+    "SKU-88412",
+    "A7",
+    "trial",
+    "John Smith",
+    "room 1201, floor 12",
+    # near misses
+    "4111 1111 1111 1112",  # Luhn fails
+    "4111111111111112",  # Luhn fails
+    "0000 0000 0000 0000",  # Luhn-valid zeros: no issuer
+    "000-12-3456",  # SSN area 000
+    "666-12-3456",  # SSN area 666
+    "900-12-3456",  # SSN area 9xx
+    "123-00-4567",  # SSN group 00
+    "123-45-0000",  # SSN serial 0000
+    "123-45-678",  # too short
+    "DE89370400440532013001",  # IBAN checksum fails
+    "GB82WEST12345698765433",  # IBAN checksum fails
+    "user@localhost",  # no domain
+    "npm install left-pad@1.3.0",
+    "the bearer of bad news",
+    "Bearer authentication is used",
+    "authorization: pending",
+    "da39a3ee5e6b4b0d3255bfef95601890afd80709",  # SHA-1 hex: 40 chars, but no upper case
+    "eyJub3RfYWxnIjogMX0.eyJzdWIiOiAiMSJ9.c2ln",  # header without "alg"
+    "eyJhbGciOiJIUzI1NiJ9",  # one segment
+    "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----",
+    "AKIA-not-a-key",
+    "ASIA PACIFIC",
+]
+
+
+@pytest.mark.parametrize("text", NEGATIVE)
+def test_values_that_are_not_sensitive_come_back_unchanged(masker: Masker, text: str) -> None:
+    value, reported = _mask_cell(masker, text)
+
+    assert value == text
+    assert reported == set()
+    assert masker.mask_text(text) == text
+
+
+def test_a_phone_inside_a_rejected_card_candidate_is_still_masked(masker: Masker) -> None:
+    # 14 digits in groups: a card candidate that fails Luhn, then a phone and a count
+    assert masker.mask_text("1 415 555 0132 1234") == "[PHONE] 1234"
+
+
+def test_a_card_after_a_short_group_is_found(masker: Masker) -> None:
+    assert masker.mask_text("12 4111 1111 1111 1111") == "12 [CARD_NUMBER]"
+
+
+def test_an_access_key_and_the_secret_next_to_it(masker: Masker) -> None:
+    out = masker.mask_rows(["creds"], [(f"{ACCESS_KEY},{SECRET_KEY}",)])
+
+    assert out.rows == [("[AWS_ACCESS_KEY],[AWS_SECRET_KEY]",)]
+    assert [m.rule for m in out.masked] == ["detector:aws_access_key", "detector:aws_secret_key"]
+
+
+def test_a_40_character_token_inside_a_sentence_is_not_a_secret_without_context(masker: Masker) -> None:
+    text = f"build {SECRET_KEY.replace('/', 'x')} done"
+
+    assert masker.mask_text(text) == text
+
+
+def test_many_kinds_in_one_note(masker: Masker) -> None:
+    note = (
+        f"Reach alice@example.com or (415) 555-0132; card 4111-1111-1111-1111, ssn 123-45-6789, "
+        f"IBAN DE89 3704 0044 0532 0130 00, key {ACCESS_KEY}, order ORD-2024-000123 on 2024-01-15."
+    )
+    expected = (
+        "Reach [EMAIL] or [PHONE]; card [CARD_NUMBER], ssn [SSN], "
+        "IBAN [IBAN], key [AWS_ACCESS_KEY], order ORD-2024-000123 on 2024-01-15."
+    )
+
+    assert masker.mask_text(note) == expected
+
+
+@pytest.mark.parametrize(
+    ("digits", "valid"),
+    [("4111111111111111", True), ("4111111111111112", False), ("79927398713", True), ("0", True)],
+)
+def test_luhn(digits: str, valid: bool) -> None:
+    assert luhn_ok(digits) is valid
+
+
+def test_card_rules_beyond_luhn() -> None:
+    assert card_number_ok("4222222222222")
+    assert not card_number_ok("0000000000000000")  # no issuer uses a leading 0
+    assert not card_number_ok(_luhn_complete("170000000000"))  # 13 digits starting with 1
+    assert card_number_ok(_luhn_complete("10000000000000"))  # UATP: 15 digits starting with 1
+    assert not card_number_ok(_luhn_complete("41111111111"))  # 12 digits
+
+
+def test_iban_checksum() -> None:
+    assert iban_ok("DE89370400440532013000")
+    assert not iban_ok("DE89370400440532013001")
+    assert not iban_ok("DE00370400440532013000")  # check digits 00 never occur
+
+
+def test_ssn_areas() -> None:
+    assert ssn_ok("123-45-6789")
+    assert not any(
+        ssn_ok(s) for s in ("000-12-3456", "666-12-3456", "987-65-4321", "123-00-4567", "123-45-0000")
+    )
+
+
+def test_jwt_header_must_be_json_with_alg() -> None:
+    assert jwt_ok(JWT)
+    assert not jwt_ok("eyJ@@@.x.y")
+    assert not jwt_ok(_b64url({"typ": "JWT"}) + ".e30.x")
+
+
+def test_the_column_pass_and_the_value_pass_agree(masker: Masker) -> None:
+    """Many values scanned as one joined text give what each value gives alone."""
+    rnd = random.Random(7)
+    pieces = [*(t for _, t, _ in POSITIVE), *NEGATIVE, " ", ", ", "-", "\n", "(", "+", "1"]
+    values = ["".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 4))) for _ in range(2_000)]
+
+    out = masker.mask_rows(["v"], [(v,) for v in values])
+
+    assert [row[0] for row in out.rows] == [masker.mask_text(v) for v in values]
