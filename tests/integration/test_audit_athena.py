@@ -37,7 +37,7 @@ def deployed(request: pytest.FixtureRequest) -> tuple[str, AthenaAuditQuery]:
 def test_the_glue_table_has_the_event_columns(deployed):
     _, athena = deployed
     columns, _ = athena.run(f"SELECT * FROM {named_queries.TABLE} LIMIT 0")
-    assert columns == [*FIELD_NAMES, "dt"]
+    assert sorted(columns) == sorted([*FIELD_NAMES, "dt"])  # the SerDe maps JSON keys by name
 
 
 @pytest.mark.parametrize("query", named_queries.NAMED_QUERIES, ids=lambda q: q.name)
