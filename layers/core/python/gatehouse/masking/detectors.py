@@ -2,14 +2,14 @@
 
 Speed comes from scanning many values at once. The engine joins a column's text values with
 NUL between them (and around them) and calls `ContentScanner.scan` once per column, so the
-regex engine, not Python, walks the characters. That only works because of three rules that
-every pattern below keeps:
+regex engine, not Python, walks the characters. That only works because of three rules:
 
 - no pattern matches NUL (explicit character classes; `\\s` and `[^\\x00]` never match it), so
   no match spans two values and splitting on NUL gives the values back;
-- every pattern starts with a literal or a character class (lookbehinds come after the first
-  character), so `re` can skip to candidates with its prefix scan instead of trying a match at
-  every position;
+- a pattern starts with a literal or a character class (lookbehinds come after the first
+  character), so `re` skips to candidates with its prefix scan instead of trying a match at
+  every position. Where that cannot be (the email local part, case-insensitive keywords), the
+  pass starts from a `str.find` of the anchor (`@`, `bearer`, `secret`) instead;
 - a pass runs only when a cheap substring test says it can match (`"@" in text`, ...).
 
 Checks a regex cannot do (Luhn, IBAN mod-97, the JWT header, what a bearer token looks like)
@@ -20,7 +20,7 @@ detectors, so a Luhn-invalid 14-digit run still has its phone number masked.
 only (a) after an AKIA/ASIA access key id (up to 5 separator characters between), (b) after a
 keyword such as `aws_secret_access_key`, `secret_key`, `SecretAccessKey` with `=`, `:`, `=>` or
 spaces, or (c) when it is a whole value on its own and mixes upper case, lower case and digits
-(so a 40-digit hex SHA-1 is not flagged).
+(so a 40-character hex SHA-1 is not flagged).
 """
 
 from __future__ import annotations
@@ -196,33 +196,29 @@ _NUMBER_START = r"[^A-Za-z0-9]"
 _NOT_FRACTION = r"(?<![0-9]\.[0-9]{2})"  # after "0." a run of digits is a fraction, not a number
 _NUMBER_END = r"(?![0-9]|[.,-][0-9])"
 _US_REST = r"[0-9]{3}[-. ][0-9]{4}" + _NUMBER_END  # exchange and line number
-# (detector, group, alternative); "2d" alternatives follow two shared digits.
-_NUMBER_ALTERNATIVES: tuple[tuple[str, str, str], ...] = (
+# (detector, group, family, alternative); the "2d" family follows two shared digits.
+_NUMBER_ALTERNATIVES: tuple[tuple[str, str, str, str], ...] = (
     # Contiguous (13 to 19 digits), or grouped with a first group of 4 (see card_groups_ok).
-    ("card_number", "2d", r"(?<=[1-9][0-9])(?P<card_number>)[0-9]{2}"
+    ("card_number", "card_number", "2d", r"(?<=[1-9][0-9])(?P<card_number>)[0-9]{2}"
      r"(?:[0-9]{9,15}|[ -][0-9](?:[ -]?[0-9]){8,14})(?![A-Za-z0-9]|\.[0-9])"),
-    ("ssn", "2d", r"(?<=[0-8][0-9])(?P<ssn>)[0-9]-[0-9]{2}-[0-9]{4}" + _NUMBER_END),
+    ("ssn", "ssn", "2d", r"(?<=[0-8][0-9])(?P<ssn>)[0-9]-[0-9]{2}-[0-9]{4}" + _NUMBER_END),
     # US national: 415-555-0132, 415.555.0132, 415 555 0132; 1-415-555-0132, 1 (415) 555-0132
-    ("phone", "2d", r"(?P<phone_us>)[0-9][-. ]" + _US_REST),
-    ("phone", "", r"1(?<![0-9]\.1)(?P<phone_one>)[-. ]?(?:\([0-9]{3}\)[ ]?|[0-9]{3}[-. ])" + _US_REST),
-    ("phone", "", r"\((?P<phone_paren>)[0-9]{3}\)[ ]?" + _US_REST),
+    ("phone", "phone_us", "2d", r"(?P<phone_us>)[0-9][-. ]" + _US_REST),
+    ("phone", "phone_one", "",
+     r"1(?<![0-9]\.1)(?P<phone_one>)[-. ]?(?:\([0-9]{3}\)[ ]?|[0-9]{3}[-. ])" + _US_REST),
+    ("phone", "phone_paren", "", r"\((?P<phone_paren>)[0-9]{3}\)[ ]?" + _US_REST),
     # E.164: + country code, 8 to 15 digits in all, single space, dot or dash between groups
-    ("phone", "", r"\+(?P<phone_intl>)"
+    ("phone", "phone_intl", "", r"\+(?P<phone_intl>)"
      r"(?:1[-. ]?\([0-9]{3}\)[ ]?" + _US_REST + r"|[1-9](?:[-. ]?[0-9]){7,14}" + _NUMBER_END + ")"),
-    ("iban", "", r"[A-Z](?P<iban>)[A-Z][0-9]{2}(?:[ ]?[A-Z0-9]){11,30}(?![A-Za-z0-9])"),
+    ("iban", "iban", "", r"[A-Z](?P<iban>)[A-Z][0-9]{2}(?:[ ]?[A-Z0-9]){11,30}(?![A-Za-z0-9])"),
 )  # fmt: skip
-_GROUP_DETECTOR = {
-    re.search(r"\(\?P<(\w+)>\)", rx).group(1): detector  # type: ignore[union-attr]
-    for detector, _, rx in _NUMBER_ALTERNATIVES
-}
-
-
+_GROUP_DETECTOR = {group: detector for detector, group, _, _ in _NUMBER_ALTERNATIVES}
 _PHONE_GROUPS = frozenset(g for g, d in _GROUP_DETECTOR.items() if d == "phone")
 
 
 def _number_pattern(detectors: frozenset[str]) -> re.Pattern[str] | None:
-    shared = [rx for d, family, rx in _NUMBER_ALTERNATIVES if d in detectors and family == "2d"]
-    alts = [rx for d, family, rx in _NUMBER_ALTERNATIVES if d in detectors and family == ""]
+    shared = [rx for d, _, family, rx in _NUMBER_ALTERNATIVES if d in detectors and family == "2d"]
+    alts = [rx for d, _, family, rx in _NUMBER_ALTERNATIVES if d in detectors and family == ""]
     if shared:
         alts.insert(0, "[0-9][0-9]" + _NOT_FRACTION + "(?:" + "|".join(shared) + ")")
     return re.compile(_NUMBER_START + "(?:" + "|".join(alts) + ")") if alts else None
