@@ -12,6 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gatehouse.local.moto_server import MotoServerError
+from gatehouse.local.postgres import PostgresUnavailableError
+from gatehouse.local.provision import ProvisionError
 from gatehouse.local.stack import (
     STATE_DIR,
     LocalStack,
@@ -44,7 +47,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
         run_until_signalled(stack, announce=_say)
         return EXIT_OK
-    except LocalStackError as exc:
+    except (LocalStackError, MotoServerError, PostgresUnavailableError, ProvisionError) as exc:
         print(f"gatehouse: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
