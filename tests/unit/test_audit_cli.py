@@ -17,8 +17,6 @@ def test_a_deployed_stack_is_chosen_when_the_log_bucket_is_set(tmp_path):
         "AWS_REGION": "eu-west-1",
         cli.ENV_ATHENA_WORKGROUP: "wg",
     }
-    (tmp_path / ".gatehouse").mkdir()
-    (tmp_path / ".gatehouse" / "local.json").write_text('{"aws": "http://127.0.0.1:1"}')
 
     target = cli.load_target(tmp_path, env)
 
@@ -29,6 +27,16 @@ def test_a_deployed_stack_is_chosen_when_the_log_bucket_is_set(tmp_path):
         workgroup="wg",
         database=names.GLUE_DATABASE,
     )
+
+
+def test_a_running_local_stack_wins_over_the_variable_it_sets_itself(tmp_path):
+    # The local stack exports GATEHOUSE_LOG_BUCKET for the handler it hosts.
+    (tmp_path / ".gatehouse").mkdir()
+    (tmp_path / ".gatehouse" / "local.json").write_text('{"aws": "http://127.0.0.1:1", "bucket": "b"}')
+
+    target = cli.load_target(tmp_path, {names.ENV_LOG_BUCKET: "b"})
+
+    assert (target.kind, target.endpoint_url) == ("local", "http://127.0.0.1:1")
 
 
 def test_the_local_stack_is_read_from_gatehouse_local_json(tmp_path):

@@ -15,8 +15,10 @@ from gatehouse.registry import Registry
 from gatehouse.secrets import SecretStore
 from gatehouse.service import Gatehouse
 
-# Retries here are botocore's; the session log adds its own backoff on top (gatehouse.audit).
 _BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=3, read_timeout=10)
+# The session log retries with its own backoff and time budget (gatehouse.audit.log.RetryPolicy);
+# botocore's retries would multiply it, so its client tries once and times out fast.
+_LOG_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=2, read_timeout=3)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,6 @@ def build_runtime(settings: Settings, session: Any = None) -> Runtime:
         policy=PolicyEngine.from_dir(settings.policy_dir),
         secrets=secrets,
         requests=RequestStore(ddb, settings.requests_table),
-        s3_client=session.client("s3", config=_BOTO_CONFIG),
+        s3_client=session.client("s3", config=_LOG_CONFIG),
     )
     return Runtime(settings=settings, service=service, registry=registry)

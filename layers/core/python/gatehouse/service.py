@@ -169,7 +169,7 @@ class Gatehouse:
             record.status = "denied"
             session.append("refused", outcome="denied", error="; ".join(decision.reasons) or None,
                            **described)
-            session.close()
+            self._close(session)
             self._requests.put_new(record)
             return Outcome(request_id, "denied", classification, decision, record)
         if decision.effect is Effect.APPROVAL:
@@ -247,8 +247,17 @@ class Gatehouse:
                            duration_ms=duration, **described)
             session.close()
             raise
-        session.close()
+        # The command has committed and its `executed` event is stored: a failure to write the
+        # closing event must not turn a command that ran into an error the agent would retry.
+        self._close(session)
         return masked[0]
+
+    @staticmethod
+    def _close(session: SessionLog) -> None:
+        try:
+            session.close()
+        except AuditWriteError:
+            log.error("session %s: could not write session_closed and its manifest", session.session_id)
 
     def _refuse(self, session: SessionLog, exc: GatehouseError, **fields: Any) -> None:
         """Record a refusal; the refusal stands even if the log is down (nothing runs)."""

@@ -81,10 +81,15 @@ class AuditTarget:
 
 
 def load_target(cwd: Path | None = None, env: Mapping[str, str] | None = None) -> AuditTarget:
-    """The deployed stack if `GATEHOUSE_LOG_BUCKET` is set, else `.gatehouse/local.json`."""
+    """The local stack when `.gatehouse/local.json` is here, else the deployed stack from the env.
+
+    The local state wins: the local stack itself sets `GATEHOUSE_LOG_BUCKET` for the handler it
+    hosts, so the variable alone does not mean a deployed stack.
+    """
     env = os.environ if env is None else env
+    path = (cwd or Path.cwd()) / LOCAL_STATE_FILE
     bucket = env.get(names.ENV_LOG_BUCKET)
-    if bucket:
+    if bucket and not path.exists():
         return AuditTarget(
             kind="aws",
             bucket=bucket,
@@ -92,7 +97,6 @@ def load_target(cwd: Path | None = None, env: Mapping[str, str] | None = None) -
             workgroup=env.get(ENV_ATHENA_WORKGROUP) or names.ATHENA_WORKGROUP,
             database=env.get(ENV_GLUE_DATABASE) or names.GLUE_DATABASE,
         )
-    path = (cwd or Path.cwd()) / LOCAL_STATE_FILE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
