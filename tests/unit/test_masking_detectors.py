@@ -93,7 +93,7 @@ POSITIVE = [
     ("aws_secret_key", f'{{"SecretAccessKey": "{SECRET_KEY}"}}', '{"SecretAccessKey": "[AWS_SECRET_KEY]"}'),
     ("aws_secret_key", f"AWS_SECRET_ACCESS_KEY={SECRET_KEY}", "AWS_SECRET_ACCESS_KEY=[AWS_SECRET_KEY]"),
     ("aws_secret_key", SECRET_KEY, "[AWS_SECRET_KEY]"),
-    ("aws_secret_key", f"  {SECRET_KEY}  ", "[AWS_SECRET_KEY]"),
+    ("aws_secret_key", f"  {SECRET_KEY}\n", "[AWS_SECRET_KEY]"),
     # JWT
     ("jwt", f"token={JWT}&x=1", "token=[JWT]&x=1"),
     ("jwt", _b64url({"alg": "none"}) + "." + _b64url({"sub": "1"}) + ".", "[JWT]"),
@@ -206,6 +206,12 @@ def test_an_access_key_and_the_secret_next_to_it(masker: Masker) -> None:
 
     assert out.rows == [("[AWS_ACCESS_KEY],[AWS_SECRET_KEY]",)]
     assert [m.rule for m in out.masked] == ["detector:aws_access_key", "detector:aws_secret_key"]
+
+
+def test_a_standalone_secret_among_short_values(masker: Masker) -> None:
+    out = masker.mask_rows(["v"], [("short",), (SECRET_KEY,), (None,), ("x" * 60,)])
+
+    assert [row[0] for row in out.rows] == ["short", "[AWS_SECRET_KEY]", None, "x" * 60]
 
 
 def test_a_40_character_token_inside_a_sentence_is_not_a_secret_without_context(masker: Masker) -> None:

@@ -171,9 +171,9 @@ _SECRET_KEYWORDS = ("secret",)
 _SECRET_LOOKBACK = 4
 # A whole value (between NULs): checked once per value, the prefix scan jumps from NUL to NUL.
 AWS_SECRET_ALONE_RE = re.compile(
-    r"\x00[ \t]*(?=[A-Za-z0-9/+]{40}[ \t]*\x00)"
+    r"\x00[ \t\r\n]*(?=[A-Za-z0-9/+]{40}[ \t\r\n]*\x00)"
     r"(?=[a-z0-9/+]{0,39}[A-Z])(?=[A-Z0-9/+]{0,39}[a-z])(?=[A-Za-z/+]{0,39}[0-9])"
-    r"(?P<secret>[A-Za-z0-9/+]{40})[ \t]*(?=\x00)"
+    r"(?P<secret>[A-Za-z0-9/+]{40})[ \t\r\n]*(?=\x00)"
 )
 
 _LOCAL = r"[A-Za-z0-9._%+-]"

@@ -4,6 +4,7 @@ A connection names its profile (`Connection.masking_profile`). A profile holds c
 (case-insensitive exact names or globs, first match wins) and, per content detector, the
 strategy that replaces what the detector finds. Detectors run on every text value of every
 column that no rule matches; a column rule replaces the whole value, whatever its type.
+A result's `masked` report names a rule `column:<pattern>` or `detector:<name>`.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def _rules(pairs: Iterable[tuple[str, Strategy]]) -> tuple[ColumnRule, ...]:
 # The demo's prod `customers` table (id, name, email, phone, card_number, ssn, notes) and
 # columns like it. Names and emails are hashed, not redacted, so an analyst can still count,
 # group and join on them; `notes` has no rule: detectors mask what it contains, span by span.
-# `ssn` patterns avoid `*ssn*`, which would also catch `classname`.
+# `ssn` patterns avoid `*ssn*`, which would also catch `classname`. Columns that hold
+# credentials are dropped (null) rather than shown in any form.
 _PII_STRICT_RULES = _rules(
     [
         ("name", Strategy.HASH),
