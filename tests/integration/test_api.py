@@ -13,10 +13,16 @@ PROD_READ = "SELECT id, name, email, phone, card_number, ssn, notes FROM custome
 
 def raw_post(local_stack, body: bytes, agent: str = "analyst"):
     keys = local_stack.state["agents"][agent]
-    auth = AWS4Auth(keys["access_key_id"], keys["secret_access_key"], local_stack.state["region"],
-                    "execute-api")
-    return requests.post(local_stack.state["api"] + "/v1/requests", data=body, auth=auth,
-                         headers={"Content-Type": "application/json"}, timeout=30)
+    auth = AWS4Auth(
+        keys["access_key_id"], keys["secret_access_key"], local_stack.state["region"], "execute-api"
+    )
+    return requests.post(
+        local_stack.state["api"] + "/v1/requests",
+        data=body,
+        auth=auth,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
 
 
 def test_a_prod_read_comes_back_masked(local_stack):
@@ -116,7 +122,9 @@ def test_missing_and_wrongly_typed_fields_are_400s(local_stack):
     assert "sql" in missing.json()["message"]
     wrong = raw_post(local_stack, json.dumps({"connection": "demo-dev", "sql": 42}).encode())
     assert wrong.status_code == 400 and wrong.json()["error"] == "bad_request"
-    extra = raw_post(local_stack, json.dumps({"connection": "demo-dev", "sql": "SELECT 1", "as": "x"}).encode())
+    extra = raw_post(
+        local_stack, json.dumps({"connection": "demo-dev", "sql": "SELECT 1", "as": "x"}).encode()
+    )
     assert extra.status_code == 400
 
 
@@ -154,8 +162,12 @@ def test_every_step_is_in_the_session_log_under_object_lock(local_stack):
     request_id = answer.body["request_id"]
     s3 = local_stack.aws("s3")
     bucket = local_stack.state["bucket"]
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/")
-            for o in page.get("Contents", []) if f"session={request_id}/" in o["Key"]]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/")
+        for o in page.get("Contents", [])
+        if f"session={request_id}/" in o["Key"]
+    ]
     kinds = [json.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read())["kind"] for k in sorted(keys)]
     assert kinds == ["received", "decision", "executed", "session_closed"]
     head = s3.head_object(Bucket=bucket, Key=sorted(keys)[1])

@@ -14,8 +14,12 @@ from gatehouse.exceptions import AuditWriteError
 from gatehouse.models import Principal
 from gatehouse.runtime import build_runtime
 
-ANALYST = Principal(name="analyst", kind="agent", arn="arn:aws:iam::123456789012:user/gatehouse-agent-analyst",
-                    attributes={"team": "data", "clearance": "standard"})
+ANALYST = Principal(
+    name="analyst",
+    kind="agent",
+    arn="arn:aws:iam::123456789012:user/gatehouse-agent-analyst",
+    attributes={"team": "data", "clearance": "standard"},
+)
 WRITE = "UPDATE orders SET status = 'tampered' WHERE id <= 5"
 
 
@@ -57,7 +61,9 @@ def statuses(local_stack) -> list[str]:
 
 
 @pytest.mark.parametrize("failing", ["decision", "executed"])
-def test_a_write_does_not_land_when_its_record_cannot_be_stored(local_stack, service_with_faulty_log, failing):
+def test_a_write_does_not_land_when_its_record_cannot_be_stored(
+    local_stack, service_with_faulty_log, failing
+):
     before = statuses(local_stack)
     service, faulty = service_with_faulty_log({failing})
     with pytest.raises(AuditWriteError):
@@ -73,11 +79,18 @@ def test_the_api_answers_503_audit_unavailable(local_stack, service_with_faulty_
     service, _ = service_with_faulty_log({"received"})
     app = build_app(service, service._registry)
     event = {
-        "version": "2.0", "routeKey": "POST /v1/requests", "rawPath": "/v1/requests", "rawQueryString": "",
+        "version": "2.0",
+        "routeKey": "POST /v1/requests",
+        "rawPath": "/v1/requests",
+        "rawQueryString": "",
         "headers": {"content-type": "application/json"},
-        "requestContext": {"http": {"method": "POST", "path": "/v1/requests"}, "stage": "$default",
-                           "authorizer": {"iam": {"userArn": ANALYST.arn, "accountId": "123456789012"}}},
-        "body": json.dumps({"connection": "demo-dev", "sql": WRITE}), "isBase64Encoded": False,
+        "requestContext": {
+            "http": {"method": "POST", "path": "/v1/requests"},
+            "stage": "$default",
+            "authorizer": {"iam": {"userArn": ANALYST.arn, "accountId": "123456789012"}},
+        },
+        "body": json.dumps({"connection": "demo-dev", "sql": WRITE}),
+        "isBase64Encoded": False,
     }
     answer = app.resolve(event, None)
     assert answer["statusCode"] == 503

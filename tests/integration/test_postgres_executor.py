@@ -46,8 +46,9 @@ def executor_and_conn(aws_env, postgres, database):
     with mock_aws():
         sm = boto3.client("secretsmanager")
         sm.create_secret(Name="conn", SecretString=json.dumps({"username": role, "password": password}))
-        conn = Connection(name="t", kind="postgres", host=postgres.host, port=postgres.port,
-                          database=name, secret_id="conn")
+        conn = Connection(
+            name="t", kind="postgres", host=postgres.host, port=postgres.port, database=name, secret_id="conn"
+        )
         yield PostgresExecutor(SecretStore(sm)), conn
 
 
@@ -61,8 +62,12 @@ def count(postgres, database):
 
 def test_a_read_returns_columns_and_rows(executor_and_conn):
     ex, conn = executor_and_conn
-    result = ex.run(conn, [Statement("SELECT id, label FROM items WHERE id <= 3 ORDER BY id", R)],
-                    timeout_ms=2000, max_rows=100)
+    result = ex.run(
+        conn,
+        [Statement("SELECT id, label FROM items WHERE id <= 3 ORDER BY id", R)],
+        timeout_ms=2000,
+        max_rows=100,
+    )
     assert result.columns == ("id", "label")
     assert result.rows == ((1, "item 1"), (2, "item 2"), (3, "item 3"))
     assert result.row_count == 3 and not result.truncated
@@ -97,23 +102,33 @@ def test_a_failed_record_rolls_the_write_back(executor_and_conn, postgres, datab
         raise AuditWriteError("log unavailable")
 
     with pytest.raises(AuditWriteError):
-        ex.run(conn, [Statement("DELETE FROM items WHERE id > 40", W)], timeout_ms=2000, max_rows=10,
-               before_commit=recorder_down)
+        ex.run(
+            conn,
+            [Statement("DELETE FROM items WHERE id > 40", W)],
+            timeout_ms=2000,
+            max_rows=10,
+            before_commit=recorder_down,
+        )
     assert count(postgres, database) == 50
 
 
 def test_a_write_commits_and_reports_its_row_count(executor_and_conn, postgres, database):
     ex, conn = executor_and_conn
-    result = ex.run(conn, [Statement("UPDATE items SET label = 'x' WHERE id <= 2", W)],
-                    timeout_ms=2000, max_rows=10)
+    result = ex.run(
+        conn, [Statement("UPDATE items SET label = 'x' WHERE id <= 2", W)], timeout_ms=2000, max_rows=10
+    )
     assert result.row_count == 2
 
 
 def test_transaction_control_in_the_text_is_refused(executor_and_conn):
     ex, conn = executor_and_conn
     with pytest.raises(BadRequestError) as err:
-        ex.run(conn, [Statement("COMMIT", StatementClass.TRANSACTION), Statement("SELECT 1", R)],
-               timeout_ms=2000, max_rows=10)
+        ex.run(
+            conn,
+            [Statement("COMMIT", StatementClass.TRANSACTION), Statement("SELECT 1", R)],
+            timeout_ms=2000,
+            max_rows=10,
+        )
     assert err.value.code == "transaction_control_not_supported"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from gatehouse.classify import classify
 from gatehouse.classify.functions import SIDE_EFFECT_FREE, classify_function
 from gatehouse.classify.postgres import classify_sql

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from gatehouse.classify import classify
 from gatehouse.models import StatementClass
 

@@ -14,8 +14,14 @@ def test_settings_round_trip_through_the_lambda_environment():
     assert Settings.from_env(s.as_env()) == s
 
 
-@pytest.mark.parametrize("env", [{}, {names.ENV_LOG_BUCKET: "b", names.ENV_MAX_ROWS: "ten"},
-                                 {names.ENV_LOG_BUCKET: "b", names.ENV_STATEMENT_TIMEOUT_MS: "-1"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {names.ENV_LOG_BUCKET: "b", names.ENV_MAX_ROWS: "ten"},
+        {names.ENV_LOG_BUCKET: "b", names.ENV_STATEMENT_TIMEOUT_MS: "-1"},
+    ],
+)
 def test_bad_settings_stop_startup(env):
     with pytest.raises(ConfigError):
         Settings.from_env(env)

@@ -15,9 +15,18 @@ def test_user_arns_are_kept():
 
 
 def test_caller_comes_from_the_iam_authorizer_context():
-    event = {"requestContext": {"authorizer": {"iam": {
-        "userArn": "arn:aws:iam::123456789012:user/a", "accountId": "123456789012",
-        "accessKey": "AKIAIOSFODNN7EXAMPLE", "userId": "AIDA1"}}}}
+    event = {
+        "requestContext": {
+            "authorizer": {
+                "iam": {
+                    "userArn": "arn:aws:iam::123456789012:user/a",
+                    "accountId": "123456789012",
+                    "accessKey": "AKIAIOSFODNN7EXAMPLE",
+                    "userId": "AIDA1",
+                }
+            }
+        }
+    }
     caller = caller_from_event(event)
     assert caller.principal_key == "iam:arn:aws:iam::123456789012:user/a"
     assert caller.account_id == "123456789012"

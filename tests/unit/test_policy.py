@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from gatehouse.classify import classify
 from gatehouse.exceptions import PolicyError
 from gatehouse.models import (

@@ -68,9 +68,7 @@ class RequestRecord:
 
 
 class RequestStore:
-    def __init__(
-        self, dynamodb_client: Any, table: str, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, dynamodb_client: Any, table: str, clock: Callable[[], float] = time.time) -> None:
         self._ddb = dynamodb_client
         self._table = table
         self._clock = clock

@@ -40,8 +40,10 @@ def describe(answer: ApiAnswer) -> str:
         return f"error {answer.status_code} {b['error']}: {b.get('message', '')}"
     decision = b.get("decision") or {}
     policies = ", ".join(decision.get("policy_ids") or []) or "none"
-    head = (f"request {b.get('request_id')}: {b.get('status')} "
-            f"(class {b.get('statement_class')}, decision {decision.get('effect')}, policies {policies})")
+    head = (
+        f"request {b.get('request_id')}: {b.get('status')} "
+        f"(class {b.get('statement_class')}, decision {decision.get('effect')}, policies {policies})"
+    )
     lines = [head]
     if b.get("status") == "denied" and decision.get("reasons"):
         lines.append("  reason: " + "; ".join(decision["reasons"]))
@@ -100,23 +102,34 @@ def cmd_connections(args: argparse.Namespace) -> int:
 
 
 def _agent_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--as", dest="as_agent", metavar="AGENT",
-                   help="act as this agent of the local stack (.gatehouse/local.json)")
+    p.add_argument(
+        "--as",
+        dest="as_agent",
+        metavar="AGENT",
+        help="act as this agent of the local stack (.gatehouse/local.json)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from gatehouse.audit.cli import register as register_audit
     from gatehouse.local.cli import register as register_local
 
-    parser = argparse.ArgumentParser(prog="gatehouse", description="Gatehouse: an access gateway for AI agents")
+    parser = argparse.ArgumentParser(
+        prog="gatehouse", description="Gatehouse: an access gateway for AI agents"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("exec", help="run a command through Gatehouse")
     p.add_argument("--connection", required=True)
     p.add_argument("--sql", required=True)
     p.add_argument("--reason", default="")
-    p.add_argument("--wait", type=int, default=0, metavar="SECONDS",
-                   help="wait this long for an approval before returning")
+    p.add_argument(
+        "--wait",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="wait this long for an approval before returning",
+    )
     p.add_argument("--json", action="store_true")
     _agent_option(p)
     p.set_defaults(func=cmd_exec)

@@ -1,8 +1,8 @@
 """A small Python client for the agent API, signing every request with SigV4 (requests-aws4auth).
 
-    client = GatehouseClient.from_env()                     # GATEHOUSE_ENDPOINT + AWS credentials
-    client = GatehouseClient.from_local("analyst")          # .gatehouse/local.json (the local stack)
-    answer = client.submit("demo-prod", "SELECT name, email FROM customers LIMIT 3", reason="...")
+client = GatehouseClient.from_env()                     # GATEHOUSE_ENDPOINT + AWS credentials
+client = GatehouseClient.from_local("analyst")          # .gatehouse/local.json (the local stack)
+answer = client.submit("demo-prod", "SELECT name, email FROM customers LIMIT 3", reason="...")
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ class GatehouseClient:
             raise ClientConfigError("no AWS credentials found (AWS_ACCESS_KEY_ID, profile, role...)")
         frozen = creds.get_frozen_credentials()
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or _region_of(endpoint)
-        auth = AWS4Auth(frozen.access_key, frozen.secret_key, region, "execute-api",
-                        session_token=frozen.token)
+        auth = AWS4Auth(
+            frozen.access_key, frozen.secret_key, region, "execute-api", session_token=frozen.token
+        )
         return cls(endpoint, auth)
 
     @classmethod
@@ -100,8 +101,13 @@ class GatehouseClient:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
         resp = self._http.request(
-            method, self.endpoint + path, data=data, params=params, headers=headers,
-            auth=self._auth, timeout=self._timeout_s,
+            method,
+            self.endpoint + path,
+            data=data,
+            params=params,
+            headers=headers,
+            auth=self._auth,
+            timeout=self._timeout_s,
         )
         try:
             parsed = resp.json()

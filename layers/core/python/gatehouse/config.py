@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatehouse import names
@@ -25,7 +25,7 @@ class Settings:
     connections_table: str = names.CONNECTIONS_TABLE
     principals_table: str = names.PRINCIPALS_TABLE
     masking_key_secret: str = names.MASKING_KEY_SECRET
-    policy_dir: Path = default_policy_dir()
+    policy_dir: Path = field(default_factory=default_policy_dir)
     statement_timeout_ms: int = 5_000
     max_rows: int = 1_000
     log_retention_days: int = names.DEFAULT_LOG_RETENTION_DAYS
@@ -43,7 +43,9 @@ class Settings:
             connections_table=env.get(names.ENV_CONNECTIONS_TABLE) or names.CONNECTIONS_TABLE,
             principals_table=env.get(names.ENV_PRINCIPALS_TABLE) or names.PRINCIPALS_TABLE,
             masking_key_secret=env.get(names.ENV_MASKING_KEY_SECRET) or names.MASKING_KEY_SECRET,
-            policy_dir=Path(env[names.ENV_POLICY_DIR]) if env.get(names.ENV_POLICY_DIR) else default_policy_dir(),
+            policy_dir=Path(env[names.ENV_POLICY_DIR])
+            if env.get(names.ENV_POLICY_DIR)
+            else default_policy_dir(),
             statement_timeout_ms=_positive_int(env, names.ENV_STATEMENT_TIMEOUT_MS, 5_000),
             max_rows=_positive_int(env, names.ENV_MAX_ROWS, 1_000),
             log_retention_days=_positive_int(

@@ -126,8 +126,9 @@ class Gatehouse:
             raise
         masked_sql = masker.mask_text(sql)
         masked_reason = masker.mask_text(reason) if reason else None
-        session.append("received", statement=masked_sql, reason=masked_reason,
-                       connection_env=_env(connection))
+        session.append(
+            "received", statement=masked_sql, reason=masked_reason, connection_env=_env(connection)
+        )
 
         classification = classify(connection.kind, sql)
         described = {
@@ -167,8 +168,9 @@ class Gatehouse:
         )
         if decision.effect is Effect.DENY:
             record.status = "denied"
-            session.append("refused", outcome="denied", error="; ".join(decision.reasons) or None,
-                           **described)
+            session.append(
+                "refused", outcome="denied", error="; ".join(decision.reasons) or None, **described
+            )
             self._close(session)
             self._requests.put_new(record)
             return Outcome(request_id, "denied", classification, decision, record)
@@ -189,8 +191,7 @@ class Gatehouse:
         except GatehouseError as exc:
             self._finish(record, status="failed", error=f"{exc.code}: {exc.message}")
             raise
-        self._finish(record, status="executed", row_count=result.row_count,
-                     duration_ms=result.duration_ms)
+        self._finish(record, status="executed", row_count=result.row_count, duration_ms=result.duration_ms)
         return Outcome(request_id, "executed", classification, decision, record, result)
 
     def _finish(self, record: RequestRecord, **fields: Any) -> None:
@@ -225,8 +226,9 @@ class Gatehouse:
                     masked=out.masked,
                 )
             )
-            session.append("executed", outcome="ok", row_count=raw.row_count,
-                           duration_ms=raw.duration_ms, **described)
+            session.append(
+                "executed", outcome="ok", row_count=raw.row_count, duration_ms=raw.duration_ms, **described
+            )
 
         started = time.perf_counter()
         try:
@@ -243,8 +245,13 @@ class Gatehouse:
             duration = round((time.perf_counter() - started) * 1000, 3)
             exc.message = masker.mask_text(exc.message)
             exc.args = (exc.message,)
-            session.append("failed", outcome="error", error=f"{exc.code}: {exc.message}",
-                           duration_ms=duration, **described)
+            session.append(
+                "failed",
+                outcome="error",
+                error=f"{exc.code}: {exc.message}",
+                duration_ms=duration,
+                **described,
+            )
             session.close()
             raise
         # The command has committed and its `executed` event is stored: a failure to write the
@@ -262,8 +269,12 @@ class Gatehouse:
     def _refuse(self, session: SessionLog, exc: GatehouseError, **fields: Any) -> None:
         """Record a refusal; the refusal stands even if the log is down (nothing runs)."""
         try:
-            session.append("refused", outcome="refused", error=f"{exc.code}: {exc.message}",
-                           **{k: v for k, v in fields.items() if v is not None})
+            session.append(
+                "refused",
+                outcome="refused",
+                error=f"{exc.code}: {exc.message}",
+                **{k: v for k, v in fields.items() if v is not None},
+            )
             session.close()
         except AuditWriteError:
             log.error("could not record refusal of %s (%s)", session.session_id, exc.code)

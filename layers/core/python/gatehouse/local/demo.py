@@ -15,7 +15,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -69,17 +68,32 @@ def check(condition: bool, what: str) -> None:
 
 def play(state: dict[str, Any]) -> None:
     api, region = state["api"], state["region"]
-    s3 = boto3.client("s3", endpoint_url=state["aws"], region_name=region,
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=state["aws"],
+        region_name=region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 (moto accepts any key)
+    )
     bucket = state["bucket"]
 
     step(1, "What may the agent `analyst` do?")
     run_cli(["connections", "--as", "analyst"])
 
     step(2, "A read on prod: allowed, and masked before it leaves")
-    out = run_cli(["exec", "--as", "analyst", "--connection", "demo-prod", "--reason", "churn analysis",
-                   "--sql", "SELECT id, name, email, phone, card_number, ssn, notes FROM customers "
-                            "ORDER BY id LIMIT 5"])
+    out = run_cli(
+        [
+            "exec",
+            "--as",
+            "analyst",
+            "--connection",
+            "demo-prod",
+            "--reason",
+            "churn analysis",
+            "--sql",
+            "SELECT id, name, email, phone, card_number, ssn, notes FROM customers ORDER BY id LIMIT 5",
+        ]
+    )
     read_id = request_id_of(out)
     check("[REDACTED]" in out and "hash:" in out, "SSNs redacted, names and emails are keyed-hash tokens")
 
@@ -89,36 +103,88 @@ def play(state: dict[str, Any]) -> None:
     say(f"$ curl -X POST {api}/v1/requests  (no signature)")
     say(f"  {unsigned.status_code} {unsigned.text}")
     keys = state["agents"]["analyst"]
-    forged = requests.post(f"{api}/v1/requests", data=body, timeout=10,
-                           auth=AWS4Auth(keys["access_key_id"], "not-the-secret", region, "execute-api"))
+    forged = requests.post(
+        f"{api}/v1/requests",
+        data=body,
+        timeout=10,
+        auth=AWS4Auth(keys["access_key_id"], "not-the-secret", region, "execute-api"),
+    )
     say("$ curl ... signed with the right access key id and a wrong secret")
     say(f"  {forged.status_code} {forged.text}")
     check(unsigned.status_code in (401, 403) and forged.status_code == 403, "both refused by the gateway")
 
     step(4, "A write on prod waits for a dba's approval")
-    out = run_cli(["exec", "--as", "analyst", "--connection", "demo-prod", "--reason", "customer asked",
-                   "--sql", "UPDATE customers SET notes = 'Do not call' WHERE id = 2"], expect=cli.EXIT_PENDING)
+    out = run_cli(
+        [
+            "exec",
+            "--as",
+            "analyst",
+            "--connection",
+            "demo-prod",
+            "--reason",
+            "customer asked",
+            "--sql",
+            "UPDATE customers SET notes = 'Do not call' WHERE id = 2",
+        ],
+        expect=cli.EXIT_PENDING,
+    )
     pending_id = request_id_of(out)
     run_cli(["requests", "get", pending_id, "--as", "analyst", "--json"])
-    say("  (the request record holds the exact SQL and its SHA-256: an approval approves that command,"
-        " once. The Slack approval flow arrives with the approvals feature.)")
+    say(
+        "  (the request record holds the exact SQL and its SHA-256: an approval approves that command,"
+        " once. The Slack approval flow arrives with the approvals feature.)"
+    )
 
     step(5, "Writes hidden inside reads are seen for what they are")
-    run_cli(["exec", "--as", "analyst", "--connection", "demo-prod", "--sql",
-             "WITH gone AS (DELETE FROM customers RETURNING id) SELECT count(*) FROM gone"],
-            expect=cli.EXIT_PENDING)
-    run_cli(["exec", "--as", "analyst", "--connection", "demo-prod", "--sql",
-             "SELECT 1; DROP TABLE customers"], expect=cli.EXIT_DENIED)
+    run_cli(
+        [
+            "exec",
+            "--as",
+            "analyst",
+            "--connection",
+            "demo-prod",
+            "--sql",
+            "WITH gone AS (DELETE FROM customers RETURNING id) SELECT count(*) FROM gone",
+        ],
+        expect=cli.EXIT_PENDING,
+    )
+    run_cli(
+        ["exec", "--as", "analyst", "--connection", "demo-prod", "--sql", "SELECT 1; DROP TABLE customers"],
+        expect=cli.EXIT_DENIED,
+    )
 
     step(6, "DDL and privilege changes on prod are forbidden")
-    run_cli(["exec", "--as", "analyst", "--connection", "demo-prod", "--sql",
-             "ALTER TABLE customers ADD COLUMN exported boolean"], expect=cli.EXIT_DENIED)
-    run_cli(["exec", "--as", "analyst", "--connection", "demo-prod", "--sql",
-             "GRANT SELECT ON customers TO PUBLIC"], expect=cli.EXIT_DENIED)
+    run_cli(
+        [
+            "exec",
+            "--as",
+            "analyst",
+            "--connection",
+            "demo-prod",
+            "--sql",
+            "ALTER TABLE customers ADD COLUMN exported boolean",
+        ],
+        expect=cli.EXIT_DENIED,
+    )
+    run_cli(
+        [
+            "exec",
+            "--as",
+            "analyst",
+            "--connection",
+            "demo-prod",
+            "--sql",
+            "GRANT SELECT ON customers TO PUBLIC",
+        ],
+        expect=cli.EXIT_DENIED,
+    )
 
     step(7, "Every step is in S3, under Object Lock in COMPLIANCE mode")
-    keys_ = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/")
-             for o in page.get("Contents", [])]
+    keys_ = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/")
+        for o in page.get("Contents", [])
+    ]
     mine = sorted(k for k in keys_ if f"session={read_id}/" in k)
     say(f"  {len(keys_)} event objects in s3://{bucket}/events/; the prod read's session:")
     for key in mine:
@@ -141,7 +207,9 @@ def play(state: dict[str, Any]) -> None:
     run_cli(["audit", "verify"])
     tampered = f"{bucket}-tampered-copy"
     s3.create_bucket(Bucket=tampered)
-    for key in keys_ + [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="manifests/").get("Contents", [])]:
+    for key in keys_ + [
+        o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="manifests/").get("Contents", [])
+    ]:
         s3.copy_object(Bucket=tampered, Key=key, CopySource={"Bucket": bucket, "Key": key})
     event = json.loads(s3.get_object(Bucket=tampered, Key=mine[2])["Body"].read())
     event["row_count"] = 0  # hide how many rows the agent read
@@ -161,7 +229,7 @@ def main() -> int:
     stack = LocalStack()
     try:
         state = stack.up()
-    except Exception as exc:  # a clear line, not a traceback, for the first thing a user runs
+    except Exception as exc:  # noqa: BLE001 (a clear line, not a traceback, for the first thing a user runs)
         say(f"could not start the local stack: {exc}")
         return 1
     try:

@@ -120,18 +120,42 @@ class ThrowawayPostgres:
         self._dir.chmod(0o700)
         admin = "gatehouse_admin"
         self._check(
-            [str(bindir / "initdb"), "-D", str(data), "-U", admin, f"--pwfile={pwfile}",
-             "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8",
-             "--locale=C", "--no-sync"],
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                admin,
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
         )
         pwfile.unlink()
         port = self._port or free_port()
-        opts = (f"-c port={port} -c listen_addresses=127.0.0.1 -c fsync=off "
-                f"-c synchronous_commit=off -c full_page_writes=off "
-                f"-c unix_socket_directories={sockets} -c max_connections=200")
+        opts = (
+            f"-c port={port} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-c synchronous_commit=off -c full_page_writes=off "
+            f"-c unix_socket_directories={sockets} -c max_connections=200"
+        )
         self._check(
-            [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self._dir / "server.log"),
-             "-o", opts, "-w", "-t", "30", "start"],
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(self._dir / "server.log"),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
         )
         self.info = PostgresInfo(host="127.0.0.1", port=port, user=admin, password=password)
         return self.info
