@@ -103,7 +103,8 @@ def test_every_function_called_is_listed_as_written() -> None:
         ("select \"NEXTVAL\"('s')", UNKNOWN),  # a quoted upper-case name is another function
         ("select set_config('role'::text, 'admin', false)", StatementClass.PRIVILEGE),
         ("select set_config('ROLE', 'admin', false)", StatementClass.PRIVILEGE),
-        ("select pg_catalog.set_config('search_path', 'x', false)", StatementClass.SESSION),
+        ("select pg_catalog.set_config('work_mem', '8MB', false)", StatementClass.SESSION),
+        ("select pg_catalog.set_config('search_path', 'x', false)", StatementClass.PRIVILEGE),
         ("select count(*) filter (where nextval('s') > 0) from t", WRITE),
         ("select sum(x) over (order by risky(x)) from t", UNKNOWN),
         ("select * from rows from (generate_series(1, 3), nextval('s'))", WRITE),

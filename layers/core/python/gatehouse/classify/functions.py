@@ -186,6 +186,13 @@ KNOWN_PREFIXES: tuple[tuple[str, StatementClass, str], ...] = (
 
 # Settings that change who the session acts as: set_config on them is SET ROLE in disguise.
 IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
+# Settings that escalate without changing the role. search_path decides which schema a name
+# resolves to: a user schema ahead of pg_catalog replaces allowlisted functions with user code.
+# session_replication_role = replica switches triggers (audit triggers, FK checks) off.
+ESCALATING_SETTINGS = {
+    "search_path": "decides which schema names resolve to (user code can shadow built-ins)",
+    "session_replication_role": "can switch triggers and foreign-key checks off",
+}
 
 
 def classify_function(
@@ -220,4 +227,6 @@ def _set_config(setting: str | None) -> tuple[StatementClass, str]:
         return PRIVILEGE, "set_config with a computed setting name may change the role"
     if setting.lower() in IDENTITY_SETTINGS:
         return PRIVILEGE, f"set_config('{setting}') changes the role the session acts as"
+    if setting.lower() in ESCALATING_SETTINGS:
+        return PRIVILEGE, f"set_config('{setting}') {ESCALATING_SETTINGS[setting.lower()]}"
     return SESSION, "set_config changes a session setting"

@@ -49,7 +49,7 @@ from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
 
-from gatehouse.classify.functions import classify_function
+from gatehouse.classify.functions import ESCALATING_SETTINGS, classify_function
 from gatehouse.models import CLASS_RISK, Classification, Statement, StatementClass
 
 READ = StatementClass.READ
@@ -405,6 +405,8 @@ def _variable_set(body: Node) -> Finding:
     verb = "RESET" if kind in ("VAR_RESET", "VAR_RESET_ALL") else "SET"
     if name in IDENTITY_SETTINGS:
         return PRIVILEGE, f"{verb} {IDENTITY_SETTINGS[name]} changes the role the session acts as"
+    if name.lower() in ESCALATING_SETTINGS:
+        return PRIVILEGE, f"{verb} {name.lower()} {ESCALATING_SETTINGS[name.lower()]}"
     if name in TRANSACTION_SETTINGS:
         label = "SET TRANSACTION" if name == "TRANSACTION" else f"SET {name}"
         return TRANSACTION, f"{label} changes the transaction's characteristics"
