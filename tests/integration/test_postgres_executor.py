@@ -60,11 +60,15 @@ def count(postgres, database):
         db.close()
 
 
+def select(text: str) -> Statement:
+    return Statement(text, R, command="select")
+
+
 def test_a_read_returns_columns_and_rows(executor_and_conn):
     ex, conn = executor_and_conn
     result = ex.run(
         conn,
-        [Statement("SELECT id, label FROM items WHERE id <= 3 ORDER BY id", R)],
+        [select("SELECT id, label FROM items WHERE id <= 3 ORDER BY id")],
         timeout_ms=2000,
         max_rows=100,
     )
@@ -75,7 +79,7 @@ def test_a_read_returns_columns_and_rows(executor_and_conn):
 
 def test_the_row_limit_truncates_and_says_so(executor_and_conn):
     ex, conn = executor_and_conn
-    result = ex.run(conn, [Statement("SELECT id FROM items ORDER BY id", R)], timeout_ms=2000, max_rows=10)
+    result = ex.run(conn, [select("SELECT id FROM items ORDER BY id")], timeout_ms=2000, max_rows=10)
     assert result.row_count == 10 and result.truncated
     assert result.rows[-1] == (10,)
 
@@ -92,7 +96,7 @@ def test_reads_run_in_a_read_only_transaction(executor_and_conn, postgres, datab
 def test_a_statement_over_the_timeout_is_cancelled(executor_and_conn):
     ex, conn = executor_and_conn
     with pytest.raises(StatementTimeoutError):
-        ex.run(conn, [Statement("SELECT pg_sleep(5)", R)], timeout_ms=200, max_rows=10)
+        ex.run(conn, [select("SELECT pg_sleep(5)")], timeout_ms=200, max_rows=10)
 
 
 def test_a_failed_record_rolls_the_write_back(executor_and_conn, postgres, database):
@@ -125,7 +129,7 @@ def test_transaction_control_in_the_text_is_refused(executor_and_conn):
     with pytest.raises(BadRequestError) as err:
         ex.run(
             conn,
-            [Statement("COMMIT", StatementClass.TRANSACTION), Statement("SELECT 1", R)],
+            [Statement("COMMIT", StatementClass.TRANSACTION), select("SELECT 1")],
             timeout_ms=2000,
             max_rows=10,
         )
@@ -136,12 +140,27 @@ def test_a_target_that_is_down_is_a_503(executor_and_conn):
     ex, conn = executor_and_conn
     down = Connection(**{**conn.__dict__, "port": free_port()})
     with pytest.raises(TargetUnavailableError) as err:
-        ex.run(down, [Statement("SELECT 1", R)], timeout_ms=2000, max_rows=10)
+        ex.run(down, [select("SELECT 1")], timeout_ms=2000, max_rows=10)
     assert err.value.status == 503
 
 
 def test_sql_errors_carry_their_sqlstate(executor_and_conn):
     ex, conn = executor_and_conn
     with pytest.raises(TargetError) as err:
-        ex.run(conn, [Statement("SELECT * FROM no_such_table", R)], timeout_ms=2000, max_rows=10)
+        ex.run(conn, [select("SELECT * FROM no_such_table")], timeout_ms=2000, max_rows=10)
     assert err.value.sqlstate == "42P01"
+
+
+def test_reads_that_cannot_be_cursors_still_run(executor_and_conn):
+    ex, conn = executor_and_conn
+    result = ex.run(
+        conn, [Statement("SHOW statement_timeout", R, command="variableshow")], timeout_ms=2000, max_rows=10
+    )
+    assert result.rows == (("2s",),)
+
+
+def test_copy_is_refused_rather_than_streamed_past_masking(executor_and_conn):
+    ex, conn = executor_and_conn
+    with pytest.raises(BadRequestError) as err:
+        ex.run(conn, [Statement("COPY items TO STDOUT", R, command="copy")], timeout_ms=2000, max_rows=10)
+    assert err.value.code == "copy_not_supported"

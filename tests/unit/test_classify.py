@@ -289,3 +289,16 @@ def test_random_garbage_never_raises_and_unparseable_is_unknown() -> None:
         if result.parse_error is not None:
             assert result.cls is UNKNOWN
         assert all(s.reason for s in result.statements)
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("select 1", "select"),
+        ("values (1)", "select"),
+        ("COPY t TO STDOUT", "copy"),
+        ("show work_mem", "variableshow"),
+    ],
+)
+def test_each_statement_names_its_own_kind(text, command):
+    assert classify("postgres", text).statements[0].command == command

@@ -48,6 +48,7 @@ class Statement:
     relations: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()
     reason: str = ""  # why this class (e.g. "data-modifying CTE"), shown in decisions and logs
+    command: str = ""  # the statement's own kind, lower case ("select", "copy", "explain", ...)
 
 
 @dataclass(frozen=True)

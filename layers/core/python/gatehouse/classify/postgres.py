@@ -307,6 +307,7 @@ def classify_statement(node: Node, text: str) -> Statement:
         relations=tuple(walk.relations),
         functions=tuple(walk.functions),
         reason=reason,
+        command=kind.removesuffix("Stmt").lower(),
     )
 
 

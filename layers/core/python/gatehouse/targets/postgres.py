@@ -24,8 +24,6 @@ from gatehouse.models import Connection, QueryResult, Statement, StatementClass
 from gatehouse.secrets import SecretStore
 
 QUERY_CANCELED = "57014"  # statement_timeout fired
-SYNTAX_ERROR = "42601"
-FEATURE_NOT_SUPPORTED = "0A000"
 # Extra seconds the socket waits beyond the statement timeout before giving up on the server.
 SOCKET_GRACE_S = 5.0
 CURSOR = "gatehouse_result"
@@ -101,21 +99,19 @@ class PostgresExecutor:
                 pass  # the connection is already gone; closing it rolls back on the server
 
     def _run_one(self, con: pg8000.native.Connection, stmt: Statement, max_rows: int) -> QueryResult:
-        if stmt.cls is StatementClass.READ:
+        if stmt.command == "copy":
+            # COPY streams rows outside the result-set protocol, past column-name masking rules.
+            raise BadRequestError(
+                "COPY is not accepted through the API: use SELECT", code="copy_not_supported"
+            )
+        if stmt.cls is StatementClass.READ and stmt.command == "select":
             # A cursor bounds what the server sends: never more than max_rows + 1 rows come back,
-            # however large the table. Not every read can be a cursor (SHOW, EXPLAIN): fall back.
-            con.run("SAVEPOINT gatehouse_cursor")
-            try:
-                con.run(f"DECLARE {CURSOR} NO SCROLL CURSOR FOR {stmt.text}")
-            except DatabaseError as exc:
-                if _sqlstate(exc) not in (SYNTAX_ERROR, FEATURE_NOT_SUPPORTED):
-                    raise
-                con.run("ROLLBACK TO SAVEPOINT gatehouse_cursor")
-            else:
-                rows = con.run(f"FETCH FORWARD {int(max_rows) + 1} FROM {CURSOR}")
-                columns = tuple(c["name"] for c in (con.columns or ()))
-                con.run(f"CLOSE {CURSOR}")
-                return _bounded(columns, rows or [], max_rows)
+            # however large the table. (SHOW and EXPLAIN cannot be cursors; their output is small.)
+            con.run(f"DECLARE {CURSOR} NO SCROLL CURSOR FOR {stmt.text}")
+            rows = con.run(f"FETCH FORWARD {int(max_rows) + 1} FROM {CURSOR}")
+            columns = tuple(c["name"] for c in (con.columns or ()))
+            con.run(f"CLOSE {CURSOR}")
+            return _bounded(columns, rows or [], max_rows)
         rows = con.run(stmt.text)
         columns = tuple(c["name"] for c in (con.columns or ()))
         if rows is None:
