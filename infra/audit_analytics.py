@@ -10,45 +10,13 @@ from aws_cdk import aws_athena as athena
 from aws_cdk import aws_glue as glue
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
+
 from gatehouse import names
-from gatehouse.audit.named_queries import NAMED_QUERIES
+from gatehouse.audit import events
+from gatehouse.audit.named_queries import NAMED_QUERIES, NamedQuery
 
-# The columns of one session-log event (gatehouse.audit.events), in schema order.
-EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("schema_version", "int"),
-    ("event_id", "string"),
-    ("session_id", "string"),
-    ("request_id", "string"),
-    ("seq", "bigint"),
-    ("time", "string"),
-    ("principal_arn", "string"),
-    ("principal_name", "string"),
-    ("connection", "string"),
-    ("connection_env", "string"),
-    ("target_kind", "string"),
-    ("kind", "string"),
-    ("statement", "string"),
-    ("statement_class", "string"),
-    ("decision", "string"),
-    ("policy_ids", "array<string>"),
-    ("approvers", "array<string>"),
-    ("relations", "array<string>"),
-    ("outcome", "string"),
-    ("row_count", "bigint"),
-    ("duration_ms", "double"),
-    ("error", "string"),
-    ("reason", "string"),
-    ("prev_hash", "string"),
-    ("hash", "string"),
-)
-
-PARTITION_KEY = "dt"
-# Partition projection computes the day partitions from this range instead of a crawler or
-# MSCK REPAIR: a new day is queryable the moment its first event lands. NOW is evaluated in UTC,
-# like the dt= of the keys.
-PROJECTION_RANGE = "2025-01-01,NOW"
-
-JSON_SERDE = "org.openx.data.jsonserde.JsonSerDe"
+# The first day Athena projects partitions from (the range ends at NOW, in UTC like `dt`).
+FIRST_DAY = "2025-01-01"
 
 # Query results are copies of audit data: kept long enough to download, then gone.
 RESULTS_EXPIRATION = Duration.days(30)
@@ -74,6 +42,9 @@ class AuditAnalytics(Construct):
             ),
         )
         events_location = f"s3://{log_bucket.bucket_name}/{names.EVENTS_PREFIX}"
+        # Columns, SerDe and projection come from the event schema itself, so the table and the
+        # writer cannot drift. The session=<id>/ level sits below the projected `dt` partition:
+        # Athena reads every object under a partition's location, subfolders included.
         self.events_table = glue.CfnTable(
             self,
             "EventsTable",
@@ -85,25 +56,21 @@ class AuditAnalytics(Construct):
                 table_type="EXTERNAL_TABLE",
                 parameters={
                     "EXTERNAL": "TRUE",
-                    "classification": "json",
-                    "projection.enabled": "true",
-                    f"projection.{PARTITION_KEY}.type": "date",
-                    f"projection.{PARTITION_KEY}.format": "yyyy-MM-dd",
-                    f"projection.{PARTITION_KEY}.range": PROJECTION_RANGE,
-                    f"projection.{PARTITION_KEY}.interval": "1",
-                    f"projection.{PARTITION_KEY}.interval.unit": "DAYS",
-                    # The session=<id>/ level sits below the projected partition: Athena reads
-                    # every object under this location, subfolders included.
-                    "storage.location.template": f"{events_location}{PARTITION_KEY}=${{{PARTITION_KEY}}}/",
+                    **events.athena_table_parameters(log_bucket.bucket_name, first_day=FIRST_DAY),
                 },
-                partition_keys=[glue.CfnTable.ColumnProperty(name=PARTITION_KEY, type="string")],
+                partition_keys=[
+                    glue.CfnTable.ColumnProperty(
+                        name=events.PARTITION_COLUMN.name, type=events.PARTITION_COLUMN.glue_type
+                    )
+                ],
                 storage_descriptor=glue.CfnTable.StorageDescriptorProperty(
                     location=events_location,
-                    input_format="org.apache.hadoop.mapred.TextInputFormat",
-                    output_format="org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat",
-                    serde_info=glue.CfnTable.SerdeInfoProperty(serialization_library=JSON_SERDE),
+                    input_format=events.INPUT_FORMAT,
+                    output_format=events.OUTPUT_FORMAT,
+                    serde_info=glue.CfnTable.SerdeInfoProperty(serialization_library=events.JSON_SERDE),
                     columns=[
-                        glue.CfnTable.ColumnProperty(name=name, type=type_) for name, type_ in EVENT_COLUMNS
+                        glue.CfnTable.ColumnProperty(name=column.name, type=column.glue_type)
+                        for column in events.COLUMNS
                     ],
                 ),
             ),
@@ -152,8 +119,10 @@ class AuditAnalytics(Construct):
                 # Named after the query, so reordering NAMED_QUERIES replaces nothing.
                 "Query" + re.sub(r"[^A-Za-z0-9]", "", query.name.title()),
                 name=query.name,
-                description=query.description,
-                query_string=query.sql,
+                description=named_query_description(query),
+                # Athena stores plain SQL: the parameters hold their example values, for the
+                # auditor to edit before running (`gatehouse audit query` renders them instead).
+                query_string=query.example_sql(),
                 database=names.GLUE_DATABASE,
                 work_group=names.ATHENA_WORKGROUP,
             )
@@ -161,3 +130,18 @@ class AuditAnalytics(Construct):
             named.add_resource_dependency(self.workgroup)
             named.add_resource_dependency(self.database)
             self.named_queries.append(named)
+
+
+# AWS::Athena::NamedQuery Description is at most 1024 characters.
+_DESCRIPTION_LIMIT = 1024
+
+
+def named_query_description(query: NamedQuery) -> str:
+    """The query's description and, when it has parameters, which example values to replace."""
+    text = query.description
+    if query.params:
+        values = "; ".join(f"{p.name}: {p.description}, e.g. {p.example or p.default}" for p in query.params)
+        text = f"{text} Example values to edit: {values}."
+    if len(text) > _DESCRIPTION_LIMIT:
+        text = text[: _DESCRIPTION_LIMIT - 3] + "..."
+    return text

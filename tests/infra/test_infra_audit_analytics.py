@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gatehouse import names
+from gatehouse.audit import events
 from gatehouse.audit.named_queries import NAMED_QUERIES
-
-from infra.audit_analytics import EVENT_COLUMNS
 
 if TYPE_CHECKING:
     from tests.infra.conftest import Synthesized
@@ -43,12 +42,42 @@ def test_events_table_reads_json_under_events_with_day_partitions_projected(synt
     assert params["storage.location.template"] == {"Fn::Join": ["", ["s3://", bucket, "/events/dt=${dt}/"]]}
 
 
+# The event schema v1 as auditors rely on it (gatehouse.audit.events documents the same table).
+EXPECTED_COLUMNS = {
+    "schema_version": "int",
+    "event_id": "string",
+    "session_id": "string",
+    "request_id": "string",
+    "seq": "bigint",
+    "time": "string",
+    "principal_arn": "string",
+    "principal_name": "string",
+    "connection": "string",
+    "connection_env": "string",
+    "target_kind": "string",
+    "kind": "string",
+    "statement": "string",
+    "statement_class": "string",
+    "decision": "string",
+    "policy_ids": "array<string>",
+    "approvers": "array<string>",
+    "relations": "array<string>",
+    "outcome": "string",
+    "row_count": "bigint",
+    "duration_ms": "double",
+    "error": "string",
+    "reason": "string",
+    "prev_hash": "string",
+    "hash": "string",
+}
+
+
 def test_events_table_columns_follow_the_event_schema(synthesized: Synthesized):
     columns = synthesized.one("AWS::Glue::Table")["Properties"]["TableInput"]["StorageDescriptor"]["Columns"]
 
-    assert [(column["Name"], column["Type"]) for column in columns] == list(EVENT_COLUMNS)
-    assert dict(EVENT_COLUMNS)["policy_ids"] == "array<string>"
-    assert dict(EVENT_COLUMNS)["seq"] == "bigint"
+    assert {column["Name"]: column["Type"] for column in columns} == EXPECTED_COLUMNS
+    # In the order of the keys of every stored event.
+    assert [column["Name"] for column in columns] == list(events.FIELD_NAMES)
 
 
 def test_workgroup_enforces_encrypted_results_in_their_own_bucket(synthesized: Synthesized):
@@ -83,3 +112,19 @@ def test_every_named_query_is_in_the_workgroup_and_database(synthesized: Synthes
         assert query["Properties"]["WorkGroup"] == names.ATHENA_WORKGROUP
         assert query["Properties"]["Database"] == names.GLUE_DATABASE
         assert workgroup_key in query["DependsOn"]
+
+
+def test_named_queries_are_runnable_sql_with_their_example_values(synthesized: Synthesized):
+    stored = {
+        q["Properties"]["Name"]: q["Properties"]
+        for q in synthesized.resources_of_type("AWS::Athena::NamedQuery").values()
+    }
+
+    for query in NAMED_QUERIES:
+        props = stored[query.name]
+        assert props["QueryString"] == query.example_sql()
+        assert names.EVENTS_TABLE in props["QueryString"]
+        assert props["Description"].startswith(query.description)
+        assert len(props["Description"]) <= 1024
+        for param in query.params:
+            assert param.name in props["Description"]
