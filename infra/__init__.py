@@ -8,8 +8,8 @@ from typing import Any
 
 from aws_cdk import App, Validations
 from cdk_nag import AwsSolutionsChecks
-from gatehouse import names
 
+from gatehouse import names
 from infra.context import REPO_ROOT
 from infra.stack import GatehouseStack
 

@@ -16,9 +16,9 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
+
 from gatehouse import names
 from gatehouse.config import Settings
-
 from infra.context import REPO_ROOT, InfraContext
 from infra.functions import GatehouseFunction
 from infra.nag import acknowledge

@@ -13,6 +13,7 @@ from __future__ import annotations
 from aws_cdk import Aws, Duration, RemovalPolicy
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
+
 from gatehouse import names
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from aws_cdk import aws_logs as logs
 from constructs import Construct
+
 from gatehouse import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

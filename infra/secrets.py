@@ -7,8 +7,8 @@ from aws_cdk import ArnFormat, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
-from gatehouse import names
 
+from gatehouse import names
 from infra.nag import acknowledge
 
 # 64 characters from [A-Za-z0-9] are valid base64 (a multiple of 4, no padding) and decode to

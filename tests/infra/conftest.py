@@ -17,8 +17,8 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 from aws_cdk import App, Stack
 from aws_cdk.assertions import Template
-from gatehouse import names
 
+from gatehouse import names
 from infra import create_app
 
 

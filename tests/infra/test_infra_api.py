@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
 from gatehouse import names
 from gatehouse.config import Settings
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from gatehouse import names
-
 from infra.context import REPO_ROOT
 
 

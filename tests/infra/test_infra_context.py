@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from aws_cdk import App, Stack
 from aws_cdk import aws_logs as logs
-from gatehouse import names
 
+from gatehouse import names
 from infra import cdk_json_context
 from infra.context import BundleDeps, ContextError, InfraContext
 from infra.core_layer import CoreLayers, DepsLayerMissingError

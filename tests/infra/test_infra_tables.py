@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+
 from gatehouse import names
 
 if TYPE_CHECKING:
