@@ -42,7 +42,7 @@ layer: install
 	rm -rf build/deps-layer
 	$(BIN)/pip install -q --platform manylinux2014_x86_64 --implementation cp --python-version 3.12 \
 		--only-binary=:all: --target build/deps-layer/python \
-		aws-lambda-powertools[tracer]==3.37.0 pydantic==2.14.3 pg8000==1.31.6 requests-aws4auth==1.4.0 \
+		boto3==1.44.5 aws-lambda-powertools[tracer]==3.37.0 pydantic==2.14.3 pg8000==1.31.6 requests-aws4auth==1.4.0 \
 		cedarpy==4.12.2 pglast==8.7
 
 clean:
