@@ -107,8 +107,10 @@ class RequestStore:
         sets = ["#s = :s", "updated_at = :u", "expires_at = :e"]
         for field_name, value in (("row_count", row_count), ("duration_ms", duration_ms), ("error", error)):
             if value is not None:
+                # Names go through placeholders: some (e.g. ERROR) are DynamoDB reserved words.
+                names[f"#{field_name}"] = field_name
                 values[f":{field_name}"] = Decimal(str(value)) if isinstance(value, float) else value
-                sets.append(f"{field_name} = :{field_name}")
+                sets.append(f"#{field_name} = :{field_name}")
         try:
             self._ddb.update_item(
                 TableName=self._table,
