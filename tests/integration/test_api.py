@@ -155,6 +155,9 @@ def test_sql_errors_are_422_with_their_sqlstate(local_stack):
     answer = local_stack.client().submit("demo-dev", "SELECT * FROM no_such_table")
     assert answer.status_code == 422
     assert answer.body["error"] == "target_error" and answer.body["sqlstate"] == "42P01"
+    # The agent can look its failed request up.
+    again = local_stack.client().get_request(answer.body["request_id"])
+    assert again.body["status"] == "failed" and again.body["error"].startswith("target_error")
 
 
 def test_every_step_is_in_the_session_log_under_object_lock(local_stack):

@@ -189,8 +189,11 @@ def build_app(service: Gatehouse, registry: Registry) -> APIGatewayHttpResolver:
 
     @app.exception_handler(GatehouseError)
     def gatehouse_error(exc: GatehouseError) -> Response:
-        sqlstate = getattr(exc, "sqlstate", None)
-        extra = {"sqlstate": sqlstate} if sqlstate else {}
+        extra: dict[str, Any] = {}
+        if getattr(exc, "sqlstate", None):
+            extra["sqlstate"] = exc.sqlstate  # type: ignore[attr-defined]
+        if exc.request_id:
+            extra["request_id"] = exc.request_id
         return error_response(exc.status, exc.code, exc.message, **extra)
 
     @app.exception_handler(Exception)

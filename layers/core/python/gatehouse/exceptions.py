@@ -13,6 +13,8 @@ class GatehouseError(Exception):
 
     code = "internal_error"
     status = 500
+    # Set once the request has an id, so the agent can look its failed request up.
+    request_id: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)

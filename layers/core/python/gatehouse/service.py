@@ -107,6 +107,15 @@ class Gatehouse:
 
     def submit(self, principal: Principal, connection_name: str, sql: str, reason: str = "") -> Outcome:
         request_id = self._new_id()
+        try:
+            return self._submit(request_id, principal, connection_name, sql, reason)
+        except GatehouseError as exc:
+            exc.request_id = request_id
+            raise
+
+    def _submit(
+        self, request_id: str, principal: Principal, connection_name: str, sql: str, reason: str
+    ) -> Outcome:
         session = SessionLog.start(
             self._s3,
             self._settings.log_bucket,

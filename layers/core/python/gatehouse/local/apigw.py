@@ -504,6 +504,9 @@ class _Server(ThreadingHTTPServer):
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as API Gateway offers
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and the
+    # client's delayed ACK hold the body back ~40 ms on every keep-alive request.
+    disable_nagle_algorithm = True
     timeout = 60  # idle keep-alive connections are closed after this
     server: _Server
 
