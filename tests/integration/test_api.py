@@ -175,3 +175,18 @@ def test_every_step_is_in_the_session_log_under_object_lock(local_stack):
     assert kinds == ["received", "decision", "executed", "session_closed"]
     head = s3.head_object(Bucket=bucket, Key=sorted(keys)[1])
     assert head["ObjectLockMode"] == "COMPLIANCE"
+
+
+def test_wait_long_polls_an_undecided_request_and_returns_at_the_deadline(local_stack):
+    import time
+
+    client = local_stack.client()
+    pending = client.submit("demo-prod", "UPDATE orders SET status = 'x' WHERE id = 9").body
+    started = time.monotonic()
+    polled = client.get_request(pending["request_id"], wait=2)
+    assert polled.body["status"] == "pending_approval"
+    assert time.monotonic() - started >= 1.9
+    done = client.submit("demo-dev", "SELECT 1 AS one").body
+    started = time.monotonic()
+    assert client.get_request(done["request_id"], wait=5).body["status"] == "executed"
+    assert time.monotonic() - started < 2  # a decided request answers at once

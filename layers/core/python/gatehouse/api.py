@@ -155,8 +155,7 @@ def build_app(service: Gatehouse, registry: Registry) -> APIGatewayHttpResolver:
         request_id: Annotated[str, Path(min_length=1, max_length=64)],
         wait: Annotated[int, Query(ge=0, le=20)] = 0,
     ):
-        # `wait` long-polls once approvals exist; today a request's record is final when stored.
-        record = service.get_request(caller(), request_id)
+        record = service.get_request(caller(), request_id, wait_s=wait)
         return _json(200, record.public_view())
 
     @app.get("/v1/connections", summary="Connections the caller may use")

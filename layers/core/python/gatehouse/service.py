@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 # Actions probed to tell an agent what it may do on each connection (GET /v1/connections).
 PROBED_CLASSES = (StatementClass.READ, StatementClass.WRITE, StatementClass.DDL)
+# Statuses a long-poll waits on; one DynamoDB read a second keeps it cheap.
+UNDECIDED = frozenset({"pending_approval", "executing"})
+POLL_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Gatehouse:
         executor: PostgresExecutor | None = None,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._settings = settings
         self._registry = registry
@@ -80,6 +84,7 @@ class Gatehouse:
         self._executor = executor or PostgresExecutor(secrets)
         self._clock = clock
         self._new_id = new_id
+        self._sleep = sleep
         self._maskers: dict[str, Masker] = {}
 
     # -- queries ---------------------------------------------------------------------------
@@ -96,12 +101,17 @@ class Gatehouse:
                 out.append({**conn.public_view(), "actions": actions})
         return out
 
-    def get_request(self, principal: Principal, request_id: str) -> RequestRecord:
-        record = self._requests.get(request_id)
-        # Another principal's request is indistinguishable from a missing one.
-        if record.principal_name != principal.name:
-            raise NotFoundError(f"no request {request_id}")
-        return record
+    def get_request(self, principal: Principal, request_id: str, wait_s: float = 0) -> RequestRecord:
+        """The caller's request; with `wait_s`, long-poll while it is still undecided."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            record = self._requests.get(request_id)
+            # Another principal's request is indistinguishable from a missing one.
+            if record.principal_name != principal.name:
+                raise NotFoundError(f"no request {request_id}")
+            if record.status not in UNDECIDED or time.monotonic() >= deadline:
+                return record
+            self._sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
 
     # -- the decision path -----------------------------------------------------------------
 

@@ -55,6 +55,14 @@ def run_cli(argv: Sequence[str], expect: int = 0) -> str:
     return text
 
 
+def agent_exec(sql: str, *, connection: str = "demo-prod", reason: str = "", expect: int = 0) -> str:
+    """`gatehouse exec` as the demo agent."""
+    argv = ["exec", "--as", "analyst", "--connection", connection]
+    if reason:
+        argv += ["--reason", reason]
+    return run_cli([*argv, "--sql", sql], expect=expect)
+
+
 def request_id_of(text: str) -> str:
     first = text.splitlines()[0]
     return first.split()[1].rstrip(":")
@@ -81,18 +89,9 @@ def play(state: dict[str, Any]) -> None:
     run_cli(["connections", "--as", "analyst"])
 
     step(2, "A read on prod: allowed, and masked before it leaves")
-    out = run_cli(
-        [
-            "exec",
-            "--as",
-            "analyst",
-            "--connection",
-            "demo-prod",
-            "--reason",
-            "churn analysis",
-            "--sql",
-            "SELECT id, name, email, phone, card_number, ssn, notes FROM customers ORDER BY id LIMIT 5",
-        ]
+    out = agent_exec(
+        "SELECT id, name, email, phone, card_number, ssn, notes FROM customers ORDER BY id LIMIT 5",
+        reason="churn analysis",
     )
     read_id = request_id_of(out)
     check("[REDACTED]" in out and "hash:" in out, "SSNs redacted, names and emails are keyed-hash tokens")
@@ -114,18 +113,9 @@ def play(state: dict[str, Any]) -> None:
     check(unsigned.status_code in (401, 403) and forged.status_code == 403, "both refused by the gateway")
 
     step(4, "A write on prod waits for a dba's approval")
-    out = run_cli(
-        [
-            "exec",
-            "--as",
-            "analyst",
-            "--connection",
-            "demo-prod",
-            "--reason",
-            "customer asked",
-            "--sql",
-            "UPDATE customers SET notes = 'Do not call' WHERE id = 2",
-        ],
+    out = agent_exec(
+        "UPDATE customers SET notes = 'Do not call' WHERE id = 2",
+        reason="customer asked",
         expect=cli.EXIT_PENDING,
     )
     pending_id = request_id_of(out)
@@ -136,48 +126,14 @@ def play(state: dict[str, Any]) -> None:
     )
 
     step(5, "Writes hidden inside reads are seen for what they are")
-    run_cli(
-        [
-            "exec",
-            "--as",
-            "analyst",
-            "--connection",
-            "demo-prod",
-            "--sql",
-            "WITH gone AS (DELETE FROM customers RETURNING id) SELECT count(*) FROM gone",
-        ],
-        expect=cli.EXIT_PENDING,
+    agent_exec(
+        "WITH gone AS (DELETE FROM customers RETURNING id) SELECT count(*) FROM gone", expect=cli.EXIT_PENDING
     )
-    run_cli(
-        ["exec", "--as", "analyst", "--connection", "demo-prod", "--sql", "SELECT 1; DROP TABLE customers"],
-        expect=cli.EXIT_DENIED,
-    )
+    agent_exec("SELECT 1; DROP TABLE customers", expect=cli.EXIT_DENIED)
 
     step(6, "DDL and privilege changes on prod are forbidden")
-    run_cli(
-        [
-            "exec",
-            "--as",
-            "analyst",
-            "--connection",
-            "demo-prod",
-            "--sql",
-            "ALTER TABLE customers ADD COLUMN exported boolean",
-        ],
-        expect=cli.EXIT_DENIED,
-    )
-    run_cli(
-        [
-            "exec",
-            "--as",
-            "analyst",
-            "--connection",
-            "demo-prod",
-            "--sql",
-            "GRANT SELECT ON customers TO PUBLIC",
-        ],
-        expect=cli.EXIT_DENIED,
-    )
+    agent_exec("ALTER TABLE customers ADD COLUMN exported boolean", expect=cli.EXIT_DENIED)
+    agent_exec("GRANT SELECT ON customers TO PUBLIC", expect=cli.EXIT_DENIED)
 
     step(7, "Every step is in S3, under Object Lock in COMPLIANCE mode")
     keys_ = [
