@@ -11,19 +11,15 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
+from gatehouse.ddb import from_item, to_attribute, to_item
 from gatehouse.exceptions import GatehouseError, NotFoundError
 
 PENDING_TTL_S = 3600  # an unanswered approval expires after an hour
 RECORD_TTL_S = 90 * 24 * 3600  # finished records stay queryable for 90 days; S3 keeps the audit trail
-
-_ser = TypeSerializer()
-_de = TypeDeserializer()
 
 
 class RequestStoreUnavailableError(GatehouseError):
@@ -80,7 +76,7 @@ class RequestStore:
         record.updated_at = now
         ttl = PENDING_TTL_S if record.status == "pending_approval" else RECORD_TTL_S
         record.expires_at = record.expires_at or now + ttl
-        item = {k: _ser.serialize(v) for k, v in _storable(record).items()}
+        item = to_item(asdict(record))
         try:
             self._ddb.put_item(
                 TableName=self._table,
@@ -109,7 +105,7 @@ class RequestStore:
             if value is not None:
                 # Names go through placeholders: some (e.g. ERROR) are DynamoDB reserved words.
                 names[f"#{field_name}"] = field_name
-                values[f":{field_name}"] = Decimal(str(value)) if isinstance(value, float) else value
+                values[f":{field_name}"] = value
                 sets.append(f"#{field_name} = :{field_name}")
         try:
             self._ddb.update_item(
@@ -118,7 +114,7 @@ class RequestStore:
                 UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression="#s = :x",
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues={k: _ser.serialize(v) for k, v in values.items()},
+                ExpressionAttributeValues={k: to_attribute(v) for k, v in values.items()},
             )
         except (ClientError, BotoCoreError) as exc:
             raise RequestStoreUnavailableError("the request record could not be updated") from exc
@@ -133,21 +129,8 @@ class RequestStore:
         item = resp.get("Item")
         if not item:
             raise NotFoundError(f"no request {request_id}")
-        plain = {k: _de.deserialize(v) for k, v in item.items()}
-        for key in ("created_at", "updated_at", "expires_at", "approval_quorum", "row_count"):
-            if plain.get(key) is not None:
-                plain[key] = int(plain[key])
+        plain = from_item(item)
         if plain.get("duration_ms") is not None:
             plain["duration_ms"] = float(plain["duration_ms"])
-        plain["policy_ids"] = list(plain.get("policy_ids") or [])
         known = RequestRecord.__dataclass_fields__
         return RequestRecord(**{k: v for k, v in plain.items() if k in known})
-
-
-def _storable(record: RequestRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in asdict(record).items():
-        if v is None:
-            continue
-        out[k] = Decimal(str(v)) if isinstance(v, float) else v
-    return out

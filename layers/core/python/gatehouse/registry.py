@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
+from gatehouse.ddb import from_item
 from gatehouse.exceptions import GatehouseError, UnknownConnectionError, UnknownPrincipalError
 from gatehouse.models import Connection, Principal
-
-_deserializer = TypeDeserializer()
 
 
 class RegistryUnavailableError(GatehouseError):
@@ -18,21 +16,6 @@ class RegistryUnavailableError(GatehouseError):
 
     code = "registry_unavailable"
     status = 503
-
-
-def _plain(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _normalise(_deserializer.deserialize(v)) for k, v in item.items()}
-
-
-def _normalise(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal and sets as set: make them JSON-friendly."""
-    if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items()}
-    if isinstance(value, list | set | frozenset):
-        return [_normalise(v) for v in value]
-    if hasattr(value, "as_integer_ratio") and not isinstance(value, bool | float | int):
-        return int(value) if value == int(value) else float(value)
-    return value
 
 
 def connection_from_item(item: dict[str, Any]) -> Connection:
@@ -76,7 +59,7 @@ class Registry:
         try:
             while True:
                 page = self._ddb.scan(**kwargs)
-                items += [connection_from_item(_plain(i)) for i in page.get("Items", [])]
+                items += [connection_from_item(from_item(i)) for i in page.get("Items", [])]
                 if "LastEvaluatedKey" not in page:
                     break
                 kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -96,4 +79,4 @@ class Registry:
         except (ClientError, BotoCoreError) as exc:
             raise RegistryUnavailableError(f"the registry table {table} could not be read") from exc
         item = resp.get("Item")
-        return _plain(item) if item else None
+        return from_item(item) if item else None
