@@ -445,17 +445,16 @@ def _alter_table(body: Node) -> Finding:
 
 def _drop(body: Node) -> Finding:
     obj = body.get("removeType", "")
-    label = f"DROP {_object_label(obj)}"
-    if obj in PRIVILEGE_OBJECTS:
-        return PRIVILEGE, f"{label} changes who may see what"
-    if obj in ADMIN_OBJECTS:
-        return ADMIN, f"{label} changes the cluster or its code"
-    return _ddl(label)
+    return _object_change(obj, f"DROP {_object_label(obj)}")
 
 
 def _rename(body: Node) -> Finding:
     obj = body.get("renameType", "")
-    label = f"ALTER {_object_label(obj)} ... RENAME"
+    return _object_change(obj, f"ALTER {_object_label(obj)} ... RENAME")
+
+
+def _object_change(obj: str, label: str) -> Finding:
+    """Changing a role or policy is privilege, a database or extension admin, the rest DDL."""
     if obj in PRIVILEGE_OBJECTS:
         return PRIVILEGE, f"{label} changes who may see what"
     if obj in ADMIN_OBJECTS:
