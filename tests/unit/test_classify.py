@@ -7,7 +7,12 @@ import random
 import pytest
 
 from gatehouse.classify import classify
-from gatehouse.classify.functions import SIDE_EFFECT_FREE, classify_function
+from gatehouse.classify.functions import (
+    SIDE_EFFECT_FREE,
+    classify_field_call,
+    classify_function,
+    is_known_to_act,
+)
 from gatehouse.classify.postgres import classify_sql
 from gatehouse.exceptions import ClassificationError
 from gatehouse.models import StatementClass
@@ -71,6 +76,58 @@ def test_a_cte_name_is_not_a_relation_but_a_qualified_table_of_that_name_is() ->
     stmt = only("with customers as (select 1) select * from customers, public.customers")
 
     assert stmt.relations == ("public.customers",)
+
+
+def test_a_non_recursive_cte_reading_its_own_name_reads_the_real_table() -> None:
+    # Postgres: a non-recursive CTE's body cannot see itself, so the inner name is the table.
+    stmt = only("WITH customers AS (SELECT * FROM customers) SELECT * FROM customers")
+
+    assert stmt.relations == ("customers",)
+
+
+def test_a_recursive_cte_sees_itself_and_names_no_table() -> None:
+    stmt = only(
+        "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r"
+    )
+
+    assert stmt.relations == ()
+
+
+def test_a_cte_sees_earlier_ctes_but_not_later_ones() -> None:
+    # `a` is defined before `b` is: inside `a`, `b` is still the table `b`.
+    stmt = only("WITH a AS (SELECT * FROM b), b AS (SELECT * FROM a) SELECT * FROM a, b")
+
+    assert stmt.relations == ("b",)
+
+
+def test_a_cte_in_scope_of_a_nested_query_is_not_a_relation() -> None:
+    stmt = only("with x as (select * from t) select * from u where id in (select id from x)")
+
+    assert set(stmt.relations) == {"t", "u"}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "WITH t AS (SELECT 1) DELETE FROM t",
+        "WITH t AS (SELECT 1 AS a) UPDATE t SET a = 2",
+        "with t as (select 1 as a) insert into t select a from t",
+        "WITH t AS (SELECT 1 AS id) MERGE INTO t USING t AS s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        "with t as (select 1), d as (delete from t returning 1) select * from d",
+    ],
+)
+def test_the_target_of_a_write_is_the_real_table_even_when_a_cte_shares_its_name(sql: str) -> None:
+    (stmt,) = classify_sql(sql).statements
+
+    assert "t" in stmt.relations
+    assert stmt.cls is WRITE
+
+
+def test_select_into_creates_the_real_table_even_when_a_cte_shares_its_name() -> None:
+    stmt = only("with backup as (select 1) select * into backup from backup")
+
+    assert stmt.cls is StatementClass.DDL
+    assert stmt.relations == ("backup",)
 
 
 def test_write_targets_and_dropped_tables_are_relations() -> None:
@@ -143,6 +200,12 @@ def test_a_function_reason_names_the_function() -> None:
         (("dblink_exec",), StatementClass.ADMIN),
         (("pg_advisory_unlock_all",), WRITE),
         (("query_to_xml",), UNKNOWN),
+        (("ts_rewrite",), UNKNOWN),
+        (("pg_sleep_for",), UNKNOWN),
+        (("pg_export_snapshot",), StatementClass.SESSION),
+        (("brin_summarize_range",), StatementClass.ADMIN),
+        (("pg_read_file_old",), StatementClass.ADMIN),
+        (("binary_upgrade_set_next_pg_type_oid",), StatementClass.ADMIN),
         (("my_func",), UNKNOWN),
         (("a", "b", "c"), UNKNOWN),
     ],
@@ -154,6 +217,88 @@ def test_function_classes_by_name(parts: tuple[str, ...], cls: StatementClass) -
 def test_the_allowlist_holds_no_function_known_to_act() -> None:
     for name in ("nextval", "setval", "set_config", "pg_sleep", "query_to_xml", "dblink", "lo_import"):
         assert name not in SIDE_EFFECT_FREE
+
+
+# -- attribute notation ----------------------------------------------------------------------------
+
+
+def test_attribute_notation_calling_a_known_function_takes_its_class_and_says_how() -> None:
+    stmt = only("SELECT pid, (pid).pg_terminate_backend FROM pg_stat_activity WHERE usename = current_user")
+
+    assert stmt.cls is StatementClass.ADMIN
+    assert stmt.reason == "pg_terminate_backend called with attribute notation ends another session"
+    assert stmt.functions == ("pg_terminate_backend",)
+    assert stmt.relations == ("pg_stat_activity",)
+
+
+@pytest.mark.parametrize(
+    ("sql", "name", "cls"),
+    [
+        (
+            "select count((0::oid).lo_create) from generate_series(1, 20000)",
+            "lo_create",
+            StatementClass.ADMIN,
+        ),
+        ("select m.oid.lo_unlink from pg_largeobject_metadata m", "lo_unlink", StatementClass.ADMIN),
+        ("select (424242::bigint).pg_advisory_lock", "pg_advisory_lock", WRITE),
+        ("select (x).ts_stat from t", "ts_stat", UNKNOWN),
+        ("select ('s'::regclass).nextval", "nextval", WRITE),
+        ('select (pid)."pg_cancel_backend" from pg_stat_activity', "pg_cancel_backend", StatementClass.ADMIN),
+        ("select (a[1]).b.lo_unlink from t", "lo_unlink", StatementClass.ADMIN),
+    ],
+)
+def test_attribute_notation_forms_are_calls(sql: str, name: str, cls: StatementClass) -> None:
+    stmt = only(sql)
+
+    assert stmt.cls is cls
+    assert name in stmt.functions
+    assert "attribute notation" in stmt.reason
+
+
+def test_field_names_not_known_to_act_are_left_as_columns() -> None:
+    stmt = only("select c.name, (c).email, s.t.col, t.my_func, (name).lower from customers c")
+
+    assert stmt.cls is READ
+    assert stmt.functions == ()
+
+
+def test_the_first_name_of_a_column_reference_is_never_a_call() -> None:
+    # A bare `lo_unlink` is a column (or an error), never lo_unlink(...).
+    assert only("select lo_unlink from t").cls is READ
+
+
+def test_classify_field_call_gives_the_class_of_the_call_with_an_attribute_notation_reason() -> None:
+    assert classify_field_call("pg_terminate_backend") == (
+        StatementClass.ADMIN,
+        "pg_terminate_backend called with attribute notation ends another session",
+    )
+    assert classify_field_call("lo_unlink") == (
+        StatementClass.ADMIN,
+        "lo_unlink called with attribute notation works on large objects (server-side files and blobs)",
+    )
+    assert classify_field_call("my_func") == (
+        UNKNOWN,
+        "my_func called with attribute notation is not known to be side-effect free",
+    )
+    assert classify_field_call("lower") == (READ, "")
+
+
+@pytest.mark.parametrize(
+    ("name", "acts"),
+    [
+        ("pg_terminate_backend", True),
+        ("lo_create", True),
+        ("pg_try_advisory_xact_lock_shared", True),
+        ("set_config", True),
+        ("ts_stat", True),
+        ("pg_sleep", True),
+        ("lower", False),
+        ("email", False),
+        ("my_func", False),
+    ],
+)
+def test_is_known_to_act(name: str, acts: bool) -> None:
+    assert is_known_to_act(name) is acts
 
 
 # -- hidden writes ---------------------------------------------------------------------------------
@@ -188,6 +333,23 @@ def test_explain_without_analyze_reads_and_explain_analyze_takes_the_inner_class
     assert planned.relations == ("customers",)
     assert executed.cls is WRITE
     assert executed.reason.startswith("EXPLAIN ANALYZE runs the statement")
+
+
+@pytest.mark.parametrize(
+    ("options", "cls"),
+    [
+        ("ANALYZE false, ANALYZE true", WRITE),
+        ("ANALYZE true, ANALYZE false", READ),
+        ("ANALYZE, ANALYZE off", READ),
+        ("ANALYZE off, ANALYZE", WRITE),
+        ("ANALYZE 0, VERBOSE, ANALYZE 1", WRITE),
+        ("ANALYZE 'on', ANALYZE 'OFF'", READ),
+        ("ANALYZE maybe", WRITE),  # Postgres refuses the value; counting it as true fails closed
+        ("BUFFERS, SUMMARY, SETTINGS", READ),
+    ],
+)
+def test_explain_takes_the_last_analyze_option_like_postgres(options: str, cls: StatementClass) -> None:
+    assert only(f"EXPLAIN ({options}) DELETE FROM t").cls is cls
 
 
 def test_explain_without_analyze_ignores_locks_and_ctes_it_does_not_run() -> None:

@@ -10,8 +10,19 @@ Names are matched only when the call is unqualified or qualified with `pg_catalo
 `public.lower(x)` is a user function that happens to share a name, so it is unknown. Matching is
 exact on the parser's identifier (`"Lower"(x)` is not `lower(x)`).
 
+Attribute notation calls a one-argument function without call syntax: `(pid).pg_terminate_backend`
+is `pg_terminate_backend(pid)`, and `t.f` may be `f(t)`. The parser cannot tell such a field
+selection from a column, so `classify_field_call` gives the class a field name has when it IS a
+call, and `is_known_to_act` says whether the name alone is enough to treat it as one (a name known
+to act is never taken for a column; an unknown name is left to the catalog, see `lineage`).
+
 This module knows nothing about the parser: it is handed the name parts and, for the one function
 whose class depends on an argument (`set_config`), the first argument when it is a constant.
+
+The allowlist was audited against PostgreSQL 15 by calling every name on it inside a READ ONLY
+transaction (tests/integration/test_allowlist_functions.py): such a transaction still lets a
+function create and drop large objects, signal other sessions, take session advisory locks, notify
+listeners, export snapshots, sleep and summarize indexes, so none of those is on the list.
 """
 
 from __future__ import annotations
@@ -162,6 +173,17 @@ KNOWN: dict[str, tuple[StatementClass, str]] = {
     "database_to_xmlschema": (UNKNOWN, "database_to_xmlschema reads every table"),
     "database_to_xml_and_xmlschema": (UNKNOWN, "database_to_xml_and_xmlschema reads every table"),
     "ts_stat": (UNKNOWN, "ts_stat runs SQL given as text"),
+    "ts_rewrite": (UNKNOWN, "ts_rewrite runs SQL given as text (its two-argument form)"),
+    # tablefunc's crosstab(text, ...) and connectby(text, ...) run SQL given as text.
+    "connectby": (UNKNOWN, "connectby runs SQL given as text"),
+    "pg_export_snapshot": (SESSION, "pg_export_snapshot shares the transaction's snapshot with others"),
+    "brin_summarize_new_values": (ADMIN, "brin_summarize_new_values changes an index"),
+    "brin_summarize_range": (ADMIN, "brin_summarize_range changes an index"),
+    "brin_desummarize_range": (ADMIN, "brin_desummarize_range changes an index"),
+    "gin_clean_pending_list": (ADMIN, "gin_clean_pending_list changes an index"),
+    "pg_nextoid": (ADMIN, "pg_nextoid consumes an object id (pg_upgrade support)"),
+    "pg_stop_making_pinned_objects": (ADMIN, "pg_stop_making_pinned_objects is initdb support"),
+    "pg_extension_config_dump": (ADMIN, "pg_extension_config_dump changes an extension's catalog entry"),
 }  # fmt: skip
 
 # Families of known functions: name prefixes, checked in order after the exact names.
@@ -182,7 +204,17 @@ KNOWN_PREFIXES: tuple[tuple[str, StatementClass, str], ...] = (
     ("pg_copy_", ADMIN, "copies a replication slot"),
     ("pg_replication_", ADMIN, "controls replication"),
     ("pg_logical_", ADMIN, "writes or reads logical replication data"),
+    ("pg_log_", ADMIN, "writes to the server log"),
+    ("pg_read_", ADMIN, "reads a file on the database server"),
+    ("pg_rotate_logfile", ADMIN, "rotates the server log"),
+    ("binary_upgrade_", ADMIN, "changes the catalog (pg_upgrade support)"),
+    ("crosstab", UNKNOWN, "runs SQL given as text"),
+    # Not a change, but no read either: it holds a session and the statement's locks as long as
+    # asked. Listed (as unknown, like any unreviewed name) so that `(10).pg_sleep` is a call too.
+    ("pg_sleep", UNKNOWN, "holds a server session and its locks for as long as asked"),
 )
+# One tuple for str.startswith: the field-name check runs on every qualified column reference.
+_PREFIXES = tuple(prefix for prefix, _, _ in KNOWN_PREFIXES)
 
 # Settings that change who the session acts as: set_config on them is SET ROLE in disguise.
 IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
@@ -230,3 +262,25 @@ def _set_config(setting: str | None) -> tuple[StatementClass, str]:
     if setting.lower() in ESCALATING_SETTINGS:
         return PRIVILEGE, f"set_config('{setting}') {ESCALATING_SETTINGS[setting.lower()]}"
     return SESSION, "set_config changes a session setting"
+
+
+def is_known_to_act(name: str) -> bool:
+    """True when the unqualified function `name` is known to do something (never a read).
+
+    Such a name in a field selection (`(x).name`, `t.name`) is treated as a call: a column that
+    happens to carry the name of a dangerous built-in costs a stricter class, never a missed call.
+    """
+    return name in KNOWN or name == "set_config" or name.startswith(_PREFIXES)
+
+
+def classify_field_call(name: str) -> tuple[StatementClass, str]:
+    """The class a field selection `(x).name` gives its statement when it is a call of `name`.
+
+    That is `classify_function((name,))`, with a reason that says the call used attribute
+    notation (only one-argument functions can be called so, and never schema-qualified).
+    """
+    cls, reason = classify_function((name,))
+    if cls is READ:
+        return READ, ""
+    what = reason.removeprefix(f"function {name} ").removeprefix(f"{name} ")
+    return cls, f"{name} called with attribute notation {what}"

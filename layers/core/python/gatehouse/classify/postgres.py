@@ -17,6 +17,16 @@ Decisions where the product brief left a choice:
 - `EXPLAIN` without `ANALYZE` plans but does not run its statement: it is a read, whatever the
   statement; function calls still count (the planner may evaluate them while folding constants)
   and `EXPLAIN EXECUTE` is unknown. `EXPLAIN ANALYZE` runs the statement: it takes its class.
+  A repeated option counts as Postgres counts it: the last `ANALYZE` wins
+  (`EXPLAIN (ANALYZE false, ANALYZE true) DELETE ...` deletes). `ANALYZE` is the only option that
+  makes EXPLAIN execute (BUFFERS, SUMMARY and SETTINGS do not; TIMING and WAL require ANALYZE).
+- Attribute notation calls a one-argument function: `(pid).pg_terminate_backend` and
+  `a.pid.pg_terminate_backend` are `pg_terminate_backend(pid)`. A field name known to act
+  (`functions.is_known_to_act`) is such a call and gives its class; any other field name is left
+  alone here (it is almost always a column) and resolved against the catalog by `lineage`.
+- A CTE name hides a table only where Postgres lets it: in the statement after the WITH, in later
+  CTEs of the same WITH, and in every CTE of a WITH RECURSIVE. A non-recursive CTE's own body, the
+  target of INSERT, UPDATE, DELETE or MERGE, and the table SELECT INTO creates name the real table.
 - `NOTIFY` (and `pg_notify`) is a write: other sessions see it. `LISTEN`/`UNLISTEN` are session.
 - `SELECT INTO`, `CREATE TABLE AS` and `CREATE MATERIALIZED VIEW` create a table: ddl.
 - `REFRESH MATERIALIZED VIEW` rewrites rows: write.
@@ -37,8 +47,9 @@ Decisions where the product brief left a choice:
   them at once (`ALTER TABLE ... ADD COLUMN ... DEFAULT f()`, expression indexes).
 
 What a parser alone cannot see (the executor's READ ONLY transaction is the backstop for reads):
-views and rules that call functions, functions called with attribute notation (`t.f`),
-user-defined operators and casts, and `search_path` changes that shadow a built-in.
+views and rules that call functions, functions of unknown names called with attribute notation
+(`t.f` where `f` is not a column: `lineage` resolves those against the catalog), user-defined
+operators and casts, and `search_path` changes that shadow a built-in.
 """
 
 from __future__ import annotations
@@ -49,7 +60,12 @@ from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
 
-from gatehouse.classify.functions import ESCALATING_SETTINGS, classify_function
+from gatehouse.classify.functions import (
+    ESCALATING_SETTINGS,
+    classify_field_call,
+    classify_function,
+    is_known_to_act,
+)
 from gatehouse.models import CLASS_RISK, Classification, Statement, StatementClass
 
 READ = StatementClass.READ
@@ -257,7 +273,9 @@ LOCK_STRENGTHS = {
     "LCS_FORNOKEYUPDATE": "NO KEY UPDATE",
     "LCS_FORUPDATE": "UPDATE",
 }
-FALSE_WORDS = frozenset({"false", "off", "no", "0"})
+# What Postgres's defGetBoolean reads as false (case-insensitively); any other word is an error
+# there, and counts as true here so that a version accepting more words cannot run unseen.
+FALSE_WORDS = frozenset({"false", "off"})
 
 
 def classify_sql(text: str) -> Classification:
@@ -293,7 +311,7 @@ def classify_statement(node: Node, text: str) -> Statement:
     """Classify one parsed statement (a pglast JSON node `{"SelectStmt": {...}}`)."""
     ((kind, body),) = node.items()
     walk = _Walk(plan_only=kind == "ExplainStmt" and not _explain_analyze(body))
-    walk.run(body)
+    walk.run(body, kind)
     if kind == "DropStmt" and body.get("removeType") in RELATION_OBJECTS:
         for obj in body.get("objects") or ():
             walk.relations.setdefault(_dotted(obj), None)
@@ -352,22 +370,26 @@ def _explain(body: Node) -> Finding:
 
 
 def _explain_analyze(body: Node) -> bool:
+    # ExplainQuery reads the options in order and each ANALYZE overwrites the last: the last wins.
+    analyze = False
     for option in body.get("options") or ():
         elem = option.get("DefElem") or {}
-        if elem.get("defname") != "analyze":
-            continue
-        arg = elem.get("arg")
-        if arg is None:
-            return True
-        # `(ANALYZE false)`, `(ANALYZE off)`, `(ANALYZE 0)`: an Integer 0 has no "ival" field.
-        if "String" in arg:
-            return str(arg["String"].get("sval", "")).lower() not in FALSE_WORDS
-        if "Integer" in arg:
-            return bool(arg["Integer"].get("ival", 0))
-        if "Boolean" in arg:
-            return bool(arg["Boolean"].get("boolval", False))
+        if elem.get("defname") == "analyze":
+            analyze = _option_true(elem.get("arg"))
+    return analyze
+
+
+def _option_true(arg: Node | None) -> bool:
+    if arg is None:
         return True
-    return False
+    # `(ANALYZE false)`, `(ANALYZE off)`, `(ANALYZE 0)`: an Integer 0 has no "ival" field.
+    if "String" in arg:
+        return str(arg["String"].get("sval", "")).lower() not in FALSE_WORDS
+    if "Integer" in arg:
+        return bool(arg["Integer"].get("ival", 0))
+    if "Boolean" in arg:
+        return bool(arg["Boolean"].get("boolval", False))
+    return True
 
 
 def _prepare(body: Node) -> Finding:
@@ -505,7 +527,9 @@ class _Walk:
     pglast's JSON wraps a node as `{"TypeName": {fields}}` where the field's type is generic and
     leaves it bare where the field has a fixed type (a statement's `relation` is a bare RangeVar),
     so nodes are recognised by their fields: `relname` (RangeVar), `funcname` + `funcformat`
-    (FuncCall), `lockingClause` / `intoClause` / `withClause` (SelectStmt and DML).
+    (FuncCall), `lockingClause` / `intoClause` / `withClause` (SelectStmt and DML); ColumnRef and
+    A_Indirection (field selection, i.e. attribute notation) are always wrapped.
+    Each stack entry carries the CTE names in scope there.
     The walk is iterative: a deeply nested expression cannot exhaust Python's stack.
     """
 
@@ -518,8 +542,11 @@ class _Walk:
         self.functions: dict[str, None] = {}
         self.findings: list[Finding] = []
 
-    def run(self, root: Node) -> None:
+    def run(self, root: Node, kind: str = "") -> None:
+        """Walk `root`, the body of a statement of `kind` (`"DeleteStmt"`, ...)."""
         no_ctes: frozenset[str] = frozenset()
+        if kind in DML:
+            self._target(root)
         stack: list[tuple[Any, frozenset[str]]] = [(root, no_ctes)]
         pop, push = stack.pop, stack.append
         while stack:
@@ -534,8 +561,16 @@ class _Walk:
                     if key in LEAVES:
                         continue
                     body = node[key]
-                    if key.endswith("Stmt"):
+                    if key == "ColumnRef":
+                        # `t.f`, `s.t.f`: every field after the first may call a function.
+                        self._field_calls(body.get("fields") or (), 1)
+                        continue  # nothing but names inside
+                    if key == "A_Indirection":
+                        self._field_calls(body.get("indirection") or (), 0)
+                    elif key.endswith("Stmt"):
                         self._nested_statement(key, body)
+                        if key in DML:
+                            self._target(body)
                     elif key == "CommonTableExpr" and not self.plan_only:
                         self._cte(body)
                     node = body
@@ -548,15 +583,21 @@ class _Walk:
             elif not self.plan_only:
                 if node.get("lockingClause"):
                     self.findings.append(_locking(node["lockingClause"]))
-                if node.get("intoClause"):
+                into = node.get("intoClause")
+                if into:
                     self.findings.append((DDL, "SELECT INTO creates a table"))
+                    # the table SELECT INTO creates is new: a CTE of the same name does not hide it
+                    if into.get("rel"):
+                        self._relation(into["rel"], frozenset())
             with_clause = node.get("withClause")
             if with_clause:
-                ctes = ctes | {
-                    cte["CommonTableExpr"]["ctename"]
-                    for cte in with_clause.get("ctes") or ()
-                    if "CommonTableExpr" in cte
-                }
+                bodies, ctes = _cte_scopes(with_clause, ctes)
+                for value in reversed(node.values()):
+                    if value is with_clause:
+                        stack.extend(reversed(bodies))
+                    elif type(value) is dict or type(value) is list:
+                        push((value, ctes))
+                continue
             for value in reversed(node.values()):
                 if type(value) is dict or type(value) is list:
                     push((value, ctes))
@@ -574,6 +615,22 @@ class _Walk:
             if kind in query:
                 self.findings.append((WRITE, f"data-modifying CTE ({label} in WITH {body.get('ctename')})"))
 
+    def _target(self, body: Node) -> None:
+        # The table INSERT, UPDATE, DELETE or MERGE changes is never a CTE, whatever the WITH says.
+        target = body.get("relation")
+        if target:
+            self._relation(target, frozenset())
+
+    def _field_calls(self, items: list[Node] | tuple[()], start: int) -> None:
+        for item in items[start:]:
+            field = item.get("String")
+            if field is None:
+                continue  # `*` or a subscript
+            name = str(field.get("sval", ""))
+            if is_known_to_act(name):
+                self.functions.setdefault(name, None)
+                self.findings.append(classify_field_call(name))
+
     def _relation(self, node: Node, ctes: frozenset[str]) -> None:
         name = node["relname"]
         schema = node.get("schemaname")
@@ -589,6 +646,29 @@ class _Walk:
         cls, reason = classify_function(parts, _constant_string(node.get("args")))
         if cls is not READ:
             self.findings.append((cls, reason))
+
+
+def _cte_scopes(
+    with_clause: Node, outer: frozenset[str]
+) -> tuple[list[tuple[Node, frozenset[str]]], frozenset[str]]:
+    """Each CTE with the CTE names its body sees, and the names the rest of the statement sees.
+
+    A non-recursive CTE sees the CTEs before it, not itself: in `WITH t AS (SELECT * FROM t)` the
+    inner `t` is the table. Under WITH RECURSIVE every CTE sees all of them, itself included.
+    """
+    items = with_clause.get("ctes") or []
+    names = [str(item["CommonTableExpr"].get("ctename", "")) for item in items if "CommonTableExpr" in item]
+    everything = outer.union(names)
+    if with_clause.get("recursive"):
+        return [(item, everything) for item in items], everything
+    bodies = []
+    seen = outer
+    for item in items:
+        bodies.append((item, seen))
+        name = (item.get("CommonTableExpr") or {}).get("ctename")
+        if name is not None:
+            seen = seen | {name}
+    return bodies, everything
 
 
 def _locking(clauses: list[Node]) -> Finding:
