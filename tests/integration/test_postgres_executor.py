@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
+import time
 
 import boto3
 import pytest
@@ -36,6 +38,10 @@ def database(postgres):
     db.run("CREATE TABLE items (id int primary key, label text)")
     db.run("INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 50) g")
     db.run(f"GRANT SELECT, INSERT, UPDATE, DELETE ON items TO {role}")
+    # Checked at COMMIT, not at the INSERT: the way to make COMMIT itself fail.
+    db.run("CREATE TABLE tickets (code int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    db.run("INSERT INTO tickets VALUES (1)")
+    db.run(f"GRANT SELECT, INSERT ON tickets TO {role}")
     db.close()
     return name, role, password
 
@@ -105,7 +111,7 @@ def test_a_failed_record_rolls_the_write_back(executor_and_conn, postgres, datab
     def recorder_down(result):
         raise AuditWriteError("log unavailable")
 
-    with pytest.raises(AuditWriteError):
+    with pytest.raises(AuditWriteError) as err:
         ex.run(
             conn,
             [Statement("DELETE FROM items WHERE id > 40", W)],
@@ -113,6 +119,27 @@ def test_a_failed_record_rolls_the_write_back(executor_and_conn, postgres, datab
             max_rows=10,
             before_commit=recorder_down,
         )
+    assert count(postgres, database) == 50
+    assert err.value.code == "audit_unavailable" and err.value.command_sent
+
+
+def test_any_error_of_the_hook_goes_up_unchanged_and_marked_as_sent(executor_and_conn, postgres, database):
+    # An OSError from the recorder is the recorder's, not a lost database connection.
+    ex, conn = executor_and_conn
+    raised = ConnectionResetError("the log's endpoint hung up")
+
+    def recorder_down(result):
+        raise raised
+
+    with pytest.raises(ConnectionResetError) as err:
+        ex.run(
+            conn,
+            [Statement("DELETE FROM items WHERE id > 40", W)],
+            timeout_ms=2000,
+            max_rows=10,
+            before_commit=recorder_down,
+        )
+    assert err.value is raised and err.value.command_sent is True
     assert count(postgres, database) == 50
 
 
@@ -134,6 +161,7 @@ def test_transaction_control_in_the_text_is_refused(executor_and_conn):
             max_rows=10,
         )
     assert err.value.code == "transaction_control_not_supported"
+    assert not err.value.command_sent
 
 
 def test_a_target_that_is_down_is_a_503(executor_and_conn):
@@ -142,6 +170,22 @@ def test_a_target_that_is_down_is_a_503(executor_and_conn):
     with pytest.raises(TargetUnavailableError) as err:
         ex.run(down, [select("SELECT 1")], timeout_ms=2000, max_rows=10)
     assert err.value.status == 503
+    assert not err.value.command_sent
+
+
+def test_a_refused_login_is_a_503_before_anything_was_sent(executor_and_conn, database):
+    _, conn = executor_and_conn
+    sm = boto3.client("secretsmanager")  # the fixture's moto is still active
+    sm.create_secret(Name="wrong", SecretString=json.dumps({"username": database[1], "password": "wrong"}))
+    ex = PostgresExecutor(SecretStore(sm))
+    with pytest.raises(TargetUnavailableError) as err:
+        ex.run(
+            Connection(**{**conn.__dict__, "secret_id": "wrong"}),
+            [select("SELECT 1")],
+            timeout_ms=2000,
+            max_rows=10,
+        )
+    assert not err.value.command_sent
 
 
 def test_sql_errors_carry_their_sqlstate(executor_and_conn):
@@ -149,6 +193,70 @@ def test_sql_errors_carry_their_sqlstate(executor_and_conn):
     with pytest.raises(TargetError) as err:
         ex.run(conn, [select("SELECT * FROM no_such_table")], timeout_ms=2000, max_rows=10)
     assert err.value.sqlstate == "42P01"
+    assert err.value.command_sent
+
+
+def test_the_servers_detail_is_passed_on(executor_and_conn):
+    ex, conn = executor_and_conn
+    with pytest.raises(TargetError) as err:
+        ex.run(conn, [Statement("INSERT INTO items VALUES (1, 'again')", W)], timeout_ms=2000, max_rows=10)
+    assert err.value.sqlstate == "23505"
+    assert err.value.detail == "Key (id)=(1) already exists."
+    assert err.value.command_sent
+
+
+def test_a_commit_that_fails_is_a_target_error_after_the_command_was_sent(
+    executor_and_conn, postgres, database
+):
+    ex, conn = executor_and_conn
+    recorded = []
+    with pytest.raises(TargetError) as err:
+        ex.run(
+            conn,
+            [Statement("INSERT INTO tickets VALUES (1)", W)],
+            timeout_ms=2000,
+            max_rows=10,
+            before_commit=recorded.append,
+        )
+    assert err.value.sqlstate == "23505" and err.value.detail == "Key (code)=(1) already exists."
+    assert err.value.command_sent
+    assert len(recorded) == 1  # the statement itself had run: only COMMIT refused it
+
+
+def test_a_connection_lost_mid_statement_is_a_503_after_the_command_was_sent(executor_and_conn, postgres):
+    ex, conn = executor_and_conn
+    stop = threading.Event()
+
+    def terminate_the_backend():
+        admin = postgres.connect()
+        try:
+            while not stop.is_set():
+                killed = admin.run(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'gatehouse' AND wait_event = 'PgSleep'"
+                )
+                if killed:
+                    return
+                time.sleep(0.02)
+        finally:
+            admin.close()
+
+    killer = threading.Thread(target=terminate_the_backend)
+    killer.start()
+    try:
+        with pytest.raises(TargetUnavailableError) as err:
+            ex.run(conn, [select("SELECT pg_sleep(10)")], timeout_ms=20_000, max_rows=10)
+    finally:
+        stop.set()
+        killer.join()
+    assert err.value.command_sent
+
+
+def test_a_timeout_is_marked_as_sent(executor_and_conn):
+    ex, conn = executor_and_conn
+    with pytest.raises(StatementTimeoutError) as err:
+        ex.run(conn, [select("SELECT pg_sleep(5)")], timeout_ms=200, max_rows=10)
+    assert err.value.command_sent
 
 
 def test_reads_that_cannot_be_cursors_still_run(executor_and_conn):
@@ -164,3 +272,27 @@ def test_copy_is_refused_rather_than_streamed_past_masking(executor_and_conn):
     with pytest.raises(BadRequestError) as err:
         ex.run(conn, [Statement("COPY items TO STDOUT", R, command="copy")], timeout_ms=2000, max_rows=10)
     assert err.value.code == "copy_not_supported"
+    assert not err.value.command_sent
+
+
+def test_copy_after_a_write_is_refused_before_the_write_is_sent(executor_and_conn, postgres, database):
+    ex, conn = executor_and_conn
+    with pytest.raises(BadRequestError) as err:
+        ex.run(
+            conn,
+            [Statement("DELETE FROM items", W), Statement("COPY items TO STDOUT", R, command="copy")],
+            timeout_ms=2000,
+            max_rows=10,
+        )
+    assert err.value.code == "copy_not_supported" and not err.value.command_sent
+    assert count(postgres, database) == 50
+
+
+def test_results_name_each_columns_type_and_origin(executor_and_conn):
+    ex, conn = executor_and_conn
+    result = ex.run(
+        conn, [select("SELECT id, id + 1 AS next FROM items WHERE id = 1")], timeout_ms=2000, max_rows=10
+    )
+    assert result.column_types == (23, 23)
+    (origin, computed) = result.column_origins
+    assert origin is not None and origin[1] == 1 and computed is None

@@ -1,21 +1,38 @@
 """Run classified SQL on a Postgres target with pg8000.
 
 Every request runs in one transaction of its own: READ ONLY when every statement is a read, with
-a `statement_timeout` and a row limit. The caller's `before_commit` hook (mask + record) runs
-before COMMIT, so a command whose outcome cannot be recorded is rolled back, not half-done.
+a `statement_timeout`, a row limit and a byte budget. The caller's `before_commit` hook (mask +
+record) runs before COMMIT, so a command whose outcome cannot be recorded is rolled back, not
+half-done.
+
+The limits hold while the answer is read, not after it was loaded. pg8000 reads each backend
+message whole (one `read(length)` per message), so the executor stands between the driver and its
+socket stream: `_MessageGate` parses each message header as it passes and refuses a body larger
+than what is left of the budget before a byte of it is read; `_RowSink` replaces the driver's
+DataRow handler, so rows past the row limit are dropped as they arrive and values the driver
+cannot decode come back as the server's text. SELECTs and FETCHes read through a cursor in
+batches with explicit counts, so the server never sends much more than the limit allows.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
+import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
+from pglast.parser import ParseError, parse_sql_json
 
 from gatehouse.exceptions import (
     BadRequestError,
+    GatehouseError,
+    ResultTooLargeError,
     StatementTimeoutError,
     TargetError,
     TargetUnavailableError,
@@ -26,18 +43,321 @@ from gatehouse.secrets import SecretStore
 QUERY_CANCELED = "57014"  # statement_timeout fired
 # Extra seconds the socket waits beyond the statement timeout before giving up on the server.
 SOCKET_GRACE_S = 5.0
-CURSOR = "gatehouse_result"
+# The answer's budget: a synchronous Lambda response is at most 6 MB, and the rows still get
+# masked and wrapped in the API's JSON; 4 MiB of (JSON-sized) rows leaves room for that.
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+# A backend message that is not a row (an error, a notice, a row description) is never read if
+# larger than this: an error text can quote a whole value ("invalid input syntax ...: "xxxx...").
+MAX_CONTROL_MESSAGE = 1024 * 1024
+# Rows asked for per FETCH: round trips stay few, and the server stops soon after a limit.
+BATCH_ROWS = 1000
+
+# Backend message types (PostgreSQL protocol 3.0, "Message Formats").
+DATA_ROW = b"D"
+ROW_DESCRIPTION = b"T"
+NOTICE_RESPONSE = b"N"
+_HEADER = struct.Struct("!ci")  # type byte, then a length that counts itself but not the type
+_INT16 = struct.Struct("!h")
+_INT32 = struct.Struct("!i")
+FETCH_ALL = 2**63 - 1  # what the parser stores for FETCH ALL (LONG_MAX)
+BINARY_FORMAT = 1
 
 
 def _sqlstate(exc: DatabaseError) -> str | None:
-    info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    info = _fields(exc)
     code = info.get("C")
     return str(code) if code else None
 
 
 def _message(exc: DatabaseError) -> str:
-    info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    return str(info.get("M") or "the database refused the statement")
+    return str(_fields(exc).get("M") or "the database refused the statement")
+
+
+def _fields(exc: DatabaseError) -> dict[str, Any]:
+    # pg8000 puts the ErrorResponse fields (C, M, D, ...) in a dict as the first argument.
+    return exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+
+
+class _OverBudget(Exception):
+    """A backend message would take the answer past its budget; the stream is now mid-message."""
+
+    def __init__(self, code: bytes, size: int) -> None:
+        super().__init__(f"{code!r} message of {size} bytes is over the budget")
+        self.code = code
+        self.size = size
+
+
+class _MessageGate:
+    """pg8000's buffered socket stream, with a size check on every backend message header.
+
+    pg8000 reads a message's 5-byte header, then its body in one read of `length - 4` bytes. The
+    gate keeps track of where each message starts, and raises before the body is read when it is
+    larger than the limit for its type: an oversized value is never allocated, not even once.
+    """
+
+    def __init__(self, stream: Any, limit: Callable[[bytes], int]) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._header = bytearray()
+        self._body_left = 0
+
+    def read(self, size: int) -> bytes:
+        if self._body_left:
+            data: bytes = self._stream.read(min(size, self._body_left))
+            self._body_left -= len(data)
+            return data
+        data = self._stream.read(min(size, _HEADER.size - len(self._header)))
+        self._header += data
+        if len(self._header) == _HEADER.size:
+            code, length = _HEADER.unpack(self._header)
+            self._header.clear()
+            body = max(length - 4, 0)
+            if body > self._limit(code):
+                raise _OverBudget(code, body)
+            self._body_left = body
+        return data
+
+    def write(self, data: bytes) -> int:
+        written: int = self._stream.write(data)
+        return written
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+class _RowSink:
+    """One statement's rows, kept within the row limit and the byte budget as they arrive."""
+
+    def __init__(self, max_rows: int, max_bytes: int) -> None:
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.rows: list[tuple[Any, ...]] = []
+        self.used = 0  # bytes of kept rows, measured as the JSON they become
+        self.received = 0  # rows the server sent, kept or not
+        self.reason: str | None = None  # "row_limit" | "byte_limit" once the answer is cut
+        self.columns: list[dict[str, Any]] | None = None  # the last RowDescription, as pg8000 parsed it
+        self._formats: list[int] = []
+
+    def limit(self, code: bytes) -> int:
+        if code != DATA_ROW:
+            return MAX_CONTROL_MESSAGE
+        if self.reason is not None or len(self.rows) >= self.max_rows:
+            # Past the row limit a row is read and dropped: one at a time, never kept.
+            return self.max_bytes
+        return self.max_bytes - self.used
+
+    def on_row_description(self, context: Any) -> None:
+        self.columns = list(context.columns or ())
+        self._formats = [int(c.get("format", 0)) for c in self.columns]
+
+    def on_data_row(self, data: bytes, context: Any) -> None:
+        self.received += 1
+        if self.reason is not None or len(self.rows) >= self.max_rows:
+            self.reason = self.reason or "row_limit"
+            return
+        texts, row = _decode_row(data, context.input_funcs, self._formats)
+        # Charged as the JSON the text becomes, escapes included: a value of control characters
+        # grows sixfold in JSON, and the 6 MB Lambda limit applies to the encoded answer.
+        size = len(json.dumps(texts))
+        if self.used + size > self.max_bytes:
+            self.reason = "byte_limit"
+            raise _OverBudget(DATA_ROW, size)
+        self.rows.append(row)
+        self.used += size
+
+    def result(self, server_count: int | None) -> QueryResult:
+        columns = self.columns or []
+        if self.columns is None:
+            # No row description: a statement that returns no rows, only a command tag count.
+            count = server_count if server_count is not None and server_count >= 0 else 0
+        else:
+            # A write's RETURNING cut at the row limit still reports every row it changed.
+            count = max(len(self.rows), server_count or 0)
+        return QueryResult(
+            columns=tuple(str(c["name"]) for c in columns),
+            rows=tuple(self.rows),
+            row_count=count,
+            truncated=self.reason is not None,
+            truncated_reason=self.reason,
+            column_types=tuple(int(c["type_oid"]) for c in columns),
+            column_origins=tuple(_origin(c) for c in columns),
+        )
+
+
+def _origin(column: dict[str, Any]) -> tuple[int, int] | None:
+    table_oid, attnum = int(column["table_oid"]), int(column["column_attrnum"])
+    return (table_oid, attnum) if table_oid and attnum else None
+
+
+def _decode_row(
+    data: bytes, funcs: Sequence[Callable[[str], Any]], formats: Sequence[int]
+) -> tuple[list[str | None], tuple[Any, ...]]:
+    """A DataRow body -> (the server's text of each value, the decoded values)."""
+    (count,) = _INT16.unpack_from(data, 0)
+    idx = 2
+    texts: list[str | None] = []
+    values: list[Any] = []
+    for i in range(count):
+        (size,) = _INT32.unpack_from(data, idx)
+        idx += 4
+        if size == -1:
+            texts.append(None)
+            values.append(None)
+            continue
+        raw = data[idx : idx + size]
+        idx += size
+        if i < len(formats) and formats[i] == BINARY_FORMAT:
+            # A BINARY cursor's values are not text: shown the way Postgres shows bytea.
+            text = "\\x" + raw.hex()
+            value: Any = text
+        else:
+            text = _text(raw)
+            value = _decoded(funcs[i], text) if i < len(funcs) else text
+        texts.append(text)
+        values.append(value)
+    return texts, tuple(values)
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # A SQL_ASCII database sends its bytes unconverted: keep them visible, do not fail.
+        return raw.decode("utf-8", errors="backslashreplace")
+
+
+def _decoded(func: Callable[[str], Any], text: str) -> Any:
+    try:
+        value = func(text)
+    except Exception:  # noqa: BLE001
+        # The driver's decoders parse the server's text with Python types that cover less than
+        # Postgres does ('24:00:00'::time, '[2:3]={1,2}'::int[]) and fail in many ways; the text
+        # itself is a faithful answer, a 500 is not.
+        return text
+    # pg8000's own stand-ins (PGInterval for '1 mon', which no timedelta holds; Range) are no
+    # type a reader or a JSON encoder knows: the server's text says the same, exactly.
+    return text if _driver_object(value) else value
+
+
+def _driver_object(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_driver_object(v) for v in value)
+    return type(value).__module__.startswith("pg8000")
+
+
+def _ignore(data: bytes, context: Any) -> None:
+    """Notices are never shown; pg8000 would keep the last hundred of them, whatever their size."""
+
+
+class _Wire:
+    """A pg8000 connection whose reads are bounded by the current statement's sink."""
+
+    def __init__(self, con: pg8000.native.Connection, max_rows: int, max_bytes: int) -> None:
+        handlers = getattr(con, "message_types", None)
+        if not isinstance(handlers, dict) or DATA_ROW not in handlers or not hasattr(con, "_sock"):
+            # The seams below are pg8000 1.31's; after an upgrade that moved them, refuse to run
+            # rather than run unbounded.
+            raise TargetUnavailableError(
+                "the Postgres driver cannot be bounded (unexpected pg8000 version)", code="target_unavailable"
+            )
+        self.con = con
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.broken = False  # True once a read stopped mid-message: only closing is left
+        self.sink = _RowSink(max_rows, max_bytes)
+        con._sock = _MessageGate(con._sock, lambda code: self.sink.limit(code))
+        describe = handlers[ROW_DESCRIPTION]
+
+        def on_row_description(data: bytes, context: Any) -> None:
+            describe(data, context)
+            self.sink.on_row_description(context)
+
+        handlers[ROW_DESCRIPTION] = on_row_description
+        handlers[DATA_ROW] = lambda data, context: self.sink.on_data_row(data, context)
+        handlers[NOTICE_RESPONSE] = _ignore
+
+    def new_sink(self) -> _RowSink:
+        self.sink = _RowSink(self.max_rows, self.max_bytes)
+        return self.sink
+
+    def run(self, sql: str) -> None:
+        self.con.run(sql)
+
+    @property
+    def server_count(self) -> int | None:
+        count = self.con.row_count
+        return int(count) if count is not None and count >= 0 else None
+
+
+@dataclass(frozen=True)
+class _FetchPlan:
+    """A FETCH that can return many rows, re-issued in batches with explicit counts."""
+
+    portal: str
+    forward: bool
+    wanted: int | None  # None: ALL
+
+
+def _fetch_plan(text: str) -> _FetchPlan | None:
+    """The plan for a multi-row FETCH; None for MOVE and the single-row forms, run as written.
+
+    FORWARD/BACKWARD n and ALL are split into batches: successive `FETCH BACKWARD k` return the
+    same rows in the same order as one `FETCH BACKWARD n`. ABSOLUTE, RELATIVE, FIRST, LAST, PRIOR,
+    NEXT and a count of 0 return at most one row; MOVE returns none.
+    """
+    try:
+        parsed = json.loads(parse_sql_json(text))
+    except ParseError:
+        return None
+    stmts = parsed.get("stmts") or []
+    if len(stmts) != 1:
+        return None
+    node = stmts[0].get("stmt", {}).get("FetchStmt")
+    if node is None or node.get("ismove"):
+        return None
+    direction, how_many = node.get("direction"), int(node.get("howMany", 0))
+    if direction not in ("FETCH_FORWARD", "FETCH_BACKWARD") or how_many == 0:
+        return None
+    # A negative count reverses the direction (FETCH -3 is FETCH BACKWARD 3).
+    forward = (direction == "FETCH_FORWARD") == (how_many > 0)
+    wanted = abs(how_many)
+    return _FetchPlan(
+        portal=str(node["portalname"]), forward=forward, wanted=None if wanted >= FETCH_ALL else wanted
+    )
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _fetch_in_batches(wire: _Wire, plan: _FetchPlan) -> None:
+    sink = wire.sink
+    direction = "FORWARD" if plan.forward else "BACKWARD"
+    got = 0
+    while sink.reason is None:
+        # One row past the limit is asked for only when the statement wanted more than the limit:
+        # "truncated" is then exact, and the cursor never moves past what the text asked for.
+        ask = min(BATCH_ROWS, sink.max_rows + 1 - sink.received)
+        if plan.wanted is not None:
+            ask = min(ask, plan.wanted - got)
+        if ask <= 0:
+            return
+        before = sink.received
+        wire.run(f"FETCH {direction} {ask} FROM {_quote_ident(plan.portal)}")
+        arrived = sink.received - before
+        got += arrived
+        if arrived < ask:
+            return
+
+
+def _mark_sent(exc: GatehouseError, sent: bool) -> GatehouseError:
+    exc.command_sent = exc.command_sent or sent
+    return exc
+
+
+@dataclass
+class _Progress:
+    sent: bool = False  # the first statement of the command has gone to the server
 
 
 class PostgresExecutor:
@@ -51,73 +371,94 @@ class PostgresExecutor:
         *,
         timeout_ms: int,
         max_rows: int,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         before_commit: Callable[[QueryResult], None] | None = None,
     ) -> QueryResult:
-        """Run the statements in order and return the last result set.
+        """Run the statements in order and return the last statement's result.
+
+        The answer holds at most `max_rows` rows and `max_bytes` bytes (measured as JSON); when a
+        limit cut it, `truncated` is set and `truncated_reason` names the limit. A write whose
+        RETURNING is over the byte budget is rolled back and refused (`ResultTooLargeError`): its
+        outcome could not be reported. Rows past the row limit are dropped and the write commits,
+        with `row_count` still counting every row it changed.
 
         Transaction control inside the text is refused: the executor owns the transaction, and a
         COMMIT in the text would end the READ ONLY transaction early.
         """
-        if any(s.cls is StatementClass.TRANSACTION for s in statements):
-            raise BadRequestError(
-                "transaction control statements are not accepted here: each request runs in its "
-                "own transaction",
-                code="transaction_control_not_supported",
-            )
+        _refuse_unsupported(statements)
         read_only = all(s.cls is StatementClass.READ for s in statements)
         con = self._connect(connection, timeout_ms)
+        progress = _Progress()
         started = time.perf_counter()
         try:
-            con.run("START TRANSACTION READ ONLY" if read_only else "START TRANSACTION READ WRITE")
-            # SET LOCAL: the limit dies with the transaction; the value is an integer we formatted.
-            con.run(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
-            result = QueryResult(columns=(), rows=(), row_count=0)
-            for stmt in statements:
-                result = self._run_one(con, stmt, max_rows)
-            result = QueryResult(
-                columns=result.columns,
-                rows=result.rows,
-                row_count=result.row_count,
-                truncated=result.truncated,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
+            with _target_errors(connection.name, progress):
+                wire = _Wire(con, max_rows, max_bytes)
+                wire.run("START TRANSACTION READ ONLY" if read_only else "START TRANSACTION READ WRITE")
+                # SET LOCAL: the limit dies with the transaction; the value is an integer we formatted.
+                wire.run(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+                result = QueryResult(columns=(), rows=(), row_count=0)
+                for i, stmt in enumerate(statements):
+                    progress.sent = True
+                    answer = read_only and i == len(statements) - 1
+                    result = self._run_one(wire, stmt, answer=answer)
+            result = replace(result, duration_ms=round((time.perf_counter() - started) * 1000, 3))
             if before_commit is not None:
-                before_commit(result)
-            con.run("COMMIT")
+                try:
+                    before_commit(result)
+                except Exception as exc:
+                    # The statements ran, uncommitted: the hook's own error goes up unchanged,
+                    # marked so that nobody reports "nothing was run".
+                    exc.command_sent = True  # type: ignore[attr-defined]
+                    raise
+            if not wire.broken:
+                # A broken connection only gets here in a read-only request cut by the budget:
+                # closing it rolls back a transaction that could not have changed anything.
+                with _target_errors(connection.name, progress):
+                    wire.run("COMMIT")
             return result
-        except DatabaseError as exc:
-            raise self._translate(exc) from exc
-        except (InterfaceError, OSError) as exc:
-            raise TargetUnavailableError(
-                f"lost the connection to {connection.name} while running the statement",
-                code="target_unavailable",
-            ) from exc
         finally:
             try:
                 con.close()
             except (InterfaceError, OSError):
                 pass  # the connection is already gone; closing it rolls back on the server
 
-    def _run_one(self, con: pg8000.native.Connection, stmt: Statement, max_rows: int) -> QueryResult:
-        if stmt.command == "copy":
-            # COPY streams rows outside the result-set protocol, past column-name masking rules.
-            raise BadRequestError(
-                "COPY is not accepted through the API: use SELECT", code="copy_not_supported"
-            )
-        if stmt.cls is StatementClass.READ and stmt.command == "select":
-            # A cursor bounds what the server sends: never more than max_rows + 1 rows come back,
-            # however large the table. (SHOW and EXPLAIN cannot be cursors; their output is small.)
-            con.run(f"DECLARE {CURSOR} NO SCROLL CURSOR FOR {stmt.text}")
-            rows = con.run(f"FETCH FORWARD {int(max_rows) + 1} FROM {CURSOR}")
-            columns = tuple(c["name"] for c in (con.columns or ()))
-            con.run(f"CLOSE {CURSOR}")
-            return _bounded(columns, rows or [], max_rows)
-        rows = con.run(stmt.text)
-        columns = tuple(c["name"] for c in (con.columns or ()))
-        if rows is None:
-            count = con.row_count if con.row_count is not None and con.row_count >= 0 else 0
-            return QueryResult(columns=columns, rows=(), row_count=count)
-        return _bounded(columns, rows, max_rows)
+    def _run_one(self, wire: _Wire, stmt: Statement, *, answer: bool) -> QueryResult:
+        """Run one statement; `answer`: its rows are the request's read-only answer, and may be cut."""
+        sink = wire.new_sink()
+        server_count = None
+        try:
+            plan = _fetch_plan(stmt.text) if stmt.command == "fetch" else None
+            if stmt.cls is StatementClass.READ and stmt.command == "select":
+                self._select_through_cursor(wire, stmt.text)
+            elif plan is not None:
+                _fetch_in_batches(wire, plan)
+            else:
+                # SHOW, EXPLAIN, RETURNING, MOVE...: the sink and the gate bound what is kept.
+                wire.run(stmt.text)
+                server_count = wire.server_count
+        except _OverBudget as over:
+            wire.broken = True
+            if over.code != DATA_ROW:
+                raise ResultTooLargeError(
+                    f"the server answered with a message of {over.size} bytes (an error or notice "
+                    f"text over {MAX_CONTROL_MESSAGE} bytes): the request was stopped and rolled back"
+                ) from None
+            if not answer:
+                raise ResultTooLargeError(
+                    f"the statement's result is over the {wire.max_bytes}-byte budget and could not "
+                    "be reported: the request was stopped and rolled back, nothing was committed"
+                ) from None
+            sink.reason = sink.reason or "byte_limit"
+        return sink.result(server_count)
+
+    @staticmethod
+    def _select_through_cursor(wire: _Wire, text: str) -> None:
+        # A cursor bounds what the server sends: batches of explicit size, never more than
+        # max_rows + 1 rows in all, however large the table.
+        name = f"gatehouse_{secrets.token_hex(6)}"
+        wire.run(f"DECLARE {name} NO SCROLL CURSOR FOR {text}")
+        _fetch_in_batches(wire, _FetchPlan(portal=name, forward=True, wanted=None))
+        wire.run(f"CLOSE {name}")
 
     def _connect(self, connection: Connection, timeout_ms: int) -> pg8000.native.Connection:
         cred = self._secrets.database_credential(connection.secret_id)
@@ -132,6 +473,8 @@ class PostgresExecutor:
                 # grace period, so a server that stops answering cannot hold the request forever.
                 timeout=timeout_ms / 1000 + SOCKET_GRACE_S,
                 application_name="gatehouse",
+                # Rows are decoded as UTF-8: ask the server to convert whatever the database uses.
+                startup_params={"client_encoding": "UTF8"},
             )
         except DatabaseError as exc:
             # Authentication and "database does not exist" land here. The server's message can
@@ -146,20 +489,49 @@ class PostgresExecutor:
             ) from exc
         return con
 
-    @staticmethod
-    def _translate(exc: DatabaseError) -> Exception:
-        state = _sqlstate(exc)
-        if state == QUERY_CANCELED:
-            return StatementTimeoutError("the statement ran over its time limit and was cancelled")
-        return TargetError(_message(exc), sqlstate=state)
+
+def _refuse_unsupported(statements: Sequence[Statement]) -> None:
+    """Refusals decided from the text alone, before anything is sent to the server."""
+    if any(s.cls is StatementClass.TRANSACTION for s in statements):
+        raise BadRequestError(
+            "transaction control statements are not accepted here: each request runs in its own transaction",
+            code="transaction_control_not_supported",
+        )
+    if any(s.command == "copy" for s in statements):
+        # COPY streams rows outside the result-set protocol, past column-name masking rules.
+        raise BadRequestError("COPY is not accepted through the API: use SELECT", code="copy_not_supported")
 
 
-def _bounded(columns: tuple[str, ...], rows: list[Any], max_rows: int) -> QueryResult:
-    truncated = len(rows) > max_rows
-    kept = rows[:max_rows]
-    return QueryResult(
-        columns=columns,
-        rows=tuple(tuple(r) for r in kept),
-        row_count=len(kept),
-        truncated=truncated,
-    )
+@contextmanager
+def _target_errors(name: str, progress: _Progress) -> Iterator[None]:
+    """Driver errors -> ours, each marked with whether the command had reached the server."""
+    try:
+        yield
+    except GatehouseError as exc:
+        _mark_sent(exc, progress.sent)
+        raise
+    except _OverBudget as exc:
+        # Outside a statement's rows (an oversized error text on COMMIT, say): nothing to cut.
+        raise _mark_sent(
+            ResultTooLargeError(
+                f"the server answered with a message of {exc.size} bytes, over what Gatehouse reads: "
+                "the request was stopped and rolled back"
+            ),
+            progress.sent,
+        ) from None
+    except DatabaseError as exc:
+        raise _mark_sent(_translate(exc), progress.sent) from exc
+    except (InterfaceError, OSError) as exc:
+        raise _mark_sent(
+            TargetUnavailableError(
+                f"lost the connection to {name} while running the statement", code="target_unavailable"
+            ),
+            progress.sent,
+        ) from exc
+
+
+def _translate(exc: DatabaseError) -> GatehouseError:
+    if _sqlstate(exc) == QUERY_CANCELED:
+        return StatementTimeoutError("the statement ran over its time limit and was cancelled")
+    detail = _fields(exc).get("D")
+    return TargetError(_message(exc), sqlstate=_sqlstate(exc), detail=str(detail) if detail else None)
