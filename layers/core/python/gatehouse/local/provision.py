@@ -23,9 +23,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from gatehouse import names
 from gatehouse.config import Settings
+from gatehouse.exceptions import GatehouseError
 from gatehouse.local.moto_server import DEFAULT_ACCOUNT_ID
 from gatehouse.local.postgres import PostgresInfo
 from gatehouse.local.seed import grant_table_access, quote_ident
+from gatehouse.registry import connection_from_item
+from gatehouse.secrets import SecretStore
+from gatehouse.targets.postgres_privileges import PrivilegeReport, Severity, check_connection, ddl_expected
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +157,10 @@ def provision(
                 log.warning("connection %s: kind %s is not provisioned locally", name, spec.get("kind"))
                 continue
             role, secret_arn = create_postgres_connection(aws.secretsmanager, postgres, name, spec)
-            put_item(
-                aws.dynamodb, settings.connections_table, connection_item(name, spec, postgres, secret_arn)
-            )
+            item = connection_item(name, spec, postgres, secret_arn)
+            put_item(aws.dynamodb, settings.connections_table, item)
+            # Refuse a stack whose agent-facing role could do more than its connection should.
+            check_least_privilege(aws.secretsmanager, item)
             secrets_by_connection[name], roles[name] = secret_arn, role
         agents = {
             name: create_agent(aws.iam, aws.dynamodb, settings.principals_table, name, attributes)
@@ -223,6 +228,23 @@ def create_tables(dynamodb: Any, settings: Settings) -> None:
         TableName=settings.requests_table,
         TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
     )
+    create_idempotency_table(dynamodb, names.IDEMPOTENCY_TABLE)
+
+
+def create_idempotency_table(dynamodb: Any, table: str) -> None:
+    """powertools' idempotency records (POST /v1/requests with an Idempotency-Key), as infra declares."""
+    key = names.IDEMPOTENCY_KEY_ATTRIBUTE
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        SSESpecification={"Enabled": True, "SSEType": "KMS"},
+    )
+    dynamodb.update_time_to_live(
+        TableName=table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": names.IDEMPOTENCY_TTL_ATTRIBUTE},
+    )
 
 
 def create_masking_key(secretsmanager: Any, secret_name: str) -> str:
@@ -243,8 +265,8 @@ def create_postgres_connection(
     role = database_role(name)
     password = secrets.token_urlsafe(24)
     create_login_role(postgres, role, password)
-    # A non-prod role owns its tables, so DDL a human approved can run; prod stays DML-only.
-    owner = (spec.get("attributes") or {}).get("env") != "prod"
+    # Where approved DDL runs (env=dev), the role owns its tables so it can; elsewhere DML only.
+    owner = ddl_expected(spec.get("attributes") or {})
     grant_table_access(postgres, database, role, owner=owner)
     resp = secretsmanager.create_secret(
         Name=names.connection_secret_name(name),
@@ -252,6 +274,31 @@ def create_postgres_connection(
         SecretString=json.dumps({"username": role, "password": password}),
     )
     return role, str(resp["ARN"])
+
+
+def check_least_privilege(secretsmanager: Any, item: Mapping[str, Any]) -> PrivilegeReport:
+    """Log in as the connection's role (credential from Secrets Manager) and refuse any high finding."""
+    connection = connection_from_item(dict(item))
+    try:
+        report = check_connection(connection, SecretStore(secretsmanager, cache_seconds=0))
+    except GatehouseError as exc:
+        raise ProvisionError(
+            f"connection {connection.name}: the privilege check failed: {exc.message}"
+        ) from exc
+    for finding in report.findings:
+        log.info(
+            "connection %s: %s %s: %s", connection.name, finding.severity, finding.subject, finding.message
+        )
+    if not report.passed:
+        raise ProvisionError(
+            f"connection {connection.name}: role {report.role} can do more than an agent's role should "
+            "(see `gatehouse connections check`):\n"
+            + "\n".join(
+                f"  [{f.severity}] {f.subject}: {f.message}\n    fix: {'; '.join(f.fix)}"
+                for f in report.at_least(Severity.HIGH)
+            )
+        )
+    return report
 
 
 def create_login_role(postgres: PostgresInfo, role: str, password: str) -> None:

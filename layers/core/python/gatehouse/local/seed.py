@@ -17,6 +17,20 @@ from decimal import Decimal
 from gatehouse.local.postgres import PostgresInfo
 
 DEMO_DATABASES = ("demo-dev", "demo-prod")
+# Owns the demo databases and their tables, and never logs in: the roles Gatehouse logs in as get
+# grants on its objects, so none of them can drop, alter or re-grant what it did not create.
+OWNER_ROLE = "gatehouse_demo_owner"
+# EXECUTE to PUBLIC by default, yet they write large objects even in a READ ONLY transaction.
+LARGE_OBJECT_WRITERS = (
+    "lo_create(oid)",
+    "lo_creat(integer)",
+    "lo_from_bytea(oid, bytea)",
+    "lo_put(oid, bigint, bytea)",
+    "lowrite(integer, bytea)",
+    "lo_truncate(integer, integer)",
+    "lo_truncate64(integer, bigint)",
+    "lo_unlink(oid)",
+)
 CUSTOMER_COUNT = 50
 ORDER_COUNT = 150
 
@@ -228,11 +242,13 @@ def generate_orders(seed: str, customer_count: int, count: int = ORDER_COUNT) ->
 
 
 def seed_database(pg: PostgresInfo, database: str, *, customers: int = CUSTOMER_COUNT) -> None:
-    """(Re)create `database` with its `customers` and `orders` tables, as the cluster superuser."""
+    """(Re)create `database` with its `customers` and `orders` tables, owned by `OWNER_ROLE`."""
     admin = pg.connect()
     try:
+        if not admin.run("SELECT 1 FROM pg_roles WHERE rolname = :role", role=OWNER_ROLE):
+            admin.run(f"CREATE ROLE {quote_ident(OWNER_ROLE)} NOLOGIN")
         admin.run(f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)")
-        admin.run(f"CREATE DATABASE {quote_ident(database)}")
+        admin.run(f"CREATE DATABASE {quote_ident(database)} OWNER {quote_ident(OWNER_ROLE)}")
     finally:
         admin.close()
     people = generate_customers(f"gatehouse/{database}", customers)
@@ -240,6 +256,8 @@ def seed_database(pg: PostgresInfo, database: str, *, customers: int = CUSTOMER_
     con = pg.connect(database)
     try:
         con.run("START TRANSACTION")
+        # Created as the owner role, so the tables and their sequences are its own.
+        con.run(f"SET LOCAL ROLE {quote_ident(OWNER_ROLE)}")
         for ddl in SCHEMA:
             con.run(ddl)
         for c in people:
@@ -291,6 +309,8 @@ def grant_table_access(pg: PostgresInfo, database: str, role: str, *, owner: boo
         con.run(f"GRANT USAGE ON SCHEMA public TO {who}")
         con.run(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {who}")
         con.run(f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {who}")
+        for function in LARGE_OBJECT_WRITERS:  # function privileges are per database
+            con.run(f"REVOKE EXECUTE ON FUNCTION pg_catalog.{function} FROM PUBLIC")
         if owner:
             con.run(f"GRANT CREATE ON SCHEMA public TO {who}")
             tables = con.run("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
