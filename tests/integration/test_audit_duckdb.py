@@ -14,7 +14,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from gatehouse.audit import cli, named_queries
-from gatehouse.audit.events import COLUMNS
+from gatehouse.audit.events import COLUMNS, serialize_many
 from gatehouse.audit.log import SessionLog, event_key
 from gatehouse.audit.query import AuditQueryError, DuckDBAuditQuery, run_named
 from tests.unit.audit_fixtures import (
@@ -22,7 +22,6 @@ from tests.unit.audit_fixtures import (
     copy_bucket,
     fast_retry,
     make_log_bucket,
-    mutate,
     rehashed,
 )
 
@@ -75,18 +74,21 @@ def session(s3, session_id, clock, *, agent="analyst", connection="demo-prod") -
 
 
 def ran(log, sql, cls, relations, env, *, policy, rows=1, approvers=None):
+    """As the API writes a command that runs: two objects of two events each."""
     described = {"statement": sql, "statement_class": cls, "relations": relations, "connection_env": env}
-    log.append("received", statement=sql, connection_env=env)
-    log.append("decision", decision="allow", policy_ids=[policy], **described)
-    log.append("executed", outcome="ok", row_count=rows, duration_ms=4.2, **described)
+    log.stage("received", statement=sql, connection_env=env)
+    log.stage("decision", decision="allow", policy_ids=[policy], **described)
+    log.flush()
+    log.stage("executed", outcome="ok", row_count=rows, duration_ms=4.2, **described)
     log.close()
 
 
 def denied(log, sql, cls, relations, env, *, policy):
+    """A refusal needs nothing durable before it: one object of four events."""
     described = {"statement": sql, "statement_class": cls, "relations": relations, "connection_env": env}
-    log.append("received", statement=sql, connection_env=env)
-    log.append("decision", decision="deny", policy_ids=[policy], **described)
-    log.append("refused", outcome="denied", error="denied: forbidden on prod", **described)
+    log.stage("received", statement=sql, connection_env=env)
+    log.stage("decision", decision="deny", policy_ids=[policy], **described)
+    log.stage("refused", outcome="denied", error="denied: forbidden on prod", **described)
     log.close()
 
 
@@ -108,12 +110,13 @@ def log_bucket(s3) -> str:
         "relations": ["customers"],
         "connection_env": "prod",
     }
-    write.append("received", statement=sql, connection_env="prod", reason="customer asked")
-    write.append("decision", decision="approval", policy_ids=["prod-write-approval"], **described)
-    write.append("approval_requested", outcome="pending", **described)
+    write.stage("received", statement=sql, connection_env="prod", reason="customer asked")
+    write.stage("decision", decision="approval", policy_ids=["prod-write-approval"], **described)
+    write.stage("approval_requested", outcome="pending", **described)
+    write.flush()
     later = SessionLog.resume(s3, BUCKET, session_id="write-1", retention_days=1, clock=at(3, 9 + 1))
-    later.append("approved", approvers=["U_ALICE"], outcome="approved", **described)
-    later.append("executed", outcome="ok", row_count=1, duration_ms=3.1, **described)
+    later.stage("approved", approvers=["U_ALICE"], outcome="approved", **described)
+    later.stage("executed", outcome="ok", row_count=1, duration_ms=3.1, **described)
     later.close()
 
     denied(session(s3, "ddl-1", at(3, 11)), "DROP TABLE customers", "ddl", ["customers"], "prod",
@@ -125,6 +128,7 @@ def log_bucket(s3) -> str:
     ran(session(s3, "admin-1", at(4, 10), agent="ops"), "CREATE INDEX ON customers (email)", "ddl",
         ["customers"], "prod", policy="ops-ddl", rows=0)  # fmt: skip
 
+    # Written one event per object, as the log did before objects held several: both layouts read alike.
     rejected = session(s3, "write-2", at(4, 11))
     sql = "UPDATE customers SET email = NULL"
     rejected.append("received", statement=sql, connection_env="prod")
@@ -346,7 +350,10 @@ def test_cli_verify_and_replay_an_intact_log(local_target, capsys):
 
 def test_cli_verify_of_a_tampered_copy_exits_1(s3, endpoint, log_bucket, capsys):
     copy = copy_bucket(s3, log_bucket, "gatehouse-session-log-it-copy")
-    mutate(s3, copy, event_key("write-1", 3, "2026-11-03"), lambda e: rehashed(e, approvers=["U_MALLORY"]))
+    key = event_key("write-1", 3, "2026-11-03")  # approved, executed, session_closed
+    approved, *rest = (json.loads(x) for x in s3.get_object(Bucket=copy, Key=key)["Body"].read().splitlines())
+    forged = rehashed(approved, approvers=["U_MALLORY"])
+    s3.put_object(Bucket=copy, Key=key, Body=serialize_many([forged, *rest]))
     target = cli.AuditTarget(kind="local", bucket=copy, region=REGION, endpoint_url=endpoint)
 
     assert run_cli(target, "verify") == 1

@@ -138,6 +138,22 @@ def write_read_session(log: SessionLog, *, close: bool = True) -> list[dict[str,
     return written
 
 
+def write_multi_event_session(log: SessionLog) -> list[dict[str, Any]]:
+    """An API read as two objects: [received, decision] before it runs, [executed, closed] before COMMIT."""
+    described = {
+        "statement": "SELECT name, email FROM customers WHERE id = 1",
+        "statement_class": "read",
+        "relations": ["customers"],
+        "connection_env": "prod",
+    }
+    log.stage("received", statement=described["statement"], reason="weekly report", connection_env="prod")
+    log.stage("decision", decision="allow", policy_ids=["prod-read"], **described)
+    written = log.flush()
+    log.stage("executed", outcome="ok", row_count=1, duration_ms=12.5, **described)
+    log.close()
+    return written
+
+
 def copy_bucket(s3: Any, source: str = LOG_BUCKET, target: str = COPY_BUCKET) -> str:
     """A plain (unlocked, unversioned) copy of the log, for tampering."""
     s3.create_bucket(Bucket=target)

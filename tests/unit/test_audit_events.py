@@ -188,3 +188,28 @@ def test_parse_event_refuses_nan_and_wrongly_typed_keys():
         events.parse_event(text.replace('"row_count":null', '"row_count":NaN').encode())
     with pytest.raises(ValueError, match="time"):
         events.parse_event(events.serialize({**event, "time": 5}))
+
+
+def test_several_events_are_one_json_line_each_and_parse_back_in_order():
+    first = build()
+    second = build("decision", seq=1, prev=first["hash"])
+    body = events.serialize_many([first, second])
+    assert body.count(b"\n") == 2 and body.endswith(b"\n")
+    assert events.parse_events(body) == [first, second]
+    assert events.parse_events(events.serialize(first)) == [first]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\n", b"{}", b"\n\n"],
+)
+def test_parse_events_refuses_what_the_log_never_writes(body):
+    with pytest.raises(ValueError):
+        events.parse_events(body)
+
+
+def test_parse_events_refuses_a_cut_off_or_padded_object():
+    body = events.serialize_many([build(), build()])
+    for bad in (body[:-1], body + b"\n", body.replace(b"\n", b"\n\n", 1), body + b"garbage\n"):
+        with pytest.raises(ValueError):
+            events.parse_events(bad)

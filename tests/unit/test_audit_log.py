@@ -1,8 +1,10 @@
-"""SessionLog against moto's S3: the chain, the key layout, Object Lock, manifests, resume, faults."""
+"""SessionLog against moto's S3: the chain, the key layout, Object Lock, several events to an object,
+closing, resume, faults."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +21,6 @@ from gatehouse.audit.log import (
     SessionLog,
     call_with_retry,
     is_retryable,
-    manifest_key,
 )
 from gatehouse.audit.verify import verify_log
 from gatehouse.exceptions import AuditWriteError, NotFoundError
@@ -38,6 +39,7 @@ from tests.unit.audit_fixtures import (
     make_log_bucket,
     read_json,
     start_session,
+    write_multi_event_session,
     write_read_session,
 )
 
@@ -135,7 +137,7 @@ def test_every_object_is_locked_in_compliance_mode_for_the_retention(s3):
     write_read_session(log)
     before = datetime.now(UTC)
 
-    for key in [*stored_keys(s3), manifest_key("sess-1")]:
+    for key in stored_keys(s3):
         head = s3.head_object(Bucket=LOG_BUCKET, Key=key, ChecksumMode="ENABLED")
         assert head["ObjectLockMode"] == "COMPLIANCE"
         until = head["ObjectLockRetainUntilDate"]
@@ -173,49 +175,221 @@ def test_a_reused_session_id_cannot_join_another_principals_session(s3):
     assert len(stored_keys(s3)) == 1 and mallory.next_seq == 0
 
 
-# -- the manifest ------------------------------------------------------------------------------
+# -- closing ---------------------------------------------------------------------------------
 
 
-def test_close_appends_session_closed_and_writes_the_manifest(s3):
+def test_close_writes_session_closed_and_returns_the_summary_without_a_separate_manifest(s3):
     log = start_session(s3)
     written = write_read_session(log, close=False)
-    manifest = log.close()
+    summary = log.close()
 
     keys = stored_keys(s3)
     closed = read_json(s3, LOG_BUCKET, keys[-1])
     assert closed["kind"] == "session_closed" and closed["seq"] == 3
-    assert read_json(s3, LOG_BUCKET, manifest_key("sess-1")) == manifest
-    assert manifest["event_count"] == 4 and manifest["last_seq"] == 3
-    assert manifest["keys"] == keys
-    assert manifest["first_hash"] == written[0]["hash"] and manifest["last_hash"] == closed["hash"]
-    assert manifest["first_time"] == written[0]["time"] and manifest["last_time"] == closed["time"]
-    assert manifest["closed_at"] == closed["time"]
-    assert manifest["hash"] == events.event_hash(manifest)
+    assert closed["prev_hash"] == written[-1]["hash"]  # the closing event commits to everything before
+    assert stored_keys(s3, "manifests/") == []
+    assert summary["event_count"] == 4 and summary["last_seq"] == 3
+    assert summary["keys"] == keys
+    assert summary["first_hash"] == written[0]["hash"] and summary["last_hash"] == closed["hash"]
+    assert summary["first_time"] == written[0]["time"] and summary["last_time"] == closed["time"]
+    assert summary["closed_at"] == closed["time"]
+    assert summary["hash"] == events.event_hash(summary)
 
 
 def test_close_is_idempotent_and_nothing_is_appended_after_it(s3):
     log = start_session(s3)
     write_read_session(log, close=False)
-    manifest = log.close()
+    summary = log.close()
 
-    assert log.close() == manifest and log.closed
+    assert log.close() == summary and log.closed
     with pytest.raises(SessionClosedError):
         log.append("received", statement="SELECT 2")
+    with pytest.raises(SessionClosedError):
+        log.stage("received", statement="SELECT 2")
     assert len(stored_keys(s3)) == 4
 
 
-def test_close_finishes_after_the_manifest_write_failed(s3):
+def test_close_finishes_after_its_write_failed(s3):
     faulty = FaultyS3(s3)
     log = start_session(faulty)
     log.append("received", statement="SELECT 1")
-    faulty.fail("put_object", None, ACCESS_DENIED)  # session_closed lands, the manifest does not
+    faulty.fail("put_object", ACCESS_DENIED)
     with pytest.raises(AuditWriteError):
         log.close()
-    assert stored_keys(s3, "manifests/") == []
+    assert not log.closed and len(stored_keys(s3)) == 1
 
-    manifest = log.close()
-    assert manifest["event_count"] == 2 and stored_keys(s3, "manifests/") == ["manifests/sess-1.json"]
+    summary = log.close()
+    assert summary["event_count"] == 2 and log.closed
     assert verify_log(s3, LOG_BUCKET).ok
+
+
+# -- several events to an object ---------------------------------------------------------------
+
+
+def object_lines(s3, key):
+    body = s3.get_object(Bucket=LOG_BUCKET, Key=key)["Body"].read()
+    assert body.endswith(b"\n")
+    return [json.loads(line) for line in body.splitlines()]
+
+
+def test_staged_events_are_written_as_one_object_of_json_lines_by_one_put(s3):
+    faulty = FaultyS3(s3)
+    log = start_session(faulty)
+    received = log.stage("received", statement="SELECT 1", connection_env="prod")
+    decision = log.stage("decision", decision="allow", policy_ids=["prod-read"])
+    assert stored_keys(s3) == [] and log.next_seq == 0  # nothing is durable before flush
+    assert (decision["seq"], decision["prev_hash"]) == (1, received["hash"])
+    assert log.staged == (received, decision)
+
+    stored = log.flush()
+
+    assert faulty.calls["put_object"] == 1
+    assert stored == [received, decision]
+    assert stored_keys(s3) == ["events/dt=2026-11-03/session=sess-1/00000000.json"]
+    assert object_lines(s3, stored_keys(s3)[0]) == stored
+    assert log.next_seq == 2 and log.last_hash == decision["hash"] and log.staged == ()
+    assert log.flush() == [] and faulty.calls["put_object"] == 1  # nothing staged, nothing written
+
+
+def test_an_api_read_is_two_puts_received_and_decision_then_outcome_and_close(s3):
+    faulty = FaultyS3(s3)
+    log = start_session(faulty)
+    write_multi_event_session(log)
+
+    assert faulty.calls["put_object"] == 2
+    keys = stored_keys(s3)
+    assert keys == [
+        "events/dt=2026-11-03/session=sess-1/00000000.json",
+        "events/dt=2026-11-03/session=sess-1/00000002.json",
+    ]
+    assert [e["kind"] for e in object_lines(s3, keys[0])] == ["received", "decision"]
+    assert [e["kind"] for e in object_lines(s3, keys[1])] == ["executed", "session_closed"]
+    for key in keys:
+        head = s3.head_object(Bucket=LOG_BUCKET, Key=key)
+        assert head["ObjectLockMode"] == "COMPLIANCE"
+    report = verify_log(s3, LOG_BUCKET)
+    assert report.ok, report.format()
+    assert report.sessions[0].events == 4 and report.sessions[0].closed
+
+
+def test_append_writes_what_was_staged_before_it_in_the_same_object(s3):
+    log = start_session(s3)
+    log.stage("received", statement="SELECT 1")
+    refused = log.append("refused", outcome="refused", error="sql_parse_error: no")
+    assert refused["seq"] == 1
+    assert [e["kind"] for e in object_lines(s3, stored_keys(s3)[0])] == ["received", "refused"]
+
+
+def test_a_failed_flush_drops_the_staged_events_and_the_chain_stays(s3):
+    faulty = FaultyS3(s3)
+    log = start_session(faulty)
+    kept = log.append("received", statement="SELECT 1")
+    log.stage("decision", decision="allow")
+    log.stage("executed", outcome="ok", row_count=1)
+    faulty.fail("put_object", then=ACCESS_DENIED)
+
+    with pytest.raises(AuditWriteError):
+        log.flush()
+
+    # The caller was told these were not recorded (so the command did not run, or rolled back):
+    # they must never surface later.
+    assert log.staged == () and log.next_seq == 1 and log.last_hash == kept["hash"]
+    faulty.fail("put_object")
+    event = log.append("refused", outcome="refused", error="audit_unavailable: retry")
+    assert event["seq"] == 1
+    assert [read_json(s3, LOG_BUCKET, k)["kind"] for k in stored_keys(s3)] == ["received", "refused"]
+    assert verify_log(s3, LOG_BUCKET).ok
+
+
+def test_a_multi_event_object_that_landed_although_the_flush_failed_is_adopted(s3):
+    faulty = FaultyS3(s3)
+    log = start_session(faulty)
+    lost = ReadTimeoutError(endpoint_url="https://s3.amazonaws.com")
+    faulty.fail("put_object", ("after", lost), then=SLOW_DOWN)
+    log.stage("received", statement="SELECT 1")
+    log.stage("decision", decision="allow")
+    with pytest.raises(AuditWriteError):
+        log.flush()
+    assert log.next_seq == 0
+
+    faulty.fail("put_object")
+    event = log.append("refused", outcome="refused", error="audit_unavailable: retry")
+
+    assert event["seq"] == 2 and log.next_seq == 3  # the landed object's two events are in the chain
+    assert len(stored_keys(s3)) == 2 and verify_log(s3, LOG_BUCKET).ok
+
+
+def test_a_flush_across_midnight_writes_one_object_per_day(s3):
+    clock = SteppingClock(
+        datetime(2026, 11, 3, 23, 59, 59, 990000, tzinfo=UTC), step=timedelta(milliseconds=20)
+    )
+    faulty = FaultyS3(s3)
+    log = start_session(faulty, clock=clock)
+    log.stage("received", statement="SELECT 1")
+    log.stage("decision", decision="allow")
+    log.stage("executed", outcome="ok", row_count=0)
+    log.flush()
+
+    assert faulty.calls["put_object"] == 2
+    assert stored_keys(s3) == [
+        "events/dt=2026-11-03/session=sess-1/00000000.json",
+        "events/dt=2026-11-04/session=sess-1/00000001.json",
+    ]
+    assert [e["seq"] for e in object_lines(s3, stored_keys(s3)[1])] == [1, 2]
+    assert verify_log(s3, LOG_BUCKET).ok
+
+
+def test_two_writers_flushing_several_events_keep_one_linear_chain(s3):
+    start_session(s3).append("approval_requested", outcome="pending")
+    alice = SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1, retry=fast_retry())
+    bob = SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1, retry=fast_retry())
+
+    alice.stage("approval_vote", approvers=["U_ALICE"], outcome="pending")
+    alice.stage("approved", approvers=["U_ALICE"], outcome="approved")
+    a = alice.flush()
+    tentative = bob.stage("approval_vote", approvers=["U_BOB"], outcome="pending")
+    b = bob.flush()  # loses seq 1 to alice's object, adopts both of its events, writes after them
+
+    assert [e["seq"] for e in a] == [1, 2] and tentative["seq"] == 1
+    assert b[0]["seq"] == 3 and b[0]["prev_hash"] == a[-1]["hash"]
+    assert len(stored_keys(s3)) == 3 and verify_log(s3, LOG_BUCKET).ok
+
+
+def test_a_writer_whose_staged_events_lose_to_a_close_is_told_the_session_is_closed(s3):
+    start_session(s3).append("approval_requested", outcome="pending")
+    closer = SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1, retry=fast_retry())
+    late = SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1, retry=fast_retry())
+    closer.stage("approval_expired", outcome="expired")
+    closer.close()
+
+    late.stage("approved", approvers=["U_ALICE"], outcome="approved")
+    with pytest.raises(SessionClosedError):
+        late.flush()
+    assert late.closed and len(stored_keys(s3)) == 2 and verify_log(s3, LOG_BUCKET).ok
+
+
+def test_a_close_that_loses_to_another_writer_s_close_does_not_hide_its_own_events(s3):
+    start_session(s3).append("approval_requested", outcome="pending")
+    expirer = SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1, retry=fast_retry())
+    executor = SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1, retry=fast_retry())
+    idle = SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1, retry=fast_retry())
+    expirer.stage("approval_expired", outcome="expired")
+    expirer.close()
+
+    executor.stage("executed", outcome="ok", row_count=1)
+    with pytest.raises(SessionClosedError):
+        executor.close()  # its outcome was not recorded: it must not look as if it had been
+    assert idle.close()["event_count"] == 3  # nothing of its own to lose: the other close will do
+    assert verify_log(s3, LOG_BUCKET).ok
+
+
+def test_stage_validates_like_append(s3):
+    log = start_session(s3)
+    with pytest.raises(ValueError, match="colour"):
+        log.stage("received", colour="blue")
+    with pytest.raises(ValueError, match="close"):
+        log.stage("session_closed")
+    assert log.staged == ()
 
 
 # -- resume ------------------------------------------------------------------------------------
@@ -229,13 +403,53 @@ def test_resume_continues_the_chain_of_an_earlier_process(s3):
     later = SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1, retry=fast_retry())
     approved = later.append("approved", approvers=["U_ALICE"], outcome="approved")
     later.append("executed", outcome="ok", row_count=1)
-    manifest = later.close()
+    summary = later.close()
 
     assert approved["seq"] == 2 and approved["prev_hash"] == pending["hash"]
     assert approved["principal_arn"] == AGENT_ARN and approved["connection_env"] == "prod"
     assert approved["request_id"] == "sess-1"
-    assert manifest["event_count"] == 5 and len(manifest["keys"]) == 5
+    assert summary["event_count"] == 5 and len(summary["keys"]) == 5
     assert verify_log(s3, LOG_BUCKET).ok
+
+
+def test_resume_continues_after_a_multi_event_object(s3):
+    first = start_session(s3)
+    first.stage("received", statement="UPDATE customers SET notes = 'x'", connection_env="prod")
+    first.stage("decision", decision="approval", policy_ids=["prod-write-approval"])
+    pending = first.append("approval_requested", outcome="pending")
+
+    later = SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1, retry=fast_retry())
+    assert later.next_seq == 3 and later.last_hash == pending["hash"]
+    later.stage("approved", approvers=["U_ALICE"], outcome="approved")
+    later.stage("executed", outcome="ok", row_count=1)
+    summary = later.close()
+
+    assert summary["event_count"] == 6 and len(summary["keys"]) == 2
+    assert [e["kind"] for e in object_lines(s3, summary["keys"][1])] == [
+        "approved",
+        "executed",
+        "session_closed",
+    ]
+    with pytest.raises(SessionClosedError):
+        SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1)
+    assert verify_log(s3, LOG_BUCKET).ok
+
+
+def test_resume_refuses_a_multi_event_tail_with_an_edited_line(s3):
+    log = start_session(s3)
+    log.stage("received", statement="SELECT 1")
+    log.stage("decision", decision="allow")
+    log.flush()
+    key = stored_keys(s3)[0]
+    received, decision = object_lines(s3, key)
+    s3.put_object(
+        Bucket=LOG_BUCKET,
+        Key=key,
+        Body=events.serialize_many([received, {**decision, "decision": "deny"}]),
+        ChecksumAlgorithm="SHA256",
+    )
+    with pytest.raises(AuditWriteError, match="verify"):
+        SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1)
 
 
 def test_resume_finds_a_session_spread_over_several_days(s3):
@@ -246,9 +460,9 @@ def test_resume_finds_a_session_spread_over_several_days(s3):
     log.append("approval_vote", approvers=["U_ALICE"], outcome="pending")
 
     later = SessionLog.resume(s3, LOG_BUCKET, session_id="sess-1", retention_days=1, clock=clock)
-    manifest = later.close()
+    summary = later.close()
     assert later.next_seq == 4
-    assert [k.split("/")[1] for k in manifest["keys"]] == ["dt=2026-11-03"] + ["dt=2026-11-04"] * 3
+    assert [k.split("/")[1] for k in summary["keys"]] == ["dt=2026-11-03"] + ["dt=2026-11-04"] * 3
 
 
 def test_resume_refuses_unknown_and_closed_sessions(s3):

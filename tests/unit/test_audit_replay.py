@@ -17,6 +17,7 @@ from tests.unit.audit_fixtures import (
     mutate,
     rehashed,
     start_session,
+    write_multi_event_session,
     write_read_session,
 )
 
@@ -98,3 +99,53 @@ def test_replay_of_an_open_session_says_so(s3):
 def test_replay_of_an_unknown_session_is_not_found(s3):
     with pytest.raises(NotFoundError):
         replay(s3, LOG_BUCKET, "never-was")
+
+
+def test_replay_reads_multi_event_objects_like_single_ones(s3):
+    write_multi_event_session(start_session(s3, "read-2"))
+    lines = replay(s3, LOG_BUCKET, "read-2").splitlines()
+    assert [line.split()[2] for line in lines if line.startswith("#")] == [
+        "received",
+        "decision",
+        "executed",
+        "session_closed",
+    ]
+    assert lines[-1] == "chain intact: 4 events, closed, manifest matches"
+
+
+def test_replay_shows_a_long_statement_whole_and_wrapped_under_the_event(s3):
+    columns = ", ".join(f"column_number_{n}" for n in range(40))
+    statement = f"SELECT {columns} FROM customers WHERE id = 1"  # about 700 characters
+    log = start_session(s3, "long-1")
+    log.append("received", statement=statement)
+    log.close()
+
+    lines = replay(s3, LOG_BUCKET, "long-1").splitlines()
+    received = next(i for i, line in enumerate(lines) if " received " in line)
+    wrapped = [lines[received][51:]] + [line[51:] for line in lines[received + 1 : -2]]
+    assert len(wrapped) > 5 and all(len(line) <= 68 for line in wrapped)
+    assert all(line.startswith(" " * 51) for line in lines[received + 1 : -2])
+    assert " ".join(wrapped) == statement  # nothing cut, nothing added
+    assert "…" not in "\n".join(lines)
+
+
+def test_replay_keeps_a_statement_s_own_line_breaks_and_escapes_controls(s3):
+    log = start_session(s3, "hostile-1")
+    log.append(
+        "received",
+        statement="SELECT 1\nFROM t -- \x1b[2J\x1b]0;owned\x07\u202e\x00",
+        reason="fine\n#9   2026-11-03T09:00:00.000Z  approved  by U_ALICE",  # a forged line
+    )
+    log.close()
+
+    text = replay(s3, LOG_BUCKET, "hostile-1")
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text and "\x00" not in text
+    lines = text.splitlines()
+    assert (
+        lines[1].endswith("SELECT 1")
+        and lines[2] == " " * 51 + "FROM t -- \\x1b[2J\\x1b]0;owned\\x07\\u202e\\x00"
+    )
+    # The reason's newline does not start a line of its own that could pass for an event.
+    assert not any(line.startswith("#9") for line in lines)
+    assert lines[3] == " " * 51 + "reason: fine"
+    assert lines[4] == " " * 59 + "#9   2026-11-03T09:00:00.000Z  approved  by U_ALICE"  # under the reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
@@ -23,12 +24,18 @@ from tests.unit.audit_fixtures import (
     rehashed,
     start_session,
     write_json,
+    write_multi_event_session,
     write_read_session,
 )
 
-CLOSED = "closed-1"  # received, decision, executed, session_closed (seq 0..3) + manifest
+# CLOSED is a session as the log wrote them before objects held several events: one object per
+# event (received, decision, executed, session_closed: seq 0..3) and a separate manifest.
+CLOSED = "closed-1"
 OTHER = "closed-2"
-OPEN = "open-1"  # received, decision, approval_requested: no manifest yet
+OPEN = "open-1"  # received, decision, approval_requested: one object each, not closed
+# MULTI is today's API read: [received, decision] before the command, [executed, session_closed]
+# before COMMIT, two objects whose closing event is the manifest.
+MULTI = "multi-1"
 
 
 def key(session_id: str, seq: int) -> str:
@@ -40,8 +47,11 @@ def s3(aws_env):
     with mock_aws():
         client = boto3.client("s3")
         make_log_bucket(client)
-        write_read_session(start_session(client, CLOSED))
+        legacy = start_session(client, CLOSED)
+        write_read_session(legacy, close=False)
+        write_legacy_manifest(client, legacy.close())
         write_read_session(start_session(client, OTHER))
+        write_multi_event_session(start_session(client, MULTI))
         log = start_session(client, OPEN)
         log.append("received", statement="UPDATE customers SET notes = 'x' WHERE id = 2")
         log.append("decision", decision="approval", policy_ids=["prod-write-approval"])
@@ -54,6 +64,19 @@ def copy(s3):
     return copy_bucket(s3)
 
 
+def write_legacy_manifest(s3, summary):
+    """What `close` stored as manifests/<id>.json before the closing object carried the manifest."""
+    body = (json.dumps(summary, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    s3.put_object(
+        Bucket=LOG_BUCKET,
+        Key=manifest_key(summary["session_id"]),
+        Body=body,
+        ObjectLockMode="COMPLIANCE",
+        ObjectLockRetainUntilDate=datetime.now(UTC) + timedelta(days=1),
+        ChecksumAlgorithm="SHA256",
+    )
+
+
 def found(report, session_id=CLOSED):
     return {(p.seq, p.kind) for p in report.problems if p.session_id == session_id}
 
@@ -63,9 +86,10 @@ def test_an_intact_log_verifies(s3, copy):
         report = verify_log(s3, bucket)
         assert report.ok, report.format()
         by_id = {s.session_id: s for s in report.sessions}
-        assert set(by_id) == {CLOSED, OTHER, OPEN}
+        assert set(by_id) == {CLOSED, OTHER, OPEN, MULTI}
         assert by_id[CLOSED].closed and by_id[CLOSED].has_manifest and by_id[CLOSED].events == 4
         assert not by_id[OPEN].closed and not by_id[OPEN].has_manifest  # open is fine
+        assert by_id[MULTI].closed and by_id[MULTI].has_manifest and by_id[MULTI].events == 4
         assert "chain and manifests intact" in report.format()
 
 
@@ -123,6 +147,13 @@ def test_an_event_moved_to_another_day_is_reordered(s3, copy):
     assert (1, ProblemKind.REORDERED) in problems  # under the wrong date
     assert (1, ProblemKind.MISSING) in problems  # the manifest's key is absent
     assert (1, ProblemKind.EXTRA) in problems  # and the moved key is not listed
+    # Without a separate manifest, the date alone gives it away.
+    moved_multi = event_key(MULTI, 2, "2026-11-05")
+    s3.put_object(
+        Bucket=copy, Key=moved_multi, Body=s3.get_object(Bucket=copy, Key=key(MULTI, 2))["Body"].read()
+    )
+    s3.delete_object(Bucket=copy, Key=key(MULTI, 2))
+    assert found(verify_log(s3, copy), MULTI) == {(2, ProblemKind.REORDERED), (3, ProblemKind.REORDERED)}
 
 
 def test_an_event_appended_after_close_is_extra(s3, copy):
@@ -143,9 +174,12 @@ def test_an_event_inserted_in_the_middle_is_caught(s3, copy):
     assert {(2, ProblemKind.REORDERED), (3, ProblemKind.REORDERED), (4, ProblemKind.EXTRA)} <= problems
 
 
-def test_a_closed_session_without_its_manifest_is_flagged(s3, copy):
-    s3.delete_object(Bucket=copy, Key=manifest_key(CLOSED))
-    assert found(verify_log(s3, copy)) == {(None, ProblemKind.MISSING_MANIFEST)}
+def test_a_deleted_manifest_of_an_older_session_is_flagged(s3):
+    s3.delete_object(Bucket=LOG_BUCKET, Key=manifest_key(CLOSED))  # a delete marker over the locked one
+    assert found(verify_log(s3, LOG_BUCKET)) == {
+        (None, ProblemKind.MISSING_MANIFEST),
+        (None, ProblemKind.REWRITTEN),
+    }
 
 
 def test_an_edited_manifest_is_altered(s3, copy):
@@ -205,12 +239,10 @@ def test_the_report_serialises_for_json_output(s3, copy):
     data = verify_log(s3, copy).as_dict()
     assert data["ok"] is False
     assert {"session_id": CLOSED, "seq": 1, "kind": "missing"}.items() <= data["problems"][0].items()
-    assert {s["session_id"] for s in data["sessions"]} == {CLOSED, OTHER, OPEN}
+    assert {s["session_id"] for s in data["sessions"]} == {CLOSED, OTHER, OPEN, MULTI}
 
 
 def test_a_session_that_crossed_midnight_verifies(s3):
-    from datetime import UTC, datetime, timedelta
-
     clock = SteppingClock(
         datetime(2026, 11, 3, 23, 59, 59, 995000, tzinfo=UTC), step=timedelta(milliseconds=3)
     )
@@ -247,3 +279,123 @@ def test_without_version_listing_verify_still_checks_the_chain(s3, copy):
     assert verify_log(auditor, LOG_BUCKET, CLOSED).ok
     s3.delete_object(Bucket=copy, Key=key(CLOSED, 1))
     assert found(verify_log(auditor, copy)) == {(1, ProblemKind.MISSING)}
+
+
+# -- objects holding several events ----------------------------------------------------------
+
+
+def read_lines(s3, bucket, key):
+    return [json.loads(line) for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()]
+
+
+def write_lines(s3, bucket, key, records):
+    s3.put_object(Bucket=bucket, Key=key, Body=events.serialize_many(records))
+
+
+def edit_lines(s3, bucket, key, change):
+    write_lines(s3, bucket, key, change(read_lines(s3, bucket, key)))
+
+
+def test_the_multi_event_session_is_two_objects_of_two_lines(s3):
+    keys = sorted(
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=LOG_BUCKET, Prefix=f"events/dt=2026-11-03/session={MULTI}/")[
+            "Contents"
+        ]
+    )
+    assert keys == [key(MULTI, 0), key(MULTI, 2)]
+    assert [e["kind"] for e in read_lines(s3, LOG_BUCKET, keys[1])] == ["executed", "session_closed"]
+    assert s3.list_objects_v2(Bucket=LOG_BUCKET, Prefix=f"manifests/{MULTI}").get("KeyCount") == 0
+
+
+def test_an_edited_line_inside_an_object_no_longer_matches_its_hash(s3, copy):
+    edit_lines(s3, copy, key(MULTI, 0), lambda lines: [lines[0], {**lines[1], "decision": "deny"}])
+    assert found(verify_log(s3, copy), MULTI) == {(1, ProblemKind.ALTERED)}
+
+
+def test_a_rehashed_line_inside_an_object_breaks_the_next_link(s3, copy):
+    edit_lines(s3, copy, key(MULTI, 0), lambda lines: [rehashed(lines[0], statement="SELECT 1"), lines[1]])
+    assert found(verify_log(s3, copy), MULTI) == {(0, ProblemKind.ALTERED)}
+
+
+def test_a_rehashed_outcome_in_the_closing_object_is_caught_by_the_closing_event(s3, copy):
+    edit_lines(s3, copy, key(MULTI, 2), lambda lines: [rehashed(lines[0], row_count=0), lines[1]])
+    assert found(verify_log(s3, copy), MULTI) == {(2, ProblemKind.ALTERED)}
+
+
+def test_a_removed_line_is_caught(s3, copy):
+    edit_lines(s3, copy, key(MULTI, 0), lambda lines: lines[:1])  # the decision is gone
+    problems = found(verify_log(s3, copy), MULTI)
+    assert (1, ProblemKind.MISSING) in problems
+    assert {kind for _, kind in problems} == {ProblemKind.MISSING}
+
+
+def test_a_removed_outcome_line_shifts_the_close_and_is_caught(s3, copy):
+    edit_lines(s3, copy, key(MULTI, 2), lambda lines: lines[1:])  # hide that the read ran
+    problems = found(verify_log(s3, copy), MULTI)
+    assert (2, ProblemKind.REORDERED) in problems  # line 1 now holds seq 3
+    assert not verify_log(s3, copy, MULTI).ok
+
+
+def test_swapped_lines_are_reordered(s3, copy):
+    edit_lines(s3, copy, key(MULTI, 0), lambda lines: [lines[1], lines[0]])
+    problems = found(verify_log(s3, copy), MULTI)
+    assert {(0, ProblemKind.REORDERED), (1, ProblemKind.REORDERED)} <= problems
+    assert {kind for _, kind in problems} == {ProblemKind.REORDERED}
+
+
+def test_an_extra_line_inside_an_object_is_caught(s3, copy):
+    def insert(lines):
+        forged = rehashed(
+            lines[0], seq=1, kind="approved", approvers=["U_MALLORY"], prev_hash=lines[0]["hash"]
+        )
+        return [lines[0], forged, lines[1]]
+
+    edit_lines(s3, copy, key(MULTI, 0), insert)
+    problems = found(verify_log(s3, copy), MULTI)
+    assert (2, ProblemKind.EXTRA) in problems  # the decision's line and the closing object both claim seq 2
+    assert (2, ProblemKind.REORDERED) in problems  # and the decision is not where its seq says
+
+
+def test_an_extra_line_after_the_closing_event_is_extra(s3, copy):
+    def append(lines):
+        closed = lines[-1]
+        forged = rehashed(closed, seq=4, kind="executed", prev_hash=closed["hash"], statement="DROP TABLE x")
+        return [*lines, forged]
+
+    edit_lines(s3, copy, key(MULTI, 2), append)
+    assert found(verify_log(s3, copy), MULTI) == {(4, ProblemKind.EXTRA)}
+
+
+def test_a_cut_off_object_is_unreadable(s3, copy):
+    body = s3.get_object(Bucket=copy, Key=key(MULTI, 2))["Body"].read()
+    s3.put_object(Bucket=copy, Key=key(MULTI, 2), Body=body[:-20])
+    problems = found(verify_log(s3, copy), MULTI)
+    assert (2, ProblemKind.UNREADABLE) in problems and (3, ProblemKind.UNREADABLE) in problems
+
+
+def test_an_empty_line_is_unreadable(s3, copy):
+    body = s3.get_object(Bucket=copy, Key=key(MULTI, 0))["Body"].read()
+    s3.put_object(Bucket=copy, Key=key(MULTI, 0), Body=body.replace(b"\n", b"\n\n", 1))
+    assert (1, ProblemKind.UNREADABLE) in found(verify_log(s3, copy), MULTI)
+
+
+def test_deleting_the_closing_object_in_the_locked_bucket_is_flagged(s3):
+    s3.delete_object(Bucket=LOG_BUCKET, Key=key(MULTI, 2))  # hides the locked version: outcome and close
+    assert found(verify_log(s3, LOG_BUCKET), MULTI) == {(2, ProblemKind.REWRITTEN)}
+
+
+def test_an_overlapping_object_is_a_second_claim_on_its_seqs(s3, copy):
+    lines = read_lines(s3, copy, key(MULTI, 0))
+    forged = rehashed(lines[1], decision="allow", policy_ids=["made-up"])
+    write_lines(s3, copy, key(MULTI, 1), [forged])
+    assert (1, ProblemKind.EXTRA) in found(verify_log(s3, copy), MULTI)
+
+
+def test_the_report_shows_a_planted_value_on_one_line_with_its_controls_escaped(s3, copy):
+    intruder = rehashed(read_json(s3, copy, key(OTHER, 2)), session_id="evil\n  ok\x1b[2J")
+    write_json(s3, copy, key(OPEN, 3), intruder)
+    text = verify_log(s3, copy).format()
+    assert "\x1b" not in text
+    line = next(x for x in text.splitlines() if "evil" in x)
+    assert line.endswith("holds an event of session evil\\n  ok\\x1b[2J")

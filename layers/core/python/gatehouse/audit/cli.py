@@ -8,6 +8,10 @@ Queries run on Athena for a deployed stack and on DuckDB over moto's S3 locally.
 
 Exit codes: 0 ok; 1 verify found problems, or the query/replay failed; 2 the target or the
 arguments are wrong.
+
+Everything printed that came from the log or from S3 (values, column names, problem details,
+error texts) goes through `gatehouse.terminal`: a logged statement is the agent's text and must not
+drive the auditor's terminal.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from gatehouse import names
 from gatehouse.audit import named_queries
+from gatehouse.terminal import safe_json, safe_text
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -169,7 +174,7 @@ def _params(pairs: list[str]) -> dict[str, str]:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"gatehouse audit: {message}", file=sys.stderr)
+    print(f"gatehouse audit: {safe_text(message)}", file=sys.stderr)
     return code
 
 
@@ -200,7 +205,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         if close is not None:
             close()
     if args.json:
-        print(json.dumps({"columns": columns, "rows": [list(r) for r in rows]}, indent=2, default=str))
+        print(safe_json({"columns": columns, "rows": [list(r) for r in rows]}, indent=2, default=str))
     else:
         print(_table(columns, rows))
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
@@ -240,7 +245,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except (BotoCoreError, ClientError) as exc:
         return _fail(f"cannot read the session log: {exc}", EXIT_PROBLEMS)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.format())
+    print(safe_json(report.as_dict(), indent=2) if args.json else safe_text(report.format(), multiline=True))
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
@@ -250,7 +255,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         target = _target(args)
-        print(replay(target.s3_client(), target.bucket, args.session_id))
+        # replay escapes each field itself; this keeps its line breaks and nothing else.
+        print(safe_text(replay(target.s3_client(), target.bucket, args.session_id), multiline=True))
     except (ValueError, AuditTargetError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except NotFoundError as exc:
@@ -265,11 +271,13 @@ def _table(columns: list[str], rows: list[tuple[Any, ...]], max_width: int = 60)
         if v is None:
             text = "NULL"
         elif isinstance(v, list | tuple):
-            text = "[" + ", ".join(str(x) for x in v) + "]"
+            text = "[" + ", ".join(safe_text(x) for x in v) + "]"
         else:
-            text = " ".join(str(v).split())
+            # One line per row: a line break in a value is shown as `\n`, like any control.
+            text = safe_text(v)
         return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
+    columns = [safe_text(c) for c in columns]
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     head = " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))

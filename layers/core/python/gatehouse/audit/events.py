@@ -48,7 +48,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -75,7 +75,7 @@ class EventKind(StrEnum):
     EXECUTED = "executed"  # the command ran (row_count, duration_ms)
     FAILED = "failed"  # the command ran and the target refused or failed it
     REFUSED = "refused"  # Gatehouse did not run the command (denied, unparseable, unknown connection)
-    SESSION_CLOSED = "session_closed"  # the last event of a session; a manifest follows
+    SESSION_CLOSED = "session_closed"  # the last event of a session: its seq + 1 counts the events
 
 
 EVENT_KINDS: tuple[str, ...] = tuple(k.value for k in EventKind)
@@ -304,6 +304,30 @@ def serialize(event: Mapping[str, Any]) -> bytes:
     return (json.dumps(ordered, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode(
         "utf-8"
     )
+
+
+def serialize_many(batch: Iterable[Mapping[str, Any]]) -> bytes:
+    """Several events as one object: one JSON line each, in chain order (newline-delimited JSON)."""
+    return b"".join(serialize(event) for event in batch)
+
+
+def split_lines(body: bytes) -> list[bytes]:
+    """The lines of a stored object; ValueError unless it is non-empty and ends with a newline.
+
+    A missing final newline means a cut-off write or an edit; an empty line would be a row of
+    nulls to Athena's JSON SerDe. Neither is something the log ever writes.
+    """
+    if not body or not body.endswith(b"\n"):
+        raise ValueError("not newline-terminated JSON lines")
+    lines = body[:-1].split(b"\n")
+    if any(not line.strip() for line in lines):
+        raise ValueError("holds an empty line")
+    return lines
+
+
+def parse_events(body: bytes) -> list[dict[str, Any]]:
+    """Every event of a stored object, in order; ValueError if any line is not a complete event."""
+    return [parse_event(line) for line in split_lines(body)]
 
 
 def _refuse_constant(name: str) -> Any:

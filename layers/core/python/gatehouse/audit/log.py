@@ -1,14 +1,24 @@
-"""The session log writer: one S3 object per event, written once, locked, hash-chained.
+"""The session log writer: hash-chained events, several to an object, each object written once, locked.
 
 S3 layout (inside the session-log bucket)::
 
-    events/dt=YYYY-MM-DD/session=<session_id>/<seq:08d>.json   one event, one JSON line
-    manifests/<session_id>.json                                written when the session closes
+    events/dt=YYYY-MM-DD/session=<session_id>/<first_seq:08d>.json   events first_seq, first_seq+1, ...
+    manifests/<session_id>.json                                      older sessions only (see below)
 
-`dt` is the UTC date of the event's own `time`, so Athena partition projection (`dt` projected as a
-date, `storage.location.template = s3://<bucket>/events/dt=${dt}/`) prunes a time-bounded query to
-exactly the days it covers; Athena reads the `session=` folders below a partition as part of it.
-A session that runs past midnight has objects under two dates; `resume` and `verify` find them.
+An object holds one event per line (newline-delimited JSON, what Athena's JSON SerDe and DuckDB's
+`read_json` read as one row per line), in chain order; its key names the seq of its first line.
+Callers `stage` the events that must become durable together and `flush` them as one put: the API
+writes `received` + `decision` before the command runs and `executed` + `session_closed` before
+COMMIT, two puts per request. `append` is `stage` + `flush`.
+
+`dt` is the UTC date of the events' own `time`; every event of an object has the object's date (a
+flush that straddles midnight writes one object per day), so Athena partition projection (`dt`
+projected as a date, `storage.location.template = s3://<bucket>/events/dt=${dt}/`) prunes a
+time-bounded query to exactly the days it covers. `resume` and `verify` find a session's days.
+
+The manifest is the `session_closed` event: it is the last line of the object `close` writes, its
+seq + 1 is the number of events, and its `prev_hash` commits to every event before it. Sessions
+written before this layout also have `manifests/<id>.json`; `verify` still checks those.
 
 Every object is written with:
 - `ObjectLockMode=COMPLIANCE` and a retain-until date `retention_days` from now (wall clock);
@@ -16,18 +26,19 @@ Every object is written with:
   without an integrity header (Content-MD5 or x-amz-sdk-checksum-algorithm);
 - `IfNoneMatch="*"`: the put fails (412) if the key exists, so a key is written once, and two
   writers that continue the same chain cannot both claim a seq (the loser adopts the winner's
-  event and writes after it).
+  object and writes after it). Writers only ever start an object where the last one they know
+  ends, so two of them at the same position always compete for the same key.
 
 Durability: throttling, 5xx and connection errors are retried with exponential backoff and full
-jitter (`RetryPolicy`, bounded in attempts and total time). When the retries run out `append`
-raises `AuditWriteError` and the chain does not advance; the caller must not run the command.
+jitter (`RetryPolicy`, bounded in attempts and total time). When the retries run out `flush`
+raises `AuditWriteError`, drops what was staged and the chain does not advance; the caller must
+not run the command (or must roll it back).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import random
 import re
@@ -206,7 +217,7 @@ def list_partitions(s3_client: Any, bucket: str) -> list[str]:
 def find_session_keys(
     s3_client: Any, bucket: str, session_id: str, *, stop_at_first_event: bool = False
 ) -> list[EventKey]:
-    """Every event key of a session, in seq order (one list call per day partition, newest first).
+    """Every object key of a session, in seq order (one list call per day partition, newest first).
 
     With `stop_at_first_event` the scan ends at the partition holding seq 0: sessions run forward in
     time, so nothing of theirs is older (a tamperer's misplaced copy could be: `verify` scans all).
@@ -236,10 +247,23 @@ class _Chain:
     closed_event: dict[str, Any] | None = None
 
 
-class SessionLog:
-    """The hash-chained event log of one session. Build it with `start` or `resume`."""
+@dataclass
+class _Staged:
+    """An event waiting for `flush`: what the caller asked for, and the event built from it."""
 
-    # How many events written by a concurrent writer one append may adopt before giving up.
+    kind: str
+    fields: dict[str, Any]
+    event: dict[str, Any]
+
+
+class SessionLog:
+    """The hash-chained event log of one session. Build it with `start` or `resume`.
+
+    Thread-safe: stage, flush, append and close take one lock, so events from several threads
+    stay in one chain (each flush writes what was staged when it took the lock).
+    """
+
+    # How many objects written by a concurrent writer one flush may adopt before giving up.
     MAX_ADOPTIONS = 8
 
     def __init__(
@@ -262,10 +286,11 @@ class SessionLog:
         self._clock = clock or time.time
         self._retry = retry or DEFAULT_RETRY
         self._chain = chain or _Chain()
-        # The key of an append that failed: its put may still have landed (a timeout after S3
-        # stored it), so the next append looks there first.
+        self._staged: list[_Staged] = []
+        # The key of a flush that failed: its put may still have landed (a timeout after S3
+        # stored it), so the next flush looks there first.
         self._pending_key: str | None = None
-        self._manifest: dict[str, Any] | None = None
+        self._summary: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -285,7 +310,7 @@ class SessionLog:
         clock: Callable[[], Any] | None = None,
         retry: RetryPolicy | None = None,
     ) -> SessionLog:
-        """A new session. Nothing is written until the first `append`."""
+        """A new session. Nothing is written until the first `flush` (or `append`, or `close`)."""
         session = {
             "session_id": events.check_session_id(session_id),
             "request_id": request_id,
@@ -318,10 +343,10 @@ class SessionLog:
     ) -> SessionLog:
         """Continue a chain an earlier process wrote (e.g. when an approval arrives).
 
-        Reads the session's keys and its last event; session constants come from that event.
-        Raises NotFoundError for an unknown session, SessionClosedError for a closed one, and
-        AuditWriteError when the last event does not check out (its hash, its position) or S3
-        cannot be read.
+        Lists the session's keys, reads its first and its last object; session constants come
+        from the last event. Raises NotFoundError for an unknown session, SessionClosedError for
+        a closed one, and AuditWriteError when those objects do not check out (hashes, positions,
+        links inside the last object) or S3 cannot be read.
         """
         events.check_session_id(session_id)
         policy = retry or DEFAULT_RETRY
@@ -333,16 +358,21 @@ class SessionLog:
         if not keys:
             raise NotFoundError(f"no session log for {session_id}")
         seqs = [k.seq for k in keys]
-        if seqs != list(range(len(seqs))):
+        if seqs[0] != 0 or len(set(seqs)) != len(seqs):
             raise AuditWriteError(f"session {session_id}: its log has gaps or duplicates; run verify")
-        first = _read_event(s3_client, bucket, keys[0].key, policy)
-        last = first if len(keys) == 1 else _read_event(s3_client, bucket, keys[-1].key, policy)
-        for ek, event in ((keys[0], first), (keys[-1], last)):
-            if events.event_hash(event) != event["hash"] or event["seq"] != ek.seq:
-                raise AuditWriteError(f"session {session_id}: event {ek.seq} does not check out; run verify")
+        head = _read_object(s3_client, bucket, keys[0].key, policy)
+        tail = head if len(keys) == 1 else _read_object(s3_client, bucket, keys[-1].key, policy)
+        for ek, batch in ((keys[0], head), (keys[-1], tail)):
+            for offset, event in enumerate(batch):
+                linked = offset == 0 or event["prev_hash"] == batch[offset - 1]["hash"]
+                if events.event_hash(event) != event["hash"] or event["seq"] != ek.seq + offset or not linked:
+                    raise AuditWriteError(
+                        f"session {session_id}: event {ek.seq + offset} does not check out; run verify"
+                    )
+        first, last = head[0], tail[-1]
         if first["prev_hash"] != events.GENESIS_HASH:
             raise AuditWriteError(f"session {session_id}: event 0 does not start the chain; run verify")
-        if last["kind"] == events.EventKind.SESSION_CLOSED:
+        if any(e["kind"] == events.EventKind.SESSION_CLOSED for e in tail):
             raise SessionClosedError(f"session {session_id} is closed")
         chain = _Chain(
             next_seq=last["seq"] + 1,
@@ -371,11 +401,12 @@ class SessionLog:
 
     @property
     def next_seq(self) -> int:
-        """The seq the next event will get (the number of events stored so far)."""
+        """The seq the next stored event will get (the number of events stored so far)."""
         return self._chain.next_seq
 
     @property
     def last_hash(self) -> str:
+        """The hash of the last stored event (staged events do not count until flushed)."""
         return self._chain.last_hash
 
     @property
@@ -384,86 +415,155 @@ class SessionLog:
 
     @property
     def keys(self) -> tuple[str, ...]:
+        """The keys of the objects stored so far, in chain order."""
         return tuple(self._chain.keys)
+
+    @property
+    def staged(self) -> tuple[dict[str, Any], ...]:
+        """The events waiting for `flush`, as they would be stored if no other writer intervenes."""
+        with self._lock:
+            return tuple(dict(s.event) for s in self._staged)
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Record one event and return it as stored. Raises AuditWriteError when it cannot.
+    def stage(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Chain one event after the stored and staged ones without writing it; return it.
 
-        `fields` are schema columns by name (`events.APPEND_FIELDS`); an unknown name or a bad
-        value is a ValueError. A failed append leaves seq and prev_hash where they were.
+        Nothing is durable until `flush` (or `close`) returns. `fields` are schema columns by
+        name (`events.APPEND_FIELDS`); an unknown name or a bad value is a ValueError. If another
+        writer extends the chain first, `flush` re-chains staged events (new seq, prev_hash and
+        time): the events `flush` returns are the ones stored.
         """
+        cleaned = self._check(kind, fields)
+        with self._lock:
+            return dict(self._stage(kind, cleaned))
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Write everything staged, as one object (one per UTC day), and return the events stored.
+
+        Returns once S3 has acknowledged every object: the events are durable. Nothing staged:
+        no request, `[]`. On failure (AuditWriteError, or its SessionClosedError and
+        ChainConflictError) the staged events are dropped and the chain stays where it was; an
+        object that landed after all is adopted by the next flush.
+        """
+        with self._lock:
+            return self._flush()
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """`stage` + `flush`: record one event (with anything staged before it) and return it as stored."""
+        cleaned = self._check(kind, fields)
+        with self._lock:
+            self._stage(kind, cleaned)
+            return self._flush()[-1]
+
+    def close(self) -> dict[str, Any]:
+        """End the session: write what is staged and `session_closed` as one object; return a summary.
+
+        The summary (not stored: the `session_closed` event is the session's manifest) has
+        `event_count`, `first_seq`, `last_seq`, `first_hash`, `last_hash`, `first_time`,
+        `last_time`, `closed_at` and `keys` (every object of the session). One put. Idempotent:
+        after a failure (the staged events are dropped, as in `flush`) call it again to write
+        `session_closed`; once closed, it returns the summary. A session another writer closed
+        first is adopted and summarised, unless events were staged: then SessionClosedError.
+        """
+        with self._lock:
+            if self._summary is not None:
+                return dict(self._summary)
+            if self._chain.closed_event is None:
+                nothing_else = not self._staged
+                self._stage(events.EventKind.SESSION_CLOSED.value, {})
+                try:
+                    self._flush()
+                except SessionClosedError:
+                    # Another writer's close ends the session as well as ours would, unless we
+                    # had events of our own to write with it: those are lost, and the caller must know.
+                    if self._chain.closed_event is None or not nothing_else:
+                        raise
+            self._summary = self._build_summary()
+            return dict(self._summary)
+
+    def _check(self, kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         if kind not in events.EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}; one of {', '.join(events.EVENT_KINDS)}")
         if kind == events.EventKind.SESSION_CLOSED:
             raise ValueError("use close() to end a session")
-        cleaned = events.clean_fields(fields)
-        with self._lock:
-            return self._append(kind, cleaned)
+        return events.clean_fields(fields)
 
-    def close(self) -> dict[str, Any]:
-        """End the session: append `session_closed`, write the manifest, return the manifest.
+    def _stage(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        if self._chain.closed_event is not None:
+            raise SessionClosedError(f"session {self.session_id} is closed")
+        if fields.get("connection_env") is not None:
+            self._session["connection_env"] = fields["connection_env"]
+        seq, prev_hash = self._tail()
+        event = self._build(kind, fields, seq, prev_hash)
+        self._staged.append(_Staged(kind, fields, event))
+        return event
 
-        Idempotent: after a failure, call it again to finish; after success it returns the manifest.
-        """
-        with self._lock:
-            if self._manifest is not None:
-                return dict(self._manifest)
-            if self._chain.closed_event is None:
-                self._append(events.EventKind.SESSION_CLOSED.value, {})
-            manifest = self._build_manifest()
-            body = (json.dumps(manifest, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
-            key = manifest_key(self.session_id)
-            if not self._put_once(key, body, "write manifest"):
-                existing = self._get(key, "read manifest")
-                if existing != body:
-                    raise ChainConflictError(f"session {self.session_id}: a different manifest exists")
-            self._manifest = manifest
-            return dict(manifest)
+    def _tail(self) -> tuple[int, str]:
+        if self._staged:
+            last = self._staged[-1].event
+            return last["seq"] + 1, last["hash"]
+        return self._chain.next_seq, self._chain.last_hash
 
-    def _append(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _build(self, kind: str, fields: Mapping[str, Any], seq: int, prev_hash: str) -> dict[str, Any]:
+        return events.build_event(
+            kind=kind, seq=seq, prev_hash=prev_hash, moment=self._now(), session=self._session, fields=fields
+        )
+
+    def _rechain(self, pending: list[_Staged]) -> None:
+        """Rebuild staged events after the chain moved (an adoption): positions, links and times."""
+        seq, prev_hash = self._chain.next_seq, self._chain.last_hash
+        for staged in pending:
+            # Times are taken afresh so they stay in chain order after the adopted events.
+            staged.event = self._build(staged.kind, staged.fields, seq, prev_hash)
+            seq, prev_hash = seq + 1, staged.event["hash"]
+
+    def _flush(self) -> list[dict[str, Any]]:
+        if not self._staged:
+            return []
+        pending, self._staged = self._staged, []
+        # Dropped on failure: a flush that raised is, to the caller, a record that does not
+        # exist (the command does not run, or rolls back), so it must not surface later.
         if self._chain.closed_event is not None:
             raise SessionClosedError(f"session {self.session_id} is closed")
         self._settle_pending()
-        if "connection_env" in fields and fields["connection_env"] is not None:
-            self._session["connection_env"] = fields["connection_env"]
+        if (
+            pending[0].event["seq"] != self._chain.next_seq
+            or pending[0].event["prev_hash"] != self._chain.last_hash
+        ):
+            self._rechain(pending)
+        stored: list[dict[str, Any]] = []
         adoptions = 0
-        while True:
-            # Taken afresh after an adoption, so times stay in chain order.
-            moment = self._now()
-            event = events.build_event(
-                kind=kind,
-                seq=self._chain.next_seq,
-                prev_hash=self._chain.last_hash,
-                moment=moment,
-                session=self._session,
-                fields=fields,
-            )
-            key = event_key(self.session_id, event["seq"], event["time"])
-            body = events.serialize(event)
+        while pending:
+            day = pending[0].event["time"][:10]
+            count = next((i for i, s in enumerate(pending) if s.event["time"][:10] != day), len(pending))
+            batch = [s.event for s in pending[:count]]
+            key = event_key(self.session_id, batch[0]["seq"], batch[0]["time"])
+            body = events.serialize_many(batch)
+            what = f"write event {batch[0]['seq']}" + (f"-{batch[-1]['seq']}" if count > 1 else "")
             try:
-                written = self._put_once(key, body, f"write event {event['seq']}")
+                written = self._put_once(key, body, what)
             except AuditWriteError:
                 self._pending_key = key
                 raise
-            if written:
-                self._advance(key, event)
-                return event
-            # The key exists: our own earlier put that landed, or another writer's event.
-            existing_body = self._get(key, f"read event {event['seq']}")
-            if existing_body == body:
-                self._advance(key, event)
-                return event
-            self._adopt(key, existing_body)
+            # The key exists: our own earlier attempt that landed, or another writer's object.
+            existing = None if written else self._get(key, f"read {key}")
+            if existing is None or existing == body:
+                self._advance(key, batch)
+                stored.extend(batch)
+                pending = pending[count:]
+                continue
+            self._adopt(key, existing)
             adoptions += 1
             if self._chain.closed_event is not None:
                 raise SessionClosedError(f"session {self.session_id} was closed by another writer")
             if adoptions >= self.MAX_ADOPTIONS:
                 raise ChainConflictError(f"session {self.session_id}: too many concurrent writers")
+            self._rechain(pending)
+        return stored
 
     def _settle_pending(self) -> None:
-        """After a failed append, learn whether its put landed after all, and adopt it if it did."""
+        """After a failed flush, learn whether its put landed after all, and adopt it if it did."""
         key = self._pending_key
         if key is None:
             return
@@ -473,43 +573,52 @@ class SessionLog:
         self._pending_key = None
 
     def _adopt(self, key: str, body: bytes) -> None:
-        """Accept an event stored at our next position if it continues our chain exactly."""
+        """Accept an object stored at our next position if its events continue our chain exactly."""
         try:
-            event = events.parse_event(body)
+            batch = events.parse_events(body)
         except ValueError as exc:
-            raise ChainConflictError(f"session {self.session_id}: unreadable event at {key}") from exc
-        if (
-            event["session_id"] != self.session_id
-            or event["seq"] != self._chain.next_seq
-            or event["prev_hash"] != self._chain.last_hash
-            or events.event_hash(event) != event["hash"]
-        ):
-            raise ChainConflictError(f"session {self.session_id}: {key} holds an event that does not chain")
-        # Another writer of the same session, never someone else's session under a reused id.
-        for name in ("principal_arn", "principal_name", "connection", "target_kind"):
-            if event.get(name) != self._session.get(name):
-                raise ChainConflictError(f"session {self.session_id}: {key} was written for another {name}")
+            raise ChainConflictError(f"session {self.session_id}: unreadable object at {key}") from exc
+        seq, prev_hash = self._chain.next_seq, self._chain.last_hash
+        for event in batch:
+            if (
+                event["session_id"] != self.session_id
+                or event["seq"] != seq
+                or event["prev_hash"] != prev_hash
+                or events.event_hash(event) != event["hash"]
+            ):
+                raise ChainConflictError(
+                    f"session {self.session_id}: {key} holds an event that does not chain"
+                )
+            # Another writer of the same session, never someone else's session under a reused id.
+            for name in ("principal_arn", "principal_name", "connection", "target_kind"):
+                if event.get(name) != self._session.get(name):
+                    raise ChainConflictError(
+                        f"session {self.session_id}: {key} was written for another {name}"
+                    )
+            seq, prev_hash = seq + 1, event["hash"]
         log.info("session log: adopting %s written by another attempt or writer", key)
-        self._advance(key, event)
-        if event.get("connection_env"):
-            self._session["connection_env"] = event["connection_env"]
+        self._advance(key, batch)
+        for event in batch:
+            if event.get("connection_env"):
+                self._session["connection_env"] = event["connection_env"]
 
-    def _advance(self, key: str, event: dict[str, Any]) -> None:
+    def _advance(self, key: str, batch: list[dict[str, Any]]) -> None:
         chain = self._chain
-        if chain.first_hash is None:
-            chain.first_hash = event["hash"]
-            chain.first_time = event["time"]
-        chain.next_seq = event["seq"] + 1
-        chain.last_hash = event["hash"]
-        chain.last_time = event["time"]
+        for event in batch:
+            if chain.first_hash is None:
+                chain.first_hash = event["hash"]
+                chain.first_time = event["time"]
+            chain.next_seq = event["seq"] + 1
+            chain.last_hash = event["hash"]
+            chain.last_time = event["time"]
+            if event["kind"] == events.EventKind.SESSION_CLOSED:
+                chain.closed_event = event
         chain.keys.append(key)
-        if event["kind"] == events.EventKind.SESSION_CLOSED:
-            chain.closed_event = event
 
-    def _build_manifest(self) -> dict[str, Any]:
+    def _build_summary(self) -> dict[str, Any]:
         chain = self._chain
         closed = chain.closed_event or {}
-        manifest: dict[str, Any] = {
+        summary: dict[str, Any] = {
             "schema_version": events.SCHEMA_VERSION,
             "session_id": self.session_id,
             "event_count": chain.next_seq,
@@ -522,8 +631,8 @@ class SessionLog:
             "closed_at": closed.get("time"),
             "keys": list(chain.keys),
         }
-        manifest["hash"] = events.event_hash(manifest)
-        return manifest
+        summary["hash"] = events.event_hash(summary)
+        return summary
 
     # -- S3 ------------------------------------------------------------------------------------
 
@@ -545,7 +654,7 @@ class SessionLog:
                     Bucket=self._bucket,
                     Key=key,
                     Body=body,
-                    ContentType="application/json",
+                    ContentType="application/x-ndjson",
                     IfNoneMatch="*",
                     ObjectLockMode="COMPLIANCE",
                     ObjectLockRetainUntilDate=retain_until,
@@ -593,12 +702,12 @@ def guarded(policy: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
         raise AuditWriteError(f"the session log refused a request ({what}: {_describe(exc)})") from exc
 
 
-def _read_event(s3_client: Any, bucket: str, key: str, policy: RetryPolicy) -> dict[str, Any]:
+def _read_object(s3_client: Any, bucket: str, key: str, policy: RetryPolicy) -> list[dict[str, Any]]:
     def get() -> bytes:
         return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
     body = guarded(policy, f"read {key}", get)
     try:
-        return events.parse_event(body)
+        return events.parse_events(body)
     except ValueError as exc:
-        raise AuditWriteError(f"session log: {key} is not an event; run verify") from exc
+        raise AuditWriteError(f"session log: {key} is not a list of events; run verify") from exc

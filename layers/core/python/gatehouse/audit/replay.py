@@ -9,24 +9,32 @@
     chain intact: 4 events, closed, manifest matches
 
 A problem found by `verify` is printed under the event it concerns, marked `!!`.
+
+Statements are shown whole, wrapped under the event's text. Everything taken from the log goes
+through `gatehouse.terminal.safe_text`: an event is untrusted input (an agent wrote its SQL and
+reason), and its control or bidi characters are shown as escapes, never sent to the terminal.
 """
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from gatehouse.audit import events
 from gatehouse.audit.verify import Problem, check_session, load_objects
 from gatehouse.exceptions import NotFoundError
+from gatehouse.terminal import safe_text
 
 _INDENT = " " * 51  # under the text after "#seq time kind"
+# Wide enough for a statement to read as one, narrow enough for an 120-column terminal.
+_TEXT_WIDTH = 68
 
 
 def replay(s3_client: Any, bucket: str, session_id: str) -> str:
     """The transcript of one session (NotFoundError if the log has nothing for it)."""
     sessions, _ = load_objects(s3_client, bucket, session_id)
     objs = sessions[session_id]
-    if not objs.events and objs.manifest is None:
+    if not objs.objects and objs.manifest is None:
         raise NotFoundError(f"no session log for {session_id}")
     summary, problems = check_session(objs)
 
@@ -34,7 +42,13 @@ def replay(s3_client: Any, bucket: str, session_id: str) -> str:
     for p in problems:
         by_seq.setdefault(p.seq, []).append(p)
     stored = sorted(
-        ((e.key.seq, e.event) for e in objs.events if e.state.current and e.event is not None),
+        (
+            (line.seq, line.event)
+            for o in objs.objects
+            if o.state.current
+            for line in o.lines
+            if line.event is not None
+        ),
         key=lambda item: item[0],
     )
 
@@ -42,7 +56,7 @@ def replay(s3_client: Any, bucket: str, session_id: str) -> str:
     if stored:
         lines.append(_header(session_id, stored[0][1]))
     else:
-        lines.append(f"session {session_id}")
+        lines.append(f"session {safe_text(session_id)}")
     shown: set[int] = set()
     for seq, event in stored:
         lines.extend(_event_lines(seq, event))
@@ -76,16 +90,18 @@ def _header(session_id: str, first: dict[str, Any]) -> str:
     )
     who = first.get("principal_name") or "?"
     arn = f" ({first['principal_arn']})" if first.get("principal_arn") else ""
-    return f"session {session_id}: {who}{arn} on {first.get('connection') or '?'} [{where}]"
+    return safe_text(f"session {session_id}: {who}{arn} on {first.get('connection') or '?'} [{where}]")
 
 
 def _event_lines(seq: int, event: dict[str, Any]) -> list[str]:
-    head = f"#{seq:<3} {event.get('time') or '?':<25} {event.get('kind') or '?':<19}"
+    head = f"#{seq:<3} {_one_line(event.get('time') or '?'):<25} {_one_line(event.get('kind') or '?'):<19}"
     kind = event.get("kind")
     parts: list[str] = []
     extra: list[str] = []
     if kind == events.EventKind.RECEIVED:
-        parts.append(_one_line(event.get("statement")))
+        statement = _wrapped(event.get("statement"))
+        parts.append(statement[0])
+        extra.extend(statement[1:])
     elif kind == events.EventKind.DECISION:
         policies = ", ".join(event.get("policy_ids") or []) or "none"
         parts.append(f"{event.get('decision')} (policies: {policies})")
@@ -106,17 +122,29 @@ def _event_lines(seq: int, event: dict[str, Any]) -> list[str]:
         if event.get("error"):
             parts.append(f"error: {_one_line(event['error'])}")
         if event.get("statement") and kind in {events.EventKind.REFUSED, events.EventKind.APPROVAL_REQUESTED}:
-            extra.append(_one_line(event["statement"]))
+            extra.extend(_wrapped(event["statement"]))
     if event.get("reason"):
-        extra.append(f"reason: {_one_line(event['reason'])}")
-    line = (head + " " + ", ".join(p for p in parts if p)).rstrip()
+        extra.extend(_wrapped(event["reason"], label="reason: "))
+    line = (head + " " + ", ".join(_one_line(p) for p in parts if p)).rstrip()
     return [line] + [f"{_INDENT}{x}" for x in extra]
 
 
 def _problem_lines(problems: list[Problem]) -> list[str]:
-    return [f"     !! {p.kind.value}: {p.detail}" for p in problems]
+    # Details quote stored values (event ids, times, session ids of a planted object).
+    return [f"     !! {p.kind.value}: {safe_text(p.detail)}" for p in problems]
 
 
-def _one_line(text: Any, limit: int = 200) -> str:
-    flat = " ".join(str(text or "").split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+def _one_line(text: Any) -> str:
+    """One field on one line: its line breaks and controls are shown as escapes."""
+    return safe_text(text) if text else ""
+
+
+def _wrapped(text: Any, label: str = "") -> list[str]:
+    """The whole text, its own line breaks kept, each line wrapped at `_TEXT_WIDTH`, never cut."""
+    out: list[str] = []
+    for raw in safe_text(str(text or ""), multiline=True).split("\n"):
+        # Escaping first: the wrap measures what is printed, and never sees a control character.
+        out.extend(textwrap.wrap(raw, _TEXT_WIDTH, break_long_words=True, break_on_hyphens=False))
+    lines = out or [""]
+    pad = " " * len(label)
+    return [label + lines[0]] + [pad + line for line in lines[1:]]

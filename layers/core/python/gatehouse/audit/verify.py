@@ -1,23 +1,35 @@
 """Recompute every session's hash chain and manifest and say what does not hold.
 
+An object holds one or more events, one JSON line each; its key names the seq of its first line,
+so line N of object `<k>.json` is, by position, seq k + N - 1. Every check is made per position.
+
 What each problem kind means (one `Problem` per session, seq and kind):
 
-- `missing`: a gap in seq; a key the manifest lists is absent; fewer events than it counts.
+- `missing`: a gap in seq (a missing object or a removed line); a key a manifest lists is absent;
+  fewer events than it counts.
 - `altered`: an event's content does not match its hash; an event was replaced by one with a valid
-  hash that its successor does not chain to; the manifest's first/last hash, or its own, differs.
-- `reordered`: intact events in the wrong place: an object holds another seq, sits under the wrong
-  date, or chains from a different predecessor.
-- `extra`: an event the manifest does not list, one after `session_closed`, a second event
-  claiming a seq, an event of another session, an object outside the key layout.
-- `missing_manifest`: the session has a `session_closed` event but no manifest.
+  hash that its successor does not chain to; a manifest's first/last hash, or its own, differs.
+- `reordered`: intact events in the wrong place: a line holds another seq than its position (lines
+  swapped, or a line removed before it), sits under the wrong date, or chains from a different
+  predecessor.
+- `extra`: an event after `session_closed`, a second event claiming a seq (an inserted line, an
+  overlapping object), an event of another session, an object outside the key layout, an event a
+  manifest does not list.
+- `missing_manifest`: a manifest (sessions written before the closing object carried it) was deleted.
 - `rewritten`: a key has more than one version or a delete marker (Object Lock keeps the
-  original version: look there).
-- `unreadable`: an object that is not a JSON event with every column.
+  original version: look there). Deleting the closing object in the original bucket is caught
+  here.
+- `unreadable`: an object that is not newline-terminated JSON lines, or a line that is not a JSON
+  event with every column.
 
-An open session (no `session_closed`, no manifest) is fine as long as its chain holds; a truncated
-tail is only detectable once the manifest exists, and a rewrite of its last event only by its
-version count. The chain is plain SHA-256, not a keyed MAC: someone who can rewrite every object
-and the manifest of a copy can forge a consistent copy. The defence is the original bucket, where
+The `session_closed` event is the session's manifest: it is the last line of the object `close`
+writes, its seq + 1 counts the events, and its `prev_hash` commits to all of them, so a gap, an
+insertion or a rewrite before it is caught. An open session (no `session_closed`) is fine as long
+as its chain holds; a truncated tail of an open session, or of a copy from which the closing
+object was deleted, is detectable only by version listings in the original bucket.
+
+The chain is plain SHA-256, not a keyed MAC: someone who can rewrite every object of a copy can
+forge a consistent copy. The defence is the original bucket, where
 COMPLIANCE Object Lock keeps every version for the whole retention; verify the original.
 """
 
@@ -36,6 +48,7 @@ from botocore.exceptions import ClientError
 from gatehouse import names
 from gatehouse.audit import events
 from gatehouse.audit.log import EventKey, list_partitions, manifest_key, parse_event_key
+from gatehouse.terminal import safe_text
 
 _MANIFEST_FIELDS = (
     "session_id",
@@ -106,7 +119,8 @@ class VerifyReport:
         ]
         for p in self.problems:
             where = f"{p.session_id or '-'}" + (f" #{p.seq}" if p.seq is not None else "")
-            lines.append(f"  {p.kind.value:<16} {where}: {p.detail}")
+            # Details quote stored values (a planted event's session id, time, event id): one line each.
+            lines.append(safe_text(f"  {p.kind.value:<16} {where}: {p.detail}"))
         return "\n".join(lines)
 
 
@@ -121,11 +135,47 @@ class KeyState:
 
 
 @dataclass
-class StoredEvent:
-    key: EventKey
-    state: KeyState
+class StoredLine:
+    seq: int  # by position: the key's seq plus the line's index
     event: dict[str, Any] | None = None
     error: str | None = None  # why it is not an event
+
+
+@dataclass
+class StoredObject:
+    key: EventKey
+    state: KeyState
+    lines: list[StoredLine] = field(default_factory=list)
+    error: str | None = None  # why the object as a whole is not JSON lines
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The readable events of a current object, in line order."""
+        return [line.event for line in self.lines if line.event is not None]
+
+
+def parse_object(key: EventKey, state: KeyState, body: bytes) -> StoredObject:
+    """Each line of an object on its own, so one bad line does not hide the others."""
+    stored = StoredObject(key, state)
+    if not body:
+        stored.error = "the object is empty"
+        return stored
+    lines = body.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    else:
+        stored.error = "the last line is not newline-terminated (cut off or edited)"
+    for offset, line in enumerate(lines):
+        entry = StoredLine(key.seq + offset)
+        if not line.strip():
+            entry.error = "an empty line"
+        else:
+            try:
+                entry.event = events.parse_event(line)
+            except ValueError as exc:
+                entry.error = str(exc)
+        stored.lines.append(entry)
+    return stored
 
 
 @dataclass
@@ -138,7 +188,7 @@ class StoredManifest:
 @dataclass
 class SessionObjects:
     session_id: str
-    events: list[StoredEvent] = field(default_factory=list)  # current objects, and deleted keys
+    objects: list[StoredObject] = field(default_factory=list)  # current objects, and deleted keys
     manifest: StoredManifest | None = None
 
 
@@ -205,7 +255,7 @@ def load_objects(
         if parsed is None:
             strays.append(Problem(None, None, ProblemKind.EXTRA, f"{key} is outside the key layout"))
             continue
-        session(parsed.session_id).events.append(StoredEvent(parsed, state))
+        session(parsed.session_id).objects.append(StoredObject(parsed, state))
     for key, state in sorted(manifest_states.items()):
         sid = key[len(names.MANIFESTS_PREFIX) :].removesuffix(".json")
         if not key.endswith(".json") or "/" in sid:
@@ -218,19 +268,17 @@ def load_objects(
     def fetch(key: str) -> bytes:
         return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
-    jobs: list[tuple[str, StoredEvent | StoredManifest]] = []
+    jobs: list[tuple[str, StoredObject | StoredManifest]] = []
     for objs in sessions.values():
-        jobs.extend((e.key.key, e) for e in objs.events if e.state.current)
+        jobs.extend((o.key.key, o) for o in objs.objects if o.state.current)
         if objs.manifest is not None and objs.manifest.state.current:
             jobs.append((manifest_key(objs.session_id), objs.manifest))
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         bodies = list(pool.map(fetch, [key for key, _ in jobs]))
     for (_, target), body in zip(jobs, bodies, strict=True):
-        if isinstance(target, StoredEvent):
-            try:
-                target.event = events.parse_event(body)
-            except ValueError as exc:
-                target.error = str(exc)
+        if isinstance(target, StoredObject):
+            parsed_object = parse_object(target.key, target.state, body)
+            target.lines, target.error = parsed_object.lines, parsed_object.error
         else:
             try:
                 target.manifest = _parse_manifest(body)
@@ -279,38 +327,47 @@ def check_session(objs: SessionObjects) -> tuple[SessionSummary, list[Problem]]:
     candidates: dict[int, list[dict[str, Any]]] = defaultdict(list)
     present_seqs: set[int] = set()  # seqs with a current object, readable or not
 
-    for stored in objs.events:
-        seq = stored.key.seq
+    for stored in objs.objects:
+        key = stored.key.key
         if stored.state.delete_markers:
             found.add(
-                seq,
+                stored.key.seq,
                 ProblemKind.REWRITTEN,
-                f"{stored.key.key} was deleted: a delete marker hides "
-                f"{stored.state.versions} locked version(s)",
+                f"{key} was deleted: a delete marker hides {stored.state.versions} locked version(s)",
             )
         if stored.state.versions > 1:
-            found.add(seq, ProblemKind.REWRITTEN, f"{stored.key.key} has {stored.state.versions} versions")
+            found.add(stored.key.seq, ProblemKind.REWRITTEN, f"{key} has {stored.state.versions} versions")
         if not stored.state.current:
             continue
-        present_seqs.add(seq)
-        if stored.event is None:
-            found.add(seq, ProblemKind.UNREADABLE, f"{stored.key.key}: {stored.error}")
-            continue
-        event = stored.event
-        if event["session_id"] != sid:
-            found.add(
-                seq, ProblemKind.EXTRA, f"{stored.key.key} holds an event of session {event['session_id']}"
-            )
-            continue
-        if events.event_hash(event) != event["hash"]:
-            found.add(seq, ProblemKind.ALTERED, "its content does not match its hash")
-        if event["seq"] != seq:
-            found.add(seq, ProblemKind.REORDERED, f"the object for seq {seq} holds event seq {event['seq']}")
-        if str(event.get("time") or "")[:10] != stored.key.dt:
-            found.add(
-                seq, ProblemKind.REORDERED, f"stored under dt={stored.key.dt} but its time is {event['time']}"
-            )
-        candidates[seq].append(event)
+        if stored.error is not None or not stored.lines:
+            present_seqs.add(stored.key.seq)
+            found.add(stored.key.seq, ProblemKind.UNREADABLE, f"{key}: {stored.error}")
+        for number, line in enumerate(stored.lines, start=1):
+            seq = line.seq
+            where = key if len(stored.lines) == 1 else f"line {number} of {key}"
+            present_seqs.add(seq)
+            if line.event is None:
+                found.add(seq, ProblemKind.UNREADABLE, f"{where}: {line.error}")
+                continue
+            event = line.event
+            if event["session_id"] != sid:
+                found.add(seq, ProblemKind.EXTRA, f"{where} holds an event of session {event['session_id']}")
+                continue
+            if events.event_hash(event) != event["hash"]:
+                found.add(seq, ProblemKind.ALTERED, "its content does not match its hash")
+            if event["seq"] != seq:
+                found.add(
+                    seq,
+                    ProblemKind.REORDERED,
+                    f"{where} is seq {seq} by position but holds seq {event['seq']}",
+                )
+            if str(event.get("time") or "")[:10] != stored.key.dt:
+                found.add(
+                    seq,
+                    ProblemKind.REORDERED,
+                    f"stored under dt={stored.key.dt} but its time is {event['time']}",
+                )
+            candidates[seq].append(event)
 
     chain = _pick_chain(candidates, found)
     hashes = {event["hash"]: seq for seq, event in chain.items()}
@@ -362,11 +419,8 @@ def check_session(objs: SessionObjects) -> tuple[SessionSummary, list[Problem]]:
             found.add(seq, ProblemKind.MISSING, f"no event with seq {seq}")
 
     if manifest is not None:
-        _check_manifest_contents(manifest, objs, chain, found)
-    elif closed_at is not None and objs.manifest is None:
-        detail = f"closed at seq {closed_at} but {manifest_key(sid)} is absent"
-        found.add(None, ProblemKind.MISSING_MANIFEST, detail)
-    if not objs.events and objs.manifest is None:
+        _check_manifest_contents(manifest, objs, chain, present_seqs, found)
+    if not objs.objects and objs.manifest is None:
         found.add(None, ProblemKind.MISSING, "no events and no manifest for this session")
 
     times = sorted(str(e["time"]) for e in chain.values() if e.get("time"))
@@ -375,7 +429,8 @@ def check_session(objs: SessionObjects) -> tuple[SessionSummary, list[Problem]]:
         session_id=sid,
         events=len(present_seqs),
         closed=closed_at is not None or objs.manifest is not None,
-        has_manifest=objs.manifest is not None and objs.manifest.state.current,
+        # The closing event is the manifest; older sessions have a separate one.
+        has_manifest=closed_at is not None or (objs.manifest is not None and objs.manifest.state.current),
         first_time=times[0] if times else None,
         last_time=times[-1] if times else None,
         ok=not problems,
@@ -416,9 +471,14 @@ def _check_manifest_object(stored: StoredManifest, sid: str, found: _Findings) -
 
 
 def _check_manifest_contents(
-    manifest: dict[str, Any], objs: SessionObjects, chain: dict[int, dict[str, Any]], found: _Findings
+    manifest: dict[str, Any],
+    objs: SessionObjects,
+    chain: dict[int, dict[str, Any]],
+    present_seqs: set[int],
+    found: _Findings,
 ) -> None:
-    current = {e.key.key: e for e in objs.events if e.state.current}
+    """A separate manifest (sessions written before the closing object carried it)."""
+    current = {o.key.key: o for o in objs.objects if o.state.current}
     listed = {str(k) for k in manifest["keys"]}
     for key in sorted(listed - set(current)):
         parsed = parse_event_key(key)
@@ -426,7 +486,7 @@ def _check_manifest_contents(
         found.add(seq, ProblemKind.MISSING, f"{key} is listed in the manifest but absent")
     for key in sorted(set(current) - listed):
         found.add(current[key].key.seq, ProblemKind.EXTRA, f"{key} is not listed in the manifest")
-    count = len({e.key.seq for e in current.values()})
+    count = len(present_seqs)
     if count < manifest["event_count"] and not found.has(ProblemKind.MISSING):
         found.add(
             None, ProblemKind.MISSING, f"the manifest counts {manifest['event_count']} events, found {count}"
