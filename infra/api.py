@@ -122,6 +122,15 @@ class ApiFunction(Construct):
             "dynamodb:ConditionCheckItem",
             "dynamodb:DescribeTable",
         )
+        # powertools' idempotency utility: conditional put (the lock), get, update (the answer, or
+        # an expiry that frees the key of a failed run: gatehouse.api). Deletion is TTL's.
+        tables.idempotency.grant(
+            role,
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DescribeTable",
+        )
         tables.connections.grant_read_data(role)
         tables.principals.grant_read_data(role)
         secrets.grant_read(role)

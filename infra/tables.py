@@ -1,4 +1,5 @@
-"""The DynamoDB tables: approval requests, the connection registry, the principal registry."""
+"""The DynamoDB tables: approval requests, the connection registry, the principal registry, and the
+idempotency records of agent requests."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ class Tables(Construct):
         )
         self.connections = self._table("Connections", names.CONNECTIONS_TABLE, "name")
         self.principals = self._table("Principals", names.PRINCIPALS_TABLE, "principal_key")
+        self.idempotency = self._table(
+            "Idempotency",
+            names.IDEMPOTENCY_TABLE,
+            names.IDEMPOTENCY_KEY_ATTRIBUTE,
+            # powertools writes the expiry (24 h after the answer); DynamoDB deletes the record.
+            time_to_live_attribute=names.IDEMPOTENCY_TTL_ATTRIBUTE,
+        )
 
     def _table(
         self,

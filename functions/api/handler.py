@@ -1,23 +1,49 @@
-"""API Gateway (HTTP API, IAM auth) -> the agent API. Thin: parse, delegate, shape the response."""
+"""API Gateway (HTTP API, IAM auth) -> the agent API. Thin: check, delegate, shape the response."""
 
 from __future__ import annotations
 
-import json
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+from aws_lambda_powertools.shared import constants
+from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from gatehouse.api import build_app, check_body_size
+from gatehouse import names
+from gatehouse.api import build_app, dynamodb_store_factory, error_answer, preflight
 from gatehouse.config import Settings
 from gatehouse.exceptions import GatehouseError
 from gatehouse.runtime import build_runtime
 
-logger = Logger(service="gatehouse-api")
-tracer = Tracer(service="gatehouse-api")
+logger = Logger(service=names.API_FUNCTION)
 
 _app: APIGatewayHttpResolver | None = None
+
+Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+
+def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
+    """powertools' own rule: no tracing when POWERTOOLS_TRACE_DISABLED is set or outside Lambda."""
+    if resolve_truthy_env_var_choice(env=env.get(constants.TRACER_DISABLED_ENV, "false")):
+        return False
+    in_lambda = bool(env.get(constants.LAMBDA_TASK_ROOT_ENV))
+    emulated = bool(env.get(constants.SAM_LOCAL_ENV) or env.get(constants.CHALICE_LOCAL_ENV))
+    return in_lambda and not emulated
+
+
+def traced(handler: Handler) -> Handler:
+    # Building a Tracer imports aws-xray-sdk, whose recorder creates two botocore clients
+    # (~200 ms of a cold start); a disabled Tracer would do nothing with them.
+    if not tracing_enabled():
+        return handler
+    from aws_lambda_powertools import Tracer
+
+    tracer = Tracer(service=names.API_FUNCTION)
+    # capture_response=False: responses carry query results.
+    return tracer.capture_lambda_handler(capture_response=False)(handler)
 
 
 def _get_app() -> APIGatewayHttpResolver:
@@ -25,20 +51,18 @@ def _get_app() -> APIGatewayHttpResolver:
     global _app
     if _app is None:
         runtime = build_runtime(Settings.from_env())
-        _app = build_app(runtime.service, runtime.registry)
+        # The table's name is fixed (gatehouse.names), in infra/tables.py as in the local stack.
+        store = dynamodb_store_factory(names.IDEMPOTENCY_TABLE)
+        _app = build_app(runtime.service, runtime.registry, idempotency_store=store)
     return _app
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler(capture_response=False)  # responses carry query results
+@traced
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
-        check_body_size(event)
+        # Malformed requests are refused before anything is built or parsed.
+        event = preflight(event)
     except GatehouseError as exc:
-        return {
-            "statusCode": exc.status,
-            "headers": {"Content-Type": "application/json"},
-            "body": json.dumps({"error": exc.code, "message": exc.message}),
-            "isBase64Encoded": False,
-        }
+        return error_answer(exc)
     return _get_app().resolve(event, context)

@@ -15,6 +15,9 @@ class GatehouseError(Exception):
     status = 500
     # Set once the request has an id, so the agent can look its failed request up.
     request_id: str | None = None
+    # True when the command (or part of it) had already been sent to the target when this was
+    # raised: the outcome is then uncertain, and nobody may say "nothing was run".
+    command_sent: bool = False
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -102,12 +105,21 @@ class StatementTimeoutError(GatehouseError):
     status = 408
 
 
+class ResultTooLargeError(GatehouseError):
+    """The target's answer is over the byte budget where it cannot be cut (a write, an error text)."""
+
+    code = "result_too_large"
+    status = 422
+
+
 class TargetError(GatehouseError):
     """The target refused or failed the command (e.g. a SQL error); carries its SQLSTATE."""
 
     code = "target_error"
     status = 422
 
-    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+    def __init__(self, message: str, *, sqlstate: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+        # The server's DETAIL line: it can quote row values, so it is redacted like the message.
+        self.detail = detail

@@ -14,6 +14,11 @@ PREFIX = "gatehouse"
 REQUESTS_TABLE = f"{PREFIX}-requests"  # pk: request_id (S)
 CONNECTIONS_TABLE = f"{PREFIX}-connections"  # pk: name (S)
 PRINCIPALS_TABLE = f"{PREFIX}-principals"  # pk: principal_key (S): "iam:<arn>" | "slack:<user id>"
+# powertools idempotency records for POST /v1/requests with an Idempotency-Key: pk id (S),
+# TTL on `expiration` (24 h after the first answer).
+IDEMPOTENCY_TABLE = f"{PREFIX}-idempotency"
+IDEMPOTENCY_KEY_ATTRIBUTE = "id"
+IDEMPOTENCY_TTL_ATTRIBUTE = "expiration"
 
 # Secrets Manager
 CONNECTION_SECRET_PREFIX = f"{PREFIX}/connections/"  # + connection name -> {"username","password"}
@@ -40,6 +45,7 @@ ENV_MASKING_KEY_SECRET = "GATEHOUSE_MASKING_KEY_SECRET"  # noqa: S105 (a variabl
 ENV_POLICY_DIR = "GATEHOUSE_POLICY_DIR"
 ENV_STATEMENT_TIMEOUT_MS = "GATEHOUSE_STATEMENT_TIMEOUT_MS"
 ENV_MAX_ROWS = "GATEHOUSE_MAX_ROWS"
+ENV_MAX_BYTES = "GATEHOUSE_MAX_BYTES"
 ENV_LOG_RETENTION_DAYS = "GATEHOUSE_LOG_RETENTION_DAYS"
 
 DEFAULT_LOG_RETENTION_DAYS = 365
