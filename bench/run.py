@@ -15,12 +15,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import bench_api, bench_decision, bench_masking  # noqa: E402
+from bench import bench_api, bench_decision, bench_lineage, bench_masking  # noqa: E402
 
 
 def main() -> int:
     results: dict[str, object] = {}
-    for name, module in (("decision", bench_decision), ("masking", bench_masking), ("api", bench_api)):
+    for name, module in (
+        ("decision", bench_decision),
+        ("lineage", bench_lineage),
+        ("masking", bench_masking),
+        ("api", bench_api),
+    ):
         started = time.perf_counter()
         figures = module.run()
         print(

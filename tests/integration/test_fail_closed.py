@@ -9,6 +9,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from gatehouse.audit.events import parse_events
 from gatehouse.config import Settings
 from gatehouse.exceptions import AuditWriteError
 from gatehouse.models import Principal
@@ -24,15 +25,15 @@ WRITE = "UPDATE orders SET status = 'tampered' WHERE id <= 5"
 
 
 class S3RefusingKinds:
-    """An S3 client whose PutObject fails (500 InternalError) for events of the given kinds."""
+    """An S3 client whose PutObject fails (500 InternalError) for objects holding those kinds."""
 
     def __init__(self, real: Any, kinds: set[str]) -> None:
         self._real, self._kinds, self.refused = real, kinds, 0
 
     def put_object(self, **kwargs: Any) -> Any:
         body = kwargs.get("Body", b"")
-        kind = json.loads(body).get("kind") if kwargs["Key"].startswith("events/") else None
-        if kind in self._kinds:
+        kinds = {e["kind"] for e in parse_events(body)} if kwargs["Key"].startswith("events/") else set()
+        if kinds & self._kinds:
             self.refused += 1
             raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "PutObject")
         return self._real.put_object(**kwargs)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from gatehouse.client import ApiAnswer, ClientConfigError, GatehouseClient
+from gatehouse.terminal import safe_json, safe_text
 
 EXIT_OK, EXIT_ERROR, EXIT_DENIED, EXIT_PENDING = 0, 1, 2, 3
 
@@ -21,10 +21,12 @@ def _client(args: argparse.Namespace) -> GatehouseClient:
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 40) -> str:
+    # Values and column names come from the database: their control characters are shown, not run.
     def cell(v: Any) -> str:
-        text = "NULL" if v is None else str(v)
+        text = "NULL" if v is None else safe_text(v)
         return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
+    columns = [safe_text(c) for c in columns]
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     line = " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
@@ -34,10 +36,14 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_widt
 
 
 def describe(answer: ApiAnswer) -> str:
-    """A human-readable rendering of an API answer."""
+    """A human-readable rendering of an API answer, every line of it safe for a terminal."""
+    return "\n".join(safe_text(line) for line in _describe_lines(answer))
+
+
+def _describe_lines(answer: ApiAnswer) -> list[str]:
     b = answer.body
     if "error" in b:
-        return f"error {answer.status_code} {b['error']}: {b.get('message', '')}"
+        return [f"error {answer.status_code} {b['error']}: {b.get('message', '')}"]
     decision = b.get("decision") or {}
     policies = ", ".join(decision.get("policy_ids") or []) or "none"
     head = (
@@ -51,14 +57,15 @@ def describe(answer: ApiAnswer) -> str:
         appr = decision["approval"]
         lines.append(f"  waiting for {appr.get('quorum', 1)} approval(s) from group {appr.get('group')}")
     if b.get("columns"):
-        lines.append(format_table(b["columns"], b.get("rows") or []))
+        lines.extend(format_table(b["columns"], b.get("rows") or []).split("\n"))
     if "row_count" in b and b.get("status") == "executed":
-        more = " (truncated at the row limit)" if b.get("truncated") else ""
+        limit = {"byte_limit": "the byte budget"}.get(str(b.get("truncated_reason")), "the row limit")
+        more = f" (truncated at {limit})" if b.get("truncated") else ""
         lines.append(f"({b['row_count']} rows, {b.get('duration_ms')} ms){more}")
     if b.get("masked"):
         masked = ", ".join(f"{m['column']} by {m['rule']} ({m['strategy']})" for m in b["masked"])
         lines.append(f"masked: {masked}")
-    return "\n".join(lines)
+    return lines
 
 
 def _exit_code(answer: ApiAnswer) -> int:
@@ -80,24 +87,25 @@ def cmd_exec(args: argparse.Namespace) -> int:
             answer = polled
             break
         time.sleep(1)
-    print(json.dumps(answer.body, indent=2) if args.json else describe(answer))
+    print(safe_json(answer.body, indent=2) if args.json else describe(answer))
     return _exit_code(answer)
 
 
 def cmd_requests_get(args: argparse.Namespace) -> int:
     answer = _client(args).get_request(args.request_id)
-    print(json.dumps(answer.body, indent=2) if args.json else describe(answer))
+    print(safe_json(answer.body, indent=2) if args.json else describe(answer))
     return EXIT_OK if answer.ok else EXIT_ERROR
 
 
 def cmd_connections(args: argparse.Namespace) -> int:
     answer = _client(args).list_connections()
     if args.json or not answer.ok:
-        print(json.dumps(answer.body, indent=2))
+        print(safe_json(answer.body, indent=2))
         return EXIT_OK if answer.ok else EXIT_ERROR
     for conn in answer.body.get("connections", []):
         actions = ", ".join(f"{k}={v}" for k, v in (conn.get("actions") or {}).items())
-        print(f"{conn['name']} ({conn['kind']}) {json.dumps(conn.get('attributes', {}))} {actions}")
+        line = f"{conn['name']} ({conn['kind']}) {safe_json(conn.get('attributes', {}))} {actions}"
+        print(safe_text(line))
     return EXIT_OK
 
 
@@ -113,6 +121,7 @@ def _agent_option(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from gatehouse.audit.cli import register as register_audit
     from gatehouse.local.cli import register as register_local
+    from gatehouse.targets.privileges_cli import register as register_connections_check
 
     parser = argparse.ArgumentParser(
         prog="gatehouse", description="Gatehouse: an access gateway for AI agents"
@@ -142,10 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     _agent_option(g)
     g.set_defaults(func=cmd_requests_get)
 
-    p = sub.add_parser("connections", help="connections you may use")
+    p = sub.add_parser("connections", help="connections you may use (`check NAME`: least privilege)")
     p.add_argument("--json", action="store_true")
     _agent_option(p)
     p.set_defaults(func=cmd_connections)
+    register_connections_check(p)
 
     register_local(sub)
     register_audit(sub)
@@ -157,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ClientConfigError as exc:
-        print(f"gatehouse: {exc}", file=sys.stderr)
+        print(f"gatehouse: {safe_text(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -28,6 +28,8 @@ class Settings:
     policy_dir: Path = field(default_factory=default_policy_dir)
     statement_timeout_ms: int = 5_000
     max_rows: int = 1_000
+    # The whole answer's budget, as JSON: well under Lambda's 6 MB synchronous response limit.
+    max_bytes: int = 4 * 1024 * 1024
     log_retention_days: int = names.DEFAULT_LOG_RETENTION_DAYS
     max_body_bytes: int = 256 * 1024
 
@@ -48,6 +50,7 @@ class Settings:
             else default_policy_dir(),
             statement_timeout_ms=_positive_int(env, names.ENV_STATEMENT_TIMEOUT_MS, 5_000),
             max_rows=_positive_int(env, names.ENV_MAX_ROWS, 1_000),
+            max_bytes=_positive_int(env, names.ENV_MAX_BYTES, 4 * 1024 * 1024),
             log_retention_days=_positive_int(
                 env, names.ENV_LOG_RETENTION_DAYS, names.DEFAULT_LOG_RETENTION_DAYS
             ),
@@ -63,6 +66,7 @@ class Settings:
             names.ENV_MASKING_KEY_SECRET: self.masking_key_secret,
             names.ENV_STATEMENT_TIMEOUT_MS: str(self.statement_timeout_ms),
             names.ENV_MAX_ROWS: str(self.max_rows),
+            names.ENV_MAX_BYTES: str(self.max_bytes),
             names.ENV_LOG_RETENTION_DAYS: str(self.log_retention_days),
         }
 

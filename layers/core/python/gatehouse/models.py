@@ -49,6 +49,12 @@ class Statement:
     functions: tuple[str, ...] = ()
     reason: str = ""  # why this class (e.g. "data-modifying CTE"), shown in decisions and logs
     command: str = ""  # the statement's own kind, lower case ("select", "copy", "explain", ...)
+    # From lineage (`gatehouse.lineage`), as the connection's masking profile names them
+    # ("customers.ssn"): protected columns whose values reach the result, and protected columns
+    # the statement filters, joins, groups, orders or windows on (oracles). "(undetermined)"
+    # stands for a value whose source could not be traced.
+    protected_read: tuple[str, ...] = ()
+    protected_filtered: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,8 +148,12 @@ class Decision:
 @dataclass(frozen=True)
 class MaskedColumn:
     column: str
-    rule: str  # e.g. "column:email", "detector:card_number"
+    rule: str  # e.g. "lineage:customers.ssn", "fallback:name", "detector:card_number"
     strategy: str  # redact | partial | hash | null
+    # For lineage rules: the protected source columns the value derives from, and why
+    # ("customers.ssn via reverse()"), so a reader can tell what was masked and for what reason.
+    sources: tuple[str, ...] = ()
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,13 @@ class QueryResult:
     columns: tuple[str, ...]
     rows: tuple[tuple[Any, ...], ...]
     row_count: int
-    truncated: bool = False  # more rows existed than the row limit
+    truncated: bool = False  # more rows existed than a limit allowed
     duration_ms: float = 0.0
     masked: tuple[MaskedColumn, ...] = ()
+    # Why the answer was cut short: "row_limit" or "byte_limit" (None when it was not).
+    truncated_reason: str | None = None
+    # From the server's RowDescription, one per column: the type OID, and the (table OID,
+    # attribute number) a plain column reference came from (None when the server names none).
+    # Lineage cross-checks its own answer against these.
+    column_types: tuple[int, ...] = ()
+    column_origins: tuple[tuple[int, int] | None, ...] = ()

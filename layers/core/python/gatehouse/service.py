@@ -1,30 +1,52 @@
-"""The one decision path: classify -> authorize -> (record) -> execute -> mask -> record.
+"""The one decision path: classify -> lineage -> authorize -> (record) -> execute -> mask -> record.
 
 The HTTP API calls it today; the Postgres proxy calls the same steps per statement. No protocol
 gets its own copy of a rule.
+
+Lineage runs between classification and policy: it resolves the statement against the target's
+catalog, so it can (1) escalate a statement whose attribute-notation field (`t.f`, `(x).f`) is
+really a function call, (2) tell Cedar which protected columns the statement reads and which it
+only uses as an oracle, and (3) tell the masker, per output column, which protected sources the
+value derives from. A catalog that cannot be read means the command does not run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from gatehouse.approvals import RequestRecord, RequestStore, sql_sha256
 from gatehouse.audit.log import SessionLog
 from gatehouse.classify import classify
+from gatehouse.classify.functions import classify_field_call
 from gatehouse.config import Settings
 from gatehouse.exceptions import (
     AuditWriteError,
     ClassificationError,
     GatehouseError,
     NotFoundError,
+    TargetError,
+)
+from gatehouse.lineage import (
+    Catalog,
+    CatalogCache,
+    Flow,
+    LineageEngine,
+    PostgresCatalogLoader,
+    StatementLineage,
+    merge,
 )
 from gatehouse.masking import Masker, load_profile
+from gatehouse.masking.errors import redact_error_text
+from gatehouse.masking.plan import UNDETERMINED, plan_columns, protected_names
 from gatehouse.models import (
+    CLASS_RISK,
     Classification,
     Connection,
     Decision,
@@ -46,6 +68,19 @@ PROBED_CLASSES = (StatementClass.READ, StatementClass.WRITE, StatementClass.DDL)
 # Statuses a long-poll waits on; one DynamoDB read a second keeps it cheap.
 UNDECIDED = frozenset({"pending_approval", "executing"})
 POLL_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Traced:
+    """A classification after lineage, with what the masker needs once the result is back."""
+
+    classification: Classification
+    lineage: tuple[StatementLineage, ...] = ()
+    catalog: Catalog | None = None
+
+    @property
+    def touches_protected(self) -> bool:
+        return any(s.protected_read or s.protected_filtered for s in self.classification.statements)
 
 
 @dataclass(frozen=True)
@@ -71,6 +106,7 @@ class Gatehouse:
         requests: RequestStore,
         s3_client: Any,
         executor: PostgresExecutor | None = None,
+        catalogs: CatalogCache | None = None,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         sleep: Callable[[float], None] = time.sleep,
@@ -82,6 +118,10 @@ class Gatehouse:
         self._requests = requests
         self._s3 = s3_client
         self._executor = executor or PostgresExecutor(secrets)
+        self._catalogs = catalogs or CatalogCache(PostgresCatalogLoader(secrets))
+        # Overlaps the request record's write with the session log's; threads start on first use.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gatehouse-io")
+        self._lineage = LineageEngine()
         self._clock = clock
         self._new_id = new_id
         self._sleep = sleep
@@ -145,28 +185,24 @@ class Gatehouse:
             raise
         masked_sql = masker.mask_text(sql)
         masked_reason = masker.mask_text(reason) if reason else None
-        session.append(
-            "received", statement=masked_sql, reason=masked_reason, connection_env=_env(connection)
-        )
-
-        classification = classify(connection.kind, sql)
-        described = {
-            "statement": masked_sql,
-            "statement_class": classification.cls.value,
-            "relations": list(classification.relations),
-            "connection_env": _env(connection),
-        }
-        if classification.parse_error is not None:
-            unparseable = ClassificationError(
-                f"the SQL does not parse: {masker.mask_text(classification.parse_error)}",
-                code="sql_parse_error",
+        # Staged, not yet written: `received` and `decision` go to S3 as one object before
+        # anything runs (or with the refusal, as one object, when nothing will run).
+        session.stage("received", statement=masked_sql, reason=masked_reason, connection_env=_env(connection))
+        described: dict[str, Any] = {"statement": masked_sql, "connection_env": _env(connection)}
+        try:
+            classification, traced, decision = self._decide(
+                principal, connection, sql, reason, masker, described
             )
-            self._refuse(session, unparseable, reason=masked_reason, **described)
-            raise unparseable
-
-        decision = self._policy.authorize(principal, connection, classification, reason=reason)
-        # The decision is on record before anything runs; if this append fails, nothing runs.
-        session.append(
+        except GatehouseError as exc:
+            self._refuse(session, exc, reason=masked_reason, **described)
+            raise
+        except Exception as exc:
+            # A bug before anything ran: refuse on record, never lose the staged `received`.
+            log.exception("request %s failed while being decided", request_id)
+            failure = GatehouseError("Gatehouse failed while deciding; nothing was run")
+            self._refuse(session, failure, reason=masked_reason, **described)
+            raise failure from exc
+        session.stage(
             "decision",
             decision=decision.effect.value,
             policy_ids=list(decision.policy_ids),
@@ -187,10 +223,8 @@ class Gatehouse:
         )
         if decision.effect is Effect.DENY:
             record.status = "denied"
-            session.append(
-                "refused", outcome="denied", error="; ".join(decision.reasons) or None, **described
-            )
-            self._close(session)
+            session.stage("refused", outcome="denied", error="; ".join(decision.reasons) or None, **described)
+            session.close()  # one object: received, decision, refused, session_closed
             self._requests.put_new(record)
             return Outcome(request_id, "denied", classification, decision, record)
         if decision.effect is Effect.APPROVAL:
@@ -199,19 +233,76 @@ class Gatehouse:
             record.approval_group = decision.approval.group
             record.approval_quorum = decision.approval.quorum
             self._requests.put_new(record)
-            session.append("approval_requested", outcome="pending", **described)
+            session.stage("approval_requested", outcome="pending", **described)
+            session.flush()
             return Outcome(request_id, "pending_approval", classification, decision, record)
 
-        # The record exists before the command runs, so GET /v1/requests/{id} never loses one.
+        # The record exists before the command runs, so GET /v1/requests/{id} never loses one;
+        # it is written while the decision is flushed, and both must land before anything runs.
         record.status = "executing"
-        self._requests.put_new(record)
+        self._durable_before_run(session, record)
         try:
-            result = self._execute(session, connection, classification, masker, described)
+            result = self._execute(session, connection, traced, masker, described)
         except GatehouseError as exc:
             self._finish(record, status="failed", error=f"{exc.code}: {exc.message}")
             raise
+        except Exception as exc:
+            # A bug after the command may have been sent: say so, finish the record and the
+            # session honestly, and never claim that nothing ran.
+            log.exception("request %s failed while running", request_id)
+            failure = GatehouseError(
+                "Gatehouse failed while running the command; it may have run. "
+                f"Look the request up by its id ({request_id}).",
+                code="outcome_unknown",
+            )
+            failure.command_sent = True
+            self._finish(record, status="failed", error=f"{failure.code}: {type(exc).__name__}")
+            self._record_failure(session, failure, described)
+            raise failure from exc
         self._finish(record, status="executed", row_count=result.row_count, duration_ms=result.duration_ms)
         return Outcome(request_id, "executed", classification, decision, record, result)
+
+    def _decide(
+        self,
+        principal: Principal,
+        connection: Connection,
+        sql: str,
+        reason: str,
+        masker: Masker,
+        described: dict[str, Any],
+    ) -> tuple[Classification, Traced, Decision]:
+        """classify -> lineage -> authorize; fills `described` for the log as it learns."""
+        classification = classify(connection.kind, sql)
+        described["statement_class"] = classification.cls.value
+        described["relations"] = list(classification.relations)
+        if classification.parse_error is not None:
+            raise ClassificationError(
+                f"the SQL does not parse: {masker.mask_text(classification.parse_error)}",
+                code="sql_parse_error",
+            )
+        traced = self._trace(connection, classification, sql, masker)
+        classification = traced.classification
+        described["statement_class"] = classification.cls.value
+        described["relations"] = list(classification.relations)
+        decision = self._policy.authorize(principal, connection, classification, reason=reason)
+        return classification, traced, decision
+
+    def _durable_before_run(self, session: SessionLog, record: RequestRecord) -> None:
+        """Flush received+decision and put the request record, overlapped; both or nothing runs."""
+        pending = self._pool.submit(self._requests.put_new, record)
+        try:
+            session.flush()
+        except GatehouseError as exc:
+            stored = _settled(pending)
+            if stored:
+                self._finish(record, status="failed", error=f"{exc.code}: {exc.message}")
+            raise
+        try:
+            pending.result()
+        except GatehouseError as exc:
+            # The decision is on record; the refusal closes the session (nothing ran).
+            self._refuse(session, exc)
+            raise
 
     def _finish(self, record: RequestRecord, **fields: Any) -> None:
         """Best effort: the command already ran and the session log holds its outcome."""
@@ -226,28 +317,30 @@ class Gatehouse:
         self,
         session: SessionLog,
         connection: Connection,
-        classification: Classification,
+        traced: Traced,
         masker: Masker,
         described: dict[str, Any],
     ) -> QueryResult:
         masked: list[QueryResult] = []
+        classification = traced.classification
+        read_only = all(st.cls is StatementClass.READ for st in classification.statements)
 
         def mask_and_record(raw: QueryResult) -> None:
             # Runs before COMMIT: if the outcome cannot be recorded, the transaction rolls back.
-            out = masker.mask_rows(raw.columns, raw.rows)
-            masked.append(
-                QueryResult(
-                    columns=raw.columns,
-                    rows=tuple(out.rows),
-                    row_count=raw.row_count,
-                    truncated=raw.truncated,
-                    duration_ms=raw.duration_ms,
-                    masked=out.masked,
-                )
-            )
-            session.append(
+            plan = self._plan(traced, masker, raw) if traced.lineage else None
+            out = masker.mask_rows(raw.columns, raw.rows, plan)
+            masked.append(dataclasses.replace(raw, rows=tuple(out.rows), masked=out.masked))
+            session.stage(
                 "executed", outcome="ok", row_count=raw.row_count, duration_ms=raw.duration_ms, **described
             )
+            if read_only:
+                # Nothing to commit that could fail: the outcome, the close and the manifest
+                # are one object, written before the (read-only) transaction ends.
+                session.close()
+            else:
+                # A write's COMMIT can still fail (a deferred constraint): the session stays
+                # open so that a failure after this point can still be recorded.
+                session.flush()
 
         started = time.perf_counter()
         try:
@@ -256,27 +349,104 @@ class Gatehouse:
                 classification.statements,
                 timeout_ms=self._settings.statement_timeout_ms,
                 max_rows=self._settings.max_rows,
+                max_bytes=self._settings.max_bytes,
                 before_commit=mask_and_record,
             )
         except AuditWriteError:
             raise
         except GatehouseError as exc:
             duration = round((time.perf_counter() - started) * 1000, 3)
-            exc.message = masker.mask_text(exc.message)
+            exc.message = self._safe_error(exc, traced, masker)
             exc.args = (exc.message,)
-            session.append(
-                "failed",
-                outcome="error",
-                error=f"{exc.code}: {exc.message}",
-                duration_ms=duration,
-                **described,
-            )
-            session.close()
+            self._record_failure(session, exc, described, duration_ms=duration)
             raise
         # The command has committed and its `executed` event is stored: a failure to write the
         # closing event must not turn a command that ran into an error the agent would retry.
-        self._close(session)
+        if not session.closed:
+            self._close(session)
         return masked[0]
+
+    def _record_failure(
+        self, session: SessionLog, exc: GatehouseError, described: dict[str, Any], **fields: Any
+    ) -> None:
+        if session.closed:
+            # A read's outcome and close were written before its transaction ended; what failed
+            # after that cannot be added to a closed session. The service log keeps it.
+            log.error("session %s closed before %s could be recorded", session.session_id, exc.code)
+            return
+        session.stage(
+            "failed",
+            outcome="error",
+            # The schema's outcomes are fixed; whether the command may have run is in the text.
+            error=f"{exc.code}: {exc.message}" + (" (sent to the target)" if exc.command_sent else ""),
+            **fields,
+            **described,
+        )
+        session.close()
+
+    # -- lineage -----------------------------------------------------------------------------
+
+    def _trace(
+        self, connection: Connection, classification: Classification, sql: str, masker: Masker
+    ) -> Traced:
+        """Lineage for every statement; escalates hidden calls, fills the protected columns."""
+        if connection.kind != "postgres":
+            return Traced(classification)
+        catalog = self._catalogs.get(connection)
+        lineage = self._lineage.trace(sql, catalog)
+        if any(s.missing for s in lineage):
+            # A relation created since the snapshot: read the catalog again (rate-limited).
+            fresher = self._catalogs.refresh_after_miss(connection, catalog)
+            if fresher is not None:
+                catalog = fresher
+                lineage = self._lineage.trace(sql, catalog)
+        statements = classification.statements
+        if len(lineage) != len(statements):
+            # Never expected (both read the same parse); fail closed rather than guess.
+            lineage = [StatementLineage(opaque="lineage and classification disagree")] * len(statements)
+        profile = masker.profile
+        out = []
+        for stmt, traced in zip(statements, lineage, strict=True):
+            stmt = _escalate_field_calls(stmt, traced.field_calls)
+            read = protected_names(profile, (o.flow for o in traced.outputs))
+            if traced.opaque and traced.returns_rows:
+                read = sorted({*read, UNDETERMINED})
+            filtered = protected_names(profile, [Flow(traced.filtered)])
+            if traced.filtered_opaque:
+                filtered = sorted({*filtered, UNDETERMINED})
+            out.append(
+                dataclasses.replace(stmt, protected_read=tuple(read), protected_filtered=tuple(filtered))
+            )
+        return Traced(dataclasses.replace(classification, statements=tuple(out)), tuple(lineage), catalog)
+
+    @staticmethod
+    def _plan(traced: Traced, masker: Masker, raw: QueryResult) -> Sequence[Any]:
+        """The masking plan for the result (the text's last statement produced it)."""
+        flows = traced.lineage[-1].columns(len(raw.columns))
+        catalog = traced.catalog
+        if catalog is not None and raw.column_origins:
+            # The server names the table and column of each plain column reference: whatever
+            # lineage made of it, that source is in the value's flow too (defence in depth).
+            for index, origin in enumerate(raw.column_origins[: len(flows)]):
+                source = catalog.origin(*origin) if origin else None
+                if source is not None and source not in flows[index].sources:
+                    flows[index] = merge([flows[index], Flow(frozenset({source}))])
+        return plan_columns(masker.profile, raw.columns, flows)
+
+    @staticmethod
+    def _safe_error(exc: GatehouseError, traced: Traced, masker: Masker) -> str:
+        """The error text an agent and the log may see: row values out, detectors on."""
+        message = exc.message
+        detail = getattr(exc, "detail", None) if isinstance(exc, TargetError) else None
+        risky = traced.touches_protected or any(s.opaque for s in traced.lineage)
+        if risky and isinstance(exc, TargetError):
+            identifiers = traced.catalog.identifiers if traced.catalog is not None else frozenset()
+            message = redact_error_text(message, identifiers)
+            if detail:
+                detail = redact_error_text(detail, identifiers, detail=True)
+        if detail:
+            message = f"{message} (DETAIL: {detail})"
+        return masker.mask_text(message)
 
     @staticmethod
     def _close(session: SessionLog) -> None:
@@ -288,7 +458,7 @@ class Gatehouse:
     def _refuse(self, session: SessionLog, exc: GatehouseError, **fields: Any) -> None:
         """Record a refusal; the refusal stands even if the log is down (nothing runs)."""
         try:
-            session.append(
+            session.stage(
                 "refused",
                 outcome="refused",
                 error=f"{exc.code}: {exc.message}",
@@ -310,3 +480,30 @@ class Gatehouse:
 def _env(connection: Connection) -> str | None:
     env = connection.attributes.get("env")
     return str(env) if env is not None else None
+
+
+def _escalate_field_calls(stmt: Statement, calls: Sequence[str]) -> Statement:
+    """Attribute notation calls a function: `(pid).pg_terminate_backend`, `c.row_to_json`.
+
+    Lineage lists every field name that is not a column of what it qualifies; each counts as a
+    call of that function, so the statement takes the strictest class among them.
+    """
+    cls, reason = stmt.cls, stmt.reason
+    functions = dict.fromkeys(stmt.functions)
+    for name in calls:
+        found, why = classify_field_call(name)
+        functions.setdefault(name, None)
+        if CLASS_RISK[found] > CLASS_RISK[cls]:
+            cls, reason = found, why
+    if cls is stmt.cls and len(functions) == len(stmt.functions):
+        return stmt
+    return dataclasses.replace(stmt, cls=cls, reason=reason, functions=tuple(functions))
+
+
+def _settled(future: Future[Any]) -> bool:
+    """Wait for `future`; True when it succeeded (its failure is the caller's second problem)."""
+    try:
+        future.result()
+    except GatehouseError:
+        return False
+    return True

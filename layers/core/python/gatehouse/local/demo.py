@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 from requests_aws4auth import AWS4Auth
 
 from gatehouse import cli
+from gatehouse.audit.events import parse_events, serialize_many
 from gatehouse.audit.verify import verify_log
 from gatehouse.local.stack import LocalStack
 
@@ -152,7 +153,14 @@ def play(state: dict[str, Any]) -> None:
         raise DemoError("a locked event version could be deleted")
     except ClientError as exc:
         say(f"  deleting {mine[0]} (version {head['VersionId'][:8]}...): {exc.response['Error']['Code']}")
-    check(len(mine) == 4, "received, decision, executed, session_closed")
+    kinds = [
+        e["kind"] for key in mine for e in parse_events(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    ]
+    say(f"  {len(mine)} objects (received+decision before the read ran; executed+close before it ended)")
+    check(
+        len(mine) == 2 and kinds == ["received", "decision", "executed", "session_closed"],
+        "received, decision, executed, session_closed",
+    )
 
     step(8, "The auditor's questions, in SQL (DuckDB here, Athena on AWS: the same SQL)")
     run_cli(["audit", "query", "--named", "denied_attempts"])
@@ -163,14 +171,14 @@ def play(state: dict[str, Any]) -> None:
     run_cli(["audit", "verify"])
     tampered = f"{bucket}-tampered-copy"
     s3.create_bucket(Bucket=tampered)
-    for key in keys_ + [
-        o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="manifests/").get("Contents", [])
-    ]:
+    for key in keys_:
         s3.copy_object(Bucket=tampered, Key=key, CopySource={"Bucket": bucket, "Key": key})
-    event = json.loads(s3.get_object(Bucket=tampered, Key=mine[2])["Body"].read())
-    event["row_count"] = 0  # hide how many rows the agent read
-    s3.put_object(Bucket=tampered, Key=mine[2], Body=json.dumps(event).encode())
-    s3.delete_object(Bucket=tampered, Key=mine[1])  # and drop the decision
+    # In the copy: the read's outcome says it read no rows, and the decision line is gone.
+    after = parse_events(s3.get_object(Bucket=tampered, Key=mine[1])["Body"].read())
+    after[0]["row_count"] = 0
+    s3.put_object(Bucket=tampered, Key=mine[1], Body=serialize_many(after))
+    before = parse_events(s3.get_object(Bucket=tampered, Key=mine[0])["Body"].read())
+    s3.put_object(Bucket=tampered, Key=mine[0], Body=serialize_many(before[:1]))
     say(f"  copied the log to s3://{tampered}, changed one event's row_count and deleted another")
     report = verify_log(s3, tampered)
     say(textwrap.indent(report.format(), "  "))

@@ -18,8 +18,15 @@ from uuid import UUID
 
 from gatehouse.masking.detectors import NUL, NULL_MARK, ContentScanner, Replace
 from gatehouse.masking.exceptions import MaskingConfigError
+from gatehouse.masking.plan import ColumnPlan
 from gatehouse.masking.profiles import DETECTOR_NAMES, ColumnRule, MaskingProfile, Strategy
-from gatehouse.masking.strategies import KeyedHasher, detector_label, partial, value_masker
+from gatehouse.masking.strategies import (
+    COLUMN_LABEL,
+    KeyedHasher,
+    detector_label,
+    partial,
+    value_masker,
+)
 from gatehouse.models import MaskedColumn
 
 # Types that carry no free text: never scanned. Checked by exact type first (fast), then by
@@ -78,9 +85,20 @@ class Masker:
     def profile(self) -> MaskingProfile:
         return self._profile
 
-    def mask_rows(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> MaskedRows:
-        """Mask a result set. Every row must have one value per column."""
+    def mask_rows(
+        self,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        plan: Sequence[ColumnPlan | None] | None = None,
+    ) -> MaskedRows:
+        """Mask a result set. Every row must have one value per column.
+
+        `plan` (from `gatehouse.masking.plan.plan_columns`, one entry per column) says which
+        columns lineage protects. Without a plan, the profile's name patterns stand in for it.
+        """
         columns = tuple(columns)
+        if plan is not None and len(plan) != len(columns):
+            raise ValueError(f"the masking plan has {len(plan)} entries for {len(columns)} columns")
         rows = rows if isinstance(rows, list) else list(rows)
         if not rows:
             return MaskedRows(rows=[], masked=())
@@ -93,7 +111,19 @@ class Masker:
         values: list[Sequence[Any]] = [list(map(itemgetter(i), rows)) for i in range(len(columns))]
         report: dict[tuple[str, str], MaskedColumn] = {}
         for index, column in enumerate(columns):
-            rule = self._profile.rule_for(column)
+            if plan is not None:
+                planned = plan[index]
+                if planned is not None:
+                    values[index] = self._apply_plan(planned, values[index])
+                    if any(v is not None for v in values[index]) or planned.computed:
+                        report.setdefault(
+                            (column, planned.rule),
+                            MaskedColumn(
+                                column, planned.rule, planned.strategy.value, planned.sources, planned.reason
+                            ),
+                        )
+                    continue
+            rule = self._profile.rule_for(column) if plan is None else None
             if rule is not None:
                 masked_values, hit = self._apply_rule(rule, values[index])
                 if hit:
@@ -119,6 +149,16 @@ class Masker:
         return out[1:-1] if hits else text
 
     # --- columns --------------------------------------------------------------------------
+
+    def _apply_plan(self, plan: ColumnPlan, values: Sequence[Any]) -> list[Any]:
+        if plan.computed:
+            # A value computed from a protected column: text is redacted, any other type (a
+            # number, a date, JSON, bytes) becomes null: no part of it is shown.
+            if plan.strategy is Strategy.NULL:
+                return [None] * len(values)
+            return [COLUMN_LABEL if type(v) is str else None for v in values]
+        mask = value_masker(plan.strategy, self._hash)
+        return [None if v is None else mask(v) for v in values]
 
     def _apply_rule(self, rule: ColumnRule, values: Sequence[Any]) -> tuple[list[Any], bool]:
         """The rule on every value; None stays None (there is nothing to hide)."""

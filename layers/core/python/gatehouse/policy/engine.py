@@ -400,7 +400,13 @@ def _requests(
             "principal": principal_uid,
             "action": {"type": ACTION_TYPE, "id": f"sql:{s.cls.value}"},
             "resource": resource_uid,
-            "context": {"relations": list(s.relations), "functions": list(s.functions), **shared},
+            "context": {
+                "relations": list(s.relations),
+                "functions": list(s.functions),
+                "protected_columns_read": list(s.protected_read),
+                "protected_columns_filtered": list(s.protected_filtered),
+                **shared,
+            },
         }
         for s in statements
     ]

@@ -1,0 +1,38 @@
+"""Keep row values out of database error texts.
+
+PostgreSQL quotes the offending value in many messages (`invalid input syntax for type integer:
+"Ann Smith"`, `value "4111..." is out of range`) and shows rows and keys in DETAIL lines
+(`Key (ssn)=(123-45-6789) already exists.`, `Failing row contains (1, Ann, ...)`). When a
+statement touches a protected column, every quoted span that is not a name from the target's
+catalog (a relation or column name, which the agent may see) is replaced, and so is every value
+list of a DETAIL line. The SQLSTATE and the shape of the message stay, so the agent can still
+tell what went wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Set
+
+REDACTED = "[REDACTED]"
+_QUOTED = re.compile(r'"((?:[^"]|"")*)"')
+# `=(...)` after a key column list, `contains (...)` for a failing row; the value list runs to
+# the closing parenthesis that ends the line's clause (values may hold parentheses themselves).
+_DETAIL_VALUES = re.compile(r"(=\(|contains \()(.*)(\))", re.DOTALL)
+
+
+def redact_error_text(text: str, identifiers: Set[str], *, detail: bool = False) -> str:
+    """`text` with quoted values (and, for a DETAIL line, value lists) replaced.
+
+    A quoted value may itself hold quotes (a row or JSON value cast to another type), so quoted
+    spans are judged together: when every one is a catalog name the text stays; otherwise all from
+    the first quote to the last is one value, and it is replaced whole.
+    """
+    spans = [m.group(1).replace('""', '"') for m in _QUOTED.finditer(text)]
+    out = text
+    if spans and not all(span in identifiers for span in spans):
+        first, last = text.index('"'), text.rindex('"')
+        out = f'{text[:first]}"{REDACTED}"{text[last + 1 :]}'
+    if detail:
+        out = _DETAIL_VALUES.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(3)}", out)
+    return out
