@@ -29,14 +29,15 @@ VISIBLE = ("\\x1b[2J", "\\x1b]0;owned\\x07", "\\u202e")
 def hostile(local_stack):
     """Given a read whose SQL comment and reason carry the sequences, and a logged statement with a NUL.
 
-    The API refuses U+0000 in a request (400 invalid_text), so the NUL comes from another writer of
-    the log (another target kind, a future bug): replay and query must not trust any writer.
+    The API refuses U+0000 in SQL before it is logged raw (400 sql_parse_error; the log holds the
+    refusal, not the NUL), so the NUL comes from another writer of the log (another target kind,
+    a future bug): replay and query must not trust any writer.
     """
     client = local_stack.client()
     sql = f"SELECT 1 AS one /* {CLEAR} {TITLE} {BIDI}gnp.exe */"
     read = client.submit("demo-dev", sql, reason=f"report {CLEAR}{TITLE}{BIDI} done").body
     assert read.get("status") == "executed", read
-    assert client.submit("demo-dev", f"SELECT 2 /* {NUL} */").body["error"] == "invalid_text"
+    assert client.submit("demo-dev", f"SELECT 2 /* {NUL} */").body["error"] == "sql_parse_error"
 
     log = SessionLog.start(
         local_stack.aws("s3"),

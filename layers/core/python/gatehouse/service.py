@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +119,6 @@ class Gatehouse:
         self._s3 = s3_client
         self._executor = executor or PostgresExecutor(secrets)
         self._catalogs = catalogs or CatalogCache(PostgresCatalogLoader(secrets))
-        # Overlaps the request record's write with the session log's; threads start on first use.
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gatehouse-io")
         self._lineage = LineageEngine()
         self._clock = clock
         self._new_id = new_id
@@ -289,20 +287,18 @@ class Gatehouse:
 
     def _durable_before_run(self, session: SessionLog, record: RequestRecord) -> None:
         """Flush received+decision and put the request record, overlapped; both or nothing runs."""
-        pending = self._pool.submit(self._requests.put_new, record)
+        pending = _Background(self._requests.put_new, record)
         try:
             session.flush()
         except GatehouseError as exc:
-            stored = _settled(pending)
-            if stored:
+            if pending.wait() is None:
                 self._finish(record, status="failed", error=f"{exc.code}: {exc.message}")
             raise
-        try:
-            pending.result()
-        except GatehouseError as exc:
+        failure = pending.wait()
+        if failure is not None:
             # The decision is on record; the refusal closes the session (nothing ran).
-            self._refuse(session, exc)
-            raise
+            self._refuse(session, failure)
+            raise failure
 
     def _finish(self, record: RequestRecord, **fields: Any) -> None:
         """Best effort: the command already ran and the session log holds its outcome."""
@@ -500,10 +496,27 @@ def _escalate_field_calls(stmt: Statement, calls: Sequence[str]) -> Statement:
     return dataclasses.replace(stmt, cls=cls, reason=reason, functions=tuple(functions))
 
 
-def _settled(future: Future[Any]) -> bool:
-    """Wait for `future`; True when it succeeded (its failure is the caller's second problem)."""
-    try:
-        future.result()
-    except GatehouseError:
-        return False
-    return True
+class _Background:
+    """One call on a daemon thread, joined by its owner: overlaps two writes of one request."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._error: GatehouseError | None = None
+        self._crash: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except GatehouseError as exc:
+                self._error = exc
+            except BaseException as exc:  # noqa: BLE001 - handed to the owner, re-raised there
+                self._crash = exc
+
+        self._thread = threading.Thread(target=run, name="gatehouse-record", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> GatehouseError | None:
+        """Join; the call's GatehouseError (None when it succeeded); anything else re-raised."""
+        self._thread.join()
+        if self._crash is not None:
+            raise self._crash
+        return self._error
