@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from gatehouse.lineage.catalog import (
@@ -29,6 +28,7 @@ from gatehouse.lineage.catalog import (
 )
 from gatehouse.lineage.postgres import EMPTY, Flow, LineageEngine, Output, StatementLineage, merge
 from gatehouse.secrets import SecretStore
+from gatehouse.targets.postgres import connect
 
 __all__ = [
     "EMPTY",
@@ -55,19 +55,10 @@ class PostgresCatalogLoader:
         self._timeout = timeout_s
 
     def __call__(self, connection: Any) -> Catalog:
-        cred = self._secrets.database_credential(connection.secret_id)
-        try:
-            con = pg8000.native.Connection(
-                cred.username,
-                host=connection.host,
-                port=connection.port,
-                database=connection.database,
-                password=cred.password,
-                timeout=self._timeout,
-                application_name="gatehouse-catalog",
-            )
-        except (DatabaseError, InterfaceError, OSError) as exc:
-            raise CatalogError(f"the catalog of {connection.name} could not be read") from exc
+        # A target that cannot be reached is a TargetUnavailableError (503): nothing runs.
+        con = connect(
+            connection, self._secrets, timeout_s=self._timeout, application_name="gatehouse-catalog"
+        )
         try:
             con.run("START TRANSACTION READ ONLY")
             rows = con.run(CATALOG_SQL)

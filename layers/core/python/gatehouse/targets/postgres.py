@@ -461,33 +461,39 @@ class PostgresExecutor:
         wire.run(f"CLOSE {name}")
 
     def _connect(self, connection: Connection, timeout_ms: int) -> pg8000.native.Connection:
-        cred = self._secrets.database_credential(connection.secret_id)
-        try:
-            con = pg8000.native.Connection(
-                cred.username,
-                host=connection.host,
-                port=connection.port,
-                database=connection.database,
-                password=cred.password,
-                # One socket timeout for connect and every read: the statement timeout plus a
-                # grace period, so a server that stops answering cannot hold the request forever.
-                timeout=timeout_ms / 1000 + SOCKET_GRACE_S,
-                application_name="gatehouse",
-                # Rows are decoded as UTF-8: ask the server to convert whatever the database uses.
-                startup_params={"client_encoding": "UTF8"},
-            )
-        except DatabaseError as exc:
-            # Authentication and "database does not exist" land here. The server's message can
-            # name the role: keep it out of what the agent sees.
-            raise TargetUnavailableError(
-                f"{connection.name} refused Gatehouse's connection ({_sqlstate(exc) or 'error'})",
-                code="target_unavailable",
-            ) from exc
-        except (InterfaceError, OSError) as exc:
-            raise TargetUnavailableError(
-                f"{connection.name} is not reachable", code="target_unavailable"
-            ) from exc
-        return con
+        # One socket timeout for connect and every read: the statement timeout plus a grace
+        # period, so a server that stops answering cannot hold the request forever.
+        return connect(connection, self._secrets, timeout_s=timeout_ms / 1000 + SOCKET_GRACE_S)
+
+
+def connect(
+    connection: Connection, secrets: SecretStore, *, timeout_s: float, application_name: str = "gatehouse"
+) -> pg8000.native.Connection:
+    """Log in to a Postgres target with the connection's own credential from Secrets Manager."""
+    cred = secrets.database_credential(connection.secret_id)
+    try:
+        return pg8000.native.Connection(
+            cred.username,
+            host=connection.host,
+            port=connection.port,
+            database=connection.database,
+            password=cred.password,
+            timeout=timeout_s,
+            application_name=application_name,
+            # Rows are decoded as UTF-8: ask the server to convert whatever the database uses.
+            startup_params={"client_encoding": "UTF8"},
+        )
+    except DatabaseError as exc:
+        # Authentication and "database does not exist" land here. The server's message can
+        # name the role: keep it out of what the agent sees.
+        raise TargetUnavailableError(
+            f"{connection.name} refused Gatehouse's connection ({_sqlstate(exc) or 'error'})",
+            code="target_unavailable",
+        ) from exc
+    except (InterfaceError, OSError) as exc:
+        raise TargetUnavailableError(
+            f"{connection.name} is not reachable", code="target_unavailable"
+        ) from exc
 
 
 def _refuse_unsupported(statements: Sequence[Statement]) -> None:

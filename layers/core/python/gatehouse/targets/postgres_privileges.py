@@ -27,6 +27,7 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 from gatehouse.exceptions import TargetError, TargetUnavailableError
 from gatehouse.models import Connection
 from gatehouse.secrets import SecretStore
+from gatehouse.targets.postgres import connect
 
 CHECK_TIMEOUT_MS = 10_000
 SOCKET_GRACE_S = 5.0
@@ -124,23 +125,12 @@ def check_connection(
     timeout_ms: int = CHECK_TIMEOUT_MS,
 ) -> PrivilegeReport:
     """Log in with the connection's own credential and report what its role can do."""
-    cred = secrets.database_credential(connection.secret_id)
-    try:
-        con = pg8000.native.Connection(
-            cred.username,
-            host=connection.host,
-            port=connection.port,
-            database=connection.database,
-            password=cred.password,
-            timeout=timeout_ms / 1000 + SOCKET_GRACE_S,
-            application_name="gatehouse-privilege-check",
-        )
-    except DatabaseError as exc:
-        raise TargetUnavailableError(
-            f"{connection.name} refused Gatehouse's connection ({_sqlstate(exc) or 'error'})"
-        ) from exc
-    except (InterfaceError, OSError) as exc:
-        raise TargetUnavailableError(f"{connection.name} is not reachable") from exc
+    con = connect(
+        connection,
+        secrets,
+        timeout_s=timeout_ms / 1000 + SOCKET_GRACE_S,
+        application_name="gatehouse-privilege-check",
+    )
     try:
         report = check_privileges(
             con,
