@@ -19,13 +19,21 @@ PRINCIPALS_TABLE = f"{PREFIX}-principals"  # pk: principal_key (S): "iam:<arn>" 
 IDEMPOTENCY_TABLE = f"{PREFIX}-idempotency"
 IDEMPOTENCY_KEY_ATTRIBUTE = "id"
 IDEMPOTENCY_TTL_ATTRIBUTE = "expiration"
+# Slack interactions already seen (replay protection): pk signature (S), TTL on `expires_at`.
+SLACK_REPLAY_TABLE = f"{PREFIX}-slack-replay"
 
 # Secrets Manager
 CONNECTION_SECRET_PREFIX = f"{PREFIX}/connections/"  # + connection name -> {"username","password"}
 MASKING_KEY_SECRET = f"{PREFIX}/masking-key"  # HMAC key for keyed-hash masking
+SLACK_SECRET = f"{PREFIX}/slack"  # noqa: S105 (a name) {"signing_secret", "bot_token", "channel"}
 
 # Lambda
 API_FUNCTION = f"{PREFIX}-api"
+APPROVALS_FUNCTION = f"{PREFIX}-approvals"  # the state machine's tasks
+SLACK_FUNCTION = f"{PREFIX}-slack"  # POST /slack/interactions (and its own async invocations)
+
+# Step Functions: one execution per request awaiting approval, named after the request id.
+STATE_MACHINE_NAME = f"{PREFIX}-approvals"
 
 # Audit (Glue / Athena)
 GLUE_DATABASE = f"{PREFIX}_audit"
@@ -47,6 +55,10 @@ ENV_STATEMENT_TIMEOUT_MS = "GATEHOUSE_STATEMENT_TIMEOUT_MS"
 ENV_MAX_ROWS = "GATEHOUSE_MAX_ROWS"
 ENV_MAX_BYTES = "GATEHOUSE_MAX_BYTES"
 ENV_LOG_RETENTION_DAYS = "GATEHOUSE_LOG_RETENTION_DAYS"
+ENV_STATE_MACHINE_ARN = "GATEHOUSE_STATE_MACHINE_ARN"
+ENV_SLACK_SECRET = "GATEHOUSE_SLACK_SECRET"  # noqa: S105 (a variable name)
+ENV_SLACK_API_URL = "GATEHOUSE_SLACK_API_URL"  # local stack only: the Slack Web API stand-in
+ENV_SLACK_REPLAY_TABLE = "GATEHOUSE_SLACK_REPLAY_TABLE"
 
 DEFAULT_LOG_RETENTION_DAYS = 365
 LOCAL_LOG_RETENTION_DAYS = 1
