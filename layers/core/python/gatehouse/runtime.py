@@ -11,7 +11,7 @@ from botocore.config import Config
 from gatehouse.approvals import RequestStore
 from gatehouse.config import Settings
 from gatehouse.policy import PolicyEngine
-from gatehouse.registry import Registry
+from gatehouse.registry import CACHE_SECONDS, Registry
 from gatehouse.secrets import SecretStore
 from gatehouse.service import Gatehouse
 
@@ -32,7 +32,11 @@ def build_runtime(settings: Settings, session: Any = None) -> Runtime:
     """Clients come from `session` (a boto3 Session) so tests can point them at moto."""
     session = session or boto3.session.Session()
     ddb = session.client("dynamodb", config=_BOTO_CONFIG)
-    registry = Registry(ddb, settings.connections_table, settings.principals_table)
+    # Each request reads its principal and connection; a warm process keeps them CACHE_SECONDS
+    # (the bound on a removed agent or connection still working, gatehouse.registry).
+    registry = Registry(
+        ddb, settings.connections_table, settings.principals_table, cache_seconds=CACHE_SECONDS
+    )
     secrets = SecretStore(session.client("secretsmanager", config=_BOTO_CONFIG))
     service = Gatehouse(
         settings,
