@@ -92,12 +92,26 @@ def test_demo_policies_decide_each_class_as_the_contract_says(
     assert (on_prod.effect, on_prod.policy_ids) == (prod_effect, prod_ids)
 
 
-def test_a_write_on_prod_waits_for_one_dba(engine: PolicyEngine) -> None:
+def test_a_write_on_prod_waits_for_one_dba_with_a_dry_run_preview(engine: PolicyEngine) -> None:
     decision = engine.authorize(ANALYST, PROD, classify("postgres", "update customers set name = 'x'"))
 
     assert decision.effect is APPROVAL
-    assert decision.approval == ApprovalRequirement(group="dba", quorum=1)
-    assert decision.as_dict()["approval"] == {"group": "dba", "quorum": 1}
+    assert decision.approval == ApprovalRequirement(
+        group="dba", quorum=1, groups=("dba",), expires_s=1800, preview="dry_run"
+    )
+    assert decision.as_dict()["approval"] == {
+        "group": "dba",
+        "quorum": 1,
+        "groups": ["dba"],
+        "expires_s": 1800,
+        "preview": "dry_run",
+    }
+
+
+def test_ddl_on_dev_waits_for_a_dba_briefly_so_the_demo_can_show_an_expiry(engine: PolicyEngine) -> None:
+    decision = engine.authorize(ANALYST, DEV, classify("postgres", "create table t (id int)"))
+
+    assert decision.approval == ApprovalRequirement(group="dba", expires_s=15, preview="explain")
 
 
 def test_ddl_on_prod_is_forbidden_naming_the_forbid(engine: PolicyEngine) -> None:
@@ -238,9 +252,14 @@ def test_approval_wins_over_a_plain_permit_and_the_largest_quorum_wins(tmp_path:
     on_pii = engine.authorize(ANALYST, PROD, of_class(StatementClass.WRITE))
     on_internal = engine.authorize(ANALYST, DEV, of_class(StatementClass.WRITE))
 
+    # Both approval permits must be satisfied: the groups of each, the largest quorum.
     assert on_pii.effect is APPROVAL
-    assert on_pii.approval == ApprovalRequirement(group="owners", quorum=3)
+    assert on_pii.approval == ApprovalRequirement(group="dba", quorum=3, groups=("dba", "owners"))
     assert on_pii.policy_ids == ("one-dba", "three-owners")
+    assert on_pii.reasons == (
+        "sql:write on demo-prod needs approval by 3 of dba and 3 of owners per one-dba, three-owners "
+        "(a write)",
+    )
     assert on_internal.approval == ApprovalRequirement(group="dba", quorum=1)
 
 
@@ -419,6 +438,16 @@ def test_a_duplicate_id_is_refused(tmp_path: Path) -> None:
         ('@quorum("2")', "permit", "@quorum without @approval"),
         ('@approval("dba")', "forbid", "@approval only makes sense on a permit"),
         ('@approval("")', "permit", "@approval needs a group"),
+        ('@approval("dba,,security")', "permit", "empty or malformed group name ''"),
+        ('@approval("dba, on call")', "permit", "malformed group name 'on call'"),
+        ('@expires("15m")', "permit", "@expires without @approval"),
+        ('@preview("dry_run")', "permit", "@preview without @approval"),
+        ('@approval("dba") @expires("9s")', "permit", "@expires('9s') is outside 10s..168h"),
+        ('@approval("dba") @expires("169h")', "permit", "outside 10s..168h"),
+        ('@approval("dba") @expires("15")', "permit", "@expires must be a whole number of s, m or h"),
+        ('@approval("dba") @expires("2d")', "permit", "@expires must be a whole number of s, m or h"),
+        ('@approval("dba") @expires("-5m")', "permit", "@expires must be a whole number of s, m or h"),
+        ('@approval("dba") @preview("analyze")', "permit", '@preview must be "explain" or "dry_run"'),
     ],
 )
 def test_bad_approval_annotations_are_refused(
@@ -470,4 +499,196 @@ def test_the_packaged_policies_all_carry_ids_and_load(engine: PolicyEngine) -> N
     ids = [p.policy_id for p in engine.policies]
 
     assert len(ids) == len(set(ids)) >= 7
-    assert {p.source for p in engine.policies} == {"common.cedar", "dev.cedar", "prod.cedar"}
+    assert {p.source for p in engine.policies} == {
+        "approvals.cedar",
+        "common.cedar",
+        "dev.cedar",
+        "prod.cedar",
+    }
+
+
+# -- approval annotations: groups, expiry, preview -------------------------------------------------
+
+WRITE_ACTION = 'Gatehouse::Action::"sql:write"'
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected"),
+    [
+        ('@approval("dba")', ApprovalRequirement(group="dba")),
+        (
+            '@approval("dba, security") @quorum("2")',
+            ApprovalRequirement(group="dba", quorum=2, groups=("dba", "security")),
+        ),
+        ('@approval("dba,dba")', ApprovalRequirement(group="dba", groups=("dba",))),
+        ('@approval("dba") @expires("10s")', ApprovalRequirement(group="dba", expires_s=10)),
+        ('@approval("dba") @expires("15m")', ApprovalRequirement(group="dba", expires_s=900)),
+        ('@approval("dba") @expires("168h")', ApprovalRequirement(group="dba", expires_s=7 * 24 * 3600)),
+        ('@approval("dba") @preview("dry_run")', ApprovalRequirement(group="dba", preview="dry_run")),
+        ('@approval("dba") @preview("explain")', ApprovalRequirement(group="dba", preview="explain")),
+    ],
+)
+def test_approval_annotations_are_read_into_the_requirement(
+    tmp_path: Path, annotations: str, expected: ApprovalRequirement
+) -> None:
+    folder = write_policies(
+        tmp_path / "p",
+        main=f'@id("w") {annotations}\npermit (principal, action == {WRITE_ACTION}, resource);',
+    )
+
+    decision = PolicyEngine.from_dir(folder, SCHEMA).authorize(ANALYST, PROD, of_class(StatementClass.WRITE))
+
+    assert decision.approval == expected
+
+
+def test_the_strictest_combination_of_matching_approval_policies_applies(tmp_path: Path) -> None:
+    folder = write_policies(
+        tmp_path / "p",
+        main="""
+        @id("dba-quick-look") @approval("dba") @expires("5m")
+        permit (principal, action == Gatehouse::Action::"sql:write", resource);
+        @id("security-sees-a-dry-run")
+        @approval("security,dba") @quorum("2") @preview("dry_run") @expires("2h")
+        permit (principal, action == Gatehouse::Action::"sql:write", resource)
+        when { context.relations.contains("payroll") };
+        """,
+    )
+    engine = PolicyEngine.from_dir(folder, SCHEMA)
+
+    payroll = engine.authorize(ANALYST, PROD, classify("postgres", "delete from payroll"))
+    other = engine.authorize(ANALYST, PROD, classify("postgres", "delete from orders"))
+
+    assert payroll.approval == ApprovalRequirement(
+        group="dba", quorum=2, groups=("dba", "security"), expires_s=300, preview="dry_run"
+    )
+    assert other.approval == ApprovalRequirement(group="dba", expires_s=300)
+
+
+def test_a_multi_statement_text_needs_what_each_waiting_statement_needs(tmp_path: Path) -> None:
+    folder = write_policies(
+        tmp_path / "p",
+        main="""
+        @id("writes") @approval("dba") @expires("1h")
+        permit (principal, action == Gatehouse::Action::"sql:write", resource);
+        @id("ddl") @approval("architects") @preview("dry_run")
+        permit (principal, action == Gatehouse::Action::"sql:ddl", resource);
+        """,
+    )
+    engine = PolicyEngine.from_dir(folder, SCHEMA)
+
+    decision = engine.authorize(ANALYST, DEV, classify("postgres", "delete from t; create table u (i int)"))
+
+    assert decision.policy_ids == ("writes", "ddl")
+    assert decision.approval == ApprovalRequirement(
+        group="dba", groups=("dba", "architects"), expires_s=1800, preview="dry_run"
+    )
+
+
+def test_a_bad_annotation_names_the_file_and_the_policy_among_others(tmp_path: Path) -> None:
+    folder = write_policies(
+        tmp_path / "p",
+        good='@id("ok") @approval("dba") @expires("1h") permit (principal, action, resource);',
+        ops='@id("fine") permit (principal, action, resource);\n'
+        '@id("too-long") @approval("dba") @expires("30d") permit (principal, action, resource);',
+    )
+
+    message = load_error(folder)
+
+    assert "ops.cedar: policy too-long: @expires must be a whole number of s, m or h" in message
+    assert "good.cedar" not in message
+
+
+# -- who may approve (action "approve") ------------------------------------------------------------
+
+ALICE = Principal(name="U_ALICE", kind="approver", groups=("dba",))
+CAROL = Principal(name="U_CAROL", kind="approver", groups=("security",))
+
+
+def test_the_demo_lets_dbas_approve_on_every_connection_and_nobody_else(engine: PolicyEngine) -> None:
+    for target in (DEV, PROD, connection("scratch")):
+        allowed = engine.may_approve(ALICE, target, statement_class="write", requester="analyst")
+        refused = engine.may_approve(CAROL, target, statement_class="write", requester="analyst")
+
+        assert (allowed.effect, allowed.policy_ids) == (ALLOW, ("dba-approves",))
+        assert allowed.reasons == (f"U_ALICE may approve on {target.name} per dba-approves",)
+        assert (refused.effect, refused.policy_ids) == (DENY, ())
+        assert refused.reasons == (f"no policy lets U_CAROL approve on {target.name}",)
+
+
+def test_approve_policies_see_the_waiting_request_and_who_asked(tmp_path: Path) -> None:
+    folder = write_policies(
+        tmp_path / "p",
+        main="""
+        @id("security-approves-payroll")
+        permit (principal, action == Gatehouse::Action::"approve", resource)
+        when { principal.groups.contains("security") && context.relations.contains("payroll") };
+        @id("no-ddl-approvals-on-prod")
+        forbid (principal, action == Gatehouse::Action::"approve", resource)
+        when { resource.env == "prod" && context.statement_class == "ddl" };
+        @id("not-for-yourself")
+        forbid (principal, action == Gatehouse::Action::"approve", resource)
+        when { principal.name == context.requester };
+        """,
+    )
+    engine = PolicyEngine.from_dir(folder, SCHEMA)
+    payroll = classify("postgres", "update payroll set amount = 0")
+    orders = classify("postgres", "update orders set amount = 0")
+    ddl = classify("postgres", "alter table payroll add column x int")
+
+    def effect(
+        who: Principal, waiting: Classification, requester: str = "analyst"
+    ) -> tuple[Effect, tuple[str, ...]]:
+        decision = engine.may_approve(who, PROD, requester=requester, classification=waiting)
+        return decision.effect, decision.policy_ids
+
+    assert effect(CAROL, payroll) == (ALLOW, ("security-approves-payroll",))
+    assert effect(CAROL, orders) == (DENY, ())
+    assert effect(CAROL, ddl) == (DENY, ("no-ddl-approvals-on-prod",))
+    assert effect(CAROL, payroll, requester="U_CAROL") == (DENY, ("not-for-yourself",))
+
+
+def test_a_permit_that_itself_waits_for_approval_does_not_let_anyone_approve(tmp_path: Path) -> None:
+    folder = write_policies(
+        tmp_path / "p",
+        main='@id("everything-needs-a-dba") @approval("dba") permit (principal, action, resource);',
+    )
+    engine = PolicyEngine.from_dir(folder, SCHEMA)
+
+    decision = engine.may_approve(ALICE, PROD)
+
+    assert decision.effect is DENY
+    assert decision.reasons == (
+        "U_ALICE may not approve on demo-prod: everything-needs-a-dba only permits after approval",
+    )
+
+
+def test_an_approve_evaluation_error_raises_instead_of_approving(tmp_path: Path) -> None:
+    folder = write_policies(
+        tmp_path / "p",
+        main="""
+        @id("dbas") permit (principal, action == Gatehouse::Action::"approve", resource);
+        @id("overflowing-forbid")
+        forbid (principal, action == Gatehouse::Action::"approve", resource)
+        when { context.statement_count * 9223372036854775807 > 0 };
+        """,
+    )
+    engine = PolicyEngine.from_dir(folder, SCHEMA)
+
+    with pytest.raises(PolicyError) as caught:
+        engine.may_approve(ALICE, PROD, classification=classify("postgres", "delete from a; delete from b"))
+
+    assert "overflowing-forbid" in caught.value.message
+
+
+def test_a_schema_without_the_approve_action_is_refused_at_load(tmp_path: Path) -> None:
+    folder = write_policies(
+        tmp_path / "p",
+        main='@id("x") permit (principal, action == Gatehouse::Action::"sql:read", resource);',
+    )
+    text = SCHEMA.read_text(encoding="utf-8").replace('action "approve"', 'action "approve-later"')
+    schema = tmp_path / "narrow.cedarschema"
+    schema.write_text(text, encoding="utf-8")
+
+    message = load_error(folder, schema)
+
+    assert "the schema does not fit approve requests" in message

@@ -123,8 +123,22 @@ EFFECT_RISK: Mapping[Effect, int] = {Effect.ALLOW: 0, Effect.APPROVAL: 1, Effect
 
 @dataclass(frozen=True)
 class ApprovalRequirement:
+    """Who must approve, and how: `quorum` distinct approvers from EACH of `groups`.
+
+    `group` is the first group (callers written before `groups` read it); `groups` is always
+    filled, from `group` when not given. `expires_s`: how long the request waits for its votes.
+    `preview`: "explain" (planner estimate) or "dry_run" (run once, always rolled back).
+    """
+
     group: str
     quorum: int = 1
+    groups: tuple[str, ...] = ()
+    expires_s: int = 1800
+    preview: str = "explain"
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            object.__setattr__(self, "groups", (self.group,))
 
 
 @dataclass(frozen=True)
@@ -139,7 +153,13 @@ class Decision:
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"effect": self.effect.value, "policy_ids": list(self.policy_ids)}
         if self.approval is not None:
-            out["approval"] = {"group": self.approval.group, "quorum": self.approval.quorum}
+            out["approval"] = {
+                "group": self.approval.group,
+                "quorum": self.approval.quorum,
+                "groups": list(self.approval.groups),
+                "expires_s": self.approval.expires_s,
+                "preview": self.approval.preview,
+            }
         if self.reasons:
             out["reasons"] = list(self.reasons)
         return out

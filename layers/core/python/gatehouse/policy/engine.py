@@ -5,11 +5,18 @@ and parsed once when the engine loads. Each statement of a text is authorized on
 the action `sql:<class>`:
 
 - a `forbid` matches, or no `permit` matches: deny;
-- permits match and at least one carries `@approval("<group>")` (with `@quorum("<n>")`, default 1):
-  approval. When several approval permits match, the largest quorum wins (on a tie, the first
-  policy in load order: files by name, policies in file order), and `policy_ids` names only the
-  permits that ask for approval, since they are what made the decision;
+- permits match and at least one carries `@approval("<group>[,<group>...]")`: approval, with
+  `@quorum("<n>")` (default 1) approvers from each group, `@expires("<n>s|m|h>")` (default 30m,
+  10s to 7 days) and `@preview("explain"|"dry_run")` (default explain). When several approval
+  permits match, the strictest combination applies: the union of their groups (in load order:
+  files by name, policies in file order), the largest quorum, the shortest expiry, dry_run over
+  explain. `policy_ids` names only the permits that ask for approval, since they are what made
+  the decision;
 - otherwise: allow, naming every permit that matched.
+
+Who may vote on a waiting request is a Cedar question too: `may_approve` asks for the action
+`approve` with an `Approver` principal on the request's connection. Only a plain permit grants it:
+a permit carrying `@approval` cannot (an approval that itself waits for approval means nothing).
 
 A text of several statements gets the strictest of its statements' decisions
 (`models.EFFECT_RISK`); the decision names the policies and gives the reasons of the statements
@@ -22,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +53,8 @@ from gatehouse.models import (
 
 NAMESPACE = "Gatehouse"
 AGENT_TYPE = f"{NAMESPACE}::Agent"
+APPROVER_TYPE = f"{NAMESPACE}::Approver"
+APPROVE_ACTION = "approve"
 CONNECTION_TYPE = f"{NAMESPACE}::Connection"
 ACTION_TYPE = f"{NAMESPACE}::Action"
 SCHEMA_FILE = "gatehouse.cedarschema"
@@ -55,6 +64,15 @@ CONNECTION_ATTRIBUTES = ("env", "data_classification")
 # Entity sets are parsed once per (principal, connection) shape and reused; bounded.
 ENTITY_CACHE_SIZE = 256
 SNIPPET_CHARS = 60
+DEFAULT_EXPIRES_S = 30 * 60
+# Short enough that a test or the demo can watch a request expire; a week is the longest a
+# command may sit approved-but-not-run in anyone's mind (and far below Step Functions' one year).
+MIN_EXPIRES_S = 10
+MAX_EXPIRES_S = 7 * 24 * 3600
+EXPIRES_UNITS = {"s": 1, "m": 60, "h": 3600}
+PREVIEW_MODES = ("explain", "dry_run")  # in increasing strictness
+_EXPIRES = re.compile(r"^([0-9]{1,6})([smh])$")
+_GROUP = re.compile(r"^[A-Za-z0-9_.:@-]+$")
 _CEDAR_PREFIX = re.compile(r"^for policy `[^`]*`, ")
 
 
@@ -179,6 +197,16 @@ class PolicyEngine:
             if result.diagnostics.errors or result.decision is cedarpy.Decision.NoDecision:
                 detail = "; ".join(str(e) for e in result.diagnostics.errors) or "no decision"
                 raise PolicyError(f"the schema does not fit sql:{stmt.cls.value} requests: {detail}")
+        approver = Principal(name="gatehouse-schema-probe", kind="approver")
+        try:
+            entities = self._entity_set(approver, target, APPROVER_TYPE)
+            request = _approve_request(approver, target, probe, "", "", "", datetime.now(UTC))
+            result = cedarpy.is_authorized(request, cedarpy.PolicySet.from_str(""), entities, self._schema)
+        except (PolicyError, ValueError) as exc:
+            raise PolicyError(f"the schema does not fit {APPROVE_ACTION} requests: {exc}") from exc
+        if result.diagnostics.errors or result.decision is cedarpy.Decision.NoDecision:
+            detail = "; ".join(str(e) for e in result.diagnostics.errors) or "no decision"
+            raise PolicyError(f"the schema does not fit {APPROVE_ACTION} requests: {detail}")
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -202,6 +230,60 @@ class PolicyEngine:
         when = datetime.now(UTC) if now is None else now
         decisions = self._evaluate(principal, connection, classification, reason, when)
         return _combine(decisions)
+
+    def may_approve(
+        self,
+        approver: Principal,
+        connection: Connection,
+        *,
+        statement_class: str = "",
+        requester: str = "",
+        classification: Classification | None = None,
+        reason: str = "",
+        now: datetime | None = None,
+    ) -> Decision:
+        """May `approver` vote on a request waiting on `connection`? Action `approve`.
+
+        ALLOW names the permits that grant it; DENY names the forbids (or none when no permit
+        matched) and says why. `classification` (the waiting request's) and `reason` (the
+        agent's) fill the context as for the agent's own decision; `statement_class` defaults to
+        the classification's riskiest class. Whether the approver belongs to the groups the
+        request needs is for the vote count, not for this question. Raises PolicyError when
+        Cedar cannot evaluate the request (refuse the vote).
+        """
+        when = datetime.now(UTC) if now is None else now
+        waiting = classification or Classification(kind=connection.kind, statements=())
+        cls = statement_class or (waiting.cls.value if waiting.statements else "")
+        request = _approve_request(approver, connection, waiting, cls, requester, reason, when)
+        entities = self._entity_set(approver, connection, APPROVER_TYPE)
+        try:
+            result = cedarpy.is_authorized(request, self._policy_set, entities, self._schema)
+        except Exception as exc:  # fail closed, as in _evaluate
+            raise PolicyError(f"the policy engine failed: {exc}") from exc
+        errors = result.diagnostics.errors
+        if errors or result.decision is cedarpy.Decision.NoDecision:
+            detail = "; ".join(self._readable(str(e)) for e in errors) or "no decision"
+            raise PolicyError(f"policy evaluation failed for {APPROVE_ACTION} on {connection.name}: {detail}")
+        unknown_ids = [i for i in result.diagnostics.reasons if i not in self._by_cedar_id]
+        if unknown_ids:
+            raise PolicyError(f"Cedar named policies the engine did not load: {unknown_ids}")
+        matched = [
+            self._by_cedar_id[i] for i in sorted(result.diagnostics.reasons, key=self._load_order.__getitem__)
+        ]
+        who, where = approver.name, connection.name
+        if result.decision is cedarpy.Decision.Deny:
+            forbids = tuple(p.policy_id for p in matched if p.effect == "forbid")
+            if forbids:
+                text = f"{who} may not approve on {where}: forbidden by {', '.join(forbids)}"
+                return Decision(effect=Effect.DENY, policy_ids=forbids, reasons=(text,))
+            return Decision(effect=Effect.DENY, reasons=(f"no policy lets {who} approve on {where}",))
+        plain = tuple(p.policy_id for p in matched if p.effect == "permit" and p.approval is None)
+        if not plain:
+            waiting_ids = ", ".join(p.policy_id for p in matched)
+            text = f"{who} may not approve on {where}: {waiting_ids} only permits after approval"
+            return Decision(effect=Effect.DENY, reasons=(text,))
+        text = f"{who} may approve on {where} per {', '.join(plain)}"
+        return Decision(effect=Effect.ALLOW, policy_ids=plain, reasons=(text,))
 
     def _evaluate(
         self,
@@ -258,12 +340,10 @@ class PolicyEngine:
             raise PolicyError(f"Cedar allowed {action} on {connection} without naming a permit")
         approvals = tuple(p for p in permits if p.approval is not None)
         if approvals:
-            requirement = _strictest_approval(p.approval for p in approvals)
+            requirement = _strictest_approval(p.approval for p in approvals if p.approval is not None)
             ids = ", ".join(p.policy_id for p in approvals)
-            text = (
-                f"{where}{action} on {connection} needs approval by {requirement.quorum} of "
-                f"{requirement.group} per {ids}{_why(stmt)}"
-            )
+            needed = " and ".join(f"{requirement.quorum} of {g}" for g in requirement.groups)
+            text = f"{where}{action} on {connection} needs approval by {needed} per {ids}{_why(stmt)}"
             return _StatementDecision(Effect.APPROVAL, approvals, text, requirement)
         ids = ", ".join(p.policy_id for p in permits)
         return _StatementDecision(
@@ -276,9 +356,12 @@ class PolicyEngine:
             error = error.replace(f"`{cedar_id}`", f"`{info.policy_id}`")
         return error
 
-    def _entity_set(self, principal: Principal, connection: Connection) -> cedarpy.Entities:
+    def _entity_set(
+        self, principal: Principal, connection: Connection, principal_type: str = AGENT_TYPE
+    ) -> cedarpy.Entities:
         attrs = principal.attributes
         agent = {"name": principal.name, "groups": sorted(str(g) for g in principal.groups)}
+        # An Approver carries the same attributes as an Agent (see the schema).
         for key in AGENT_ATTRIBUTES:
             agent[key] = _text(attrs.get(key))
         target = {"name": connection.name, "kind": connection.kind}
@@ -286,7 +369,7 @@ class PolicyEngine:
             target[key] = _text(connection.attributes.get(key))
         document = json.dumps(
             [
-                {"uid": {"type": AGENT_TYPE, "id": principal.name}, "attrs": agent, "parents": []},
+                {"uid": {"type": principal_type, "id": principal.name}, "attrs": agent, "parents": []},
                 {"uid": {"type": CONNECTION_TYPE, "id": connection.name}, "attrs": target, "parents": []},
             ],
             sort_keys=True,
@@ -353,25 +436,60 @@ def _static_policies(text: str) -> list[tuple[str, dict[str, Any]]]:
 def _policy_info(policy_id: str, policy: Mapping[str, Any], source: str) -> PolicyInfo:
     annotations = policy.get("annotations", {})
     effect = policy.get("effect", "")
-    group = annotations.get("approval")
-    quorum_text = annotations.get("quorum")
-    if group is None:
-        if quorum_text is not None:
-            raise PolicyError(f"{source}: policy {policy_id}: @quorum without @approval")
+    where = f"{source}: policy {policy_id}"
+    group_text = annotations.get("approval")
+    if group_text is None:
+        extra = [f"@{name}" for name in ("quorum", "expires", "preview") if name in annotations]
+        if extra:
+            raise PolicyError(f"{where}: {', '.join(extra)} without @approval")
         return PolicyInfo(policy_id=policy_id, effect=effect, source=source)
     if effect != "permit":
-        raise PolicyError(f"{source}: policy {policy_id}: @approval only makes sense on a permit")
-    if not group.strip():
-        raise PolicyError(f'{source}: policy {policy_id}: @approval needs a group, e.g. @approval("dba")')
+        raise PolicyError(f"{where}: @approval only makes sense on a permit")
+    groups = _groups(group_text, where)
     quorum = 1
+    quorum_text = annotations.get("quorum")
     if quorum_text is not None:
         if not quorum_text.isdigit() or int(quorum_text) < 1:
-            raise PolicyError(
-                f"{source}: policy {policy_id}: @quorum must be a positive whole number, got {quorum_text!r}"
-            )
+            raise PolicyError(f"{where}: @quorum must be a positive whole number, got {quorum_text!r}")
         quorum = int(quorum_text)
-    approval = ApprovalRequirement(group=group, quorum=quorum)
+    expires_text = annotations.get("expires")
+    expires_s = DEFAULT_EXPIRES_S if expires_text is None else _expires(expires_text, where)
+    preview = annotations.get("preview", PREVIEW_MODES[0])
+    if preview not in PREVIEW_MODES:
+        raise PolicyError(f'{where}: @preview must be "explain" or "dry_run", got {preview!r}')
+    approval = ApprovalRequirement(
+        group=groups[0], quorum=quorum, groups=groups, expires_s=expires_s, preview=preview
+    )
     return PolicyInfo(policy_id=policy_id, effect=effect, source=source, approval=approval)
+
+
+def _groups(text: str, where: str) -> tuple[str, ...]:
+    """`@approval("dba")` or `@approval("dba,security")`: the groups, in order, each once."""
+    if not text.strip():
+        raise PolicyError(f'{where}: @approval needs a group, e.g. @approval("dba")')
+    groups: dict[str, None] = {}
+    for part in text.split(","):
+        group = part.strip()
+        if not _GROUP.match(group):
+            raise PolicyError(
+                f'{where}: @approval("{text}") holds an empty or malformed group name {group!r} '
+                '(write groups as @approval("dba,security"))'
+            )
+        groups.setdefault(group, None)
+    return tuple(groups)
+
+
+def _expires(text: str, where: str) -> int:
+    """`@expires("15m")` in seconds; refused outside MIN_EXPIRES_S..MAX_EXPIRES_S."""
+    match = _EXPIRES.match(text.strip())
+    if match is None:
+        raise PolicyError(f'{where}: @expires must be a whole number of s, m or h (e.g. "15m"), got {text!r}')
+    seconds = int(match.group(1)) * EXPIRES_UNITS[match.group(2)]
+    if not MIN_EXPIRES_S <= seconds <= MAX_EXPIRES_S:
+        raise PolicyError(
+            f"{where}: @expires({text!r}) is outside {MIN_EXPIRES_S}s..{MAX_EXPIRES_S // 3600}h"
+        )
+    return seconds
 
 
 # -- deciding helpers ------------------------------------------------------------------------------
@@ -412,6 +530,41 @@ def _requests(
     ]
 
 
+def _approve_request(
+    approver: Principal,
+    connection: Connection,
+    classification: Classification,
+    statement_class: str,
+    requester: str,
+    reason: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """The Cedar request for action `approve`: the waiting request's statements, merged."""
+    statements = classification.statements
+    utc = now.astimezone(UTC) if now.tzinfo is not None else now
+
+    def union(field: str) -> list[str]:
+        return list(dict.fromkeys(v for s in statements for v in getattr(s, field)))
+
+    return {
+        "principal": {"type": APPROVER_TYPE, "id": approver.name},
+        "action": {"type": ACTION_TYPE, "id": APPROVE_ACTION},
+        "resource": {"type": CONNECTION_TYPE, "id": connection.name},
+        "context": {
+            "relations": union("relations"),
+            "functions": union("functions"),
+            "protected_columns_read": union("protected_read"),
+            "protected_columns_filtered": union("protected_filtered"),
+            "statement_count": len(statements),
+            "reason": reason,
+            "hour_utc": utc.hour,
+            "weekday": WEEKDAYS[utc.weekday()],
+            "statement_class": statement_class,
+            "requester": requester,
+        },
+    }
+
+
 def _combine(decisions: Sequence[_StatementDecision]) -> Decision:
     effect = max((d.effect for d in decisions), key=EFFECT_RISK.__getitem__)
     deciding = [d for d in decisions if d.effect is effect]
@@ -427,14 +580,21 @@ def _combine(decisions: Sequence[_StatementDecision]) -> Decision:
     )
 
 
-def _strictest_approval(requirements: Any) -> ApprovalRequirement:
-    best: ApprovalRequirement | None = None
-    for requirement in requirements:
-        if best is None or requirement.quorum > best.quorum:
-            best = requirement
-    if best is None:
+def _strictest_approval(requirements: Iterable[ApprovalRequirement]) -> ApprovalRequirement:
+    """Every matching approval policy must be satisfied: all their groups, the largest quorum
+    (one number for every group: a requirement holds no per-group quorum), the shortest expiry,
+    and a dry run when any asks for one."""
+    found = list(requirements)
+    if not found:
         raise PolicyError("an approval decision without an approval requirement")
-    return best
+    groups = tuple(dict.fromkeys(g for r in found for g in r.groups))
+    return ApprovalRequirement(
+        group=groups[0],
+        quorum=max(r.quorum for r in found),
+        groups=groups,
+        expires_s=min(r.expires_s for r in found),
+        preview=max((r.preview for r in found), key=PREVIEW_MODES.index),
+    )
 
 
 def _where(stmt: Statement, index: int, total: int) -> str:
