@@ -5,7 +5,9 @@ from __future__ import annotations
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
+from gatehouse import names
 from infra.api import ApiFunction, HttpApi
+from infra.approvals import ApprovalsFunction, ApprovalsStateMachine
 from infra.audit_analytics import AuditAnalytics
 from infra.audit_log import AccessLogsBucket, SessionLogBucket
 from infra.context import InfraContext
@@ -39,6 +41,26 @@ class GatehouseStack(Stack):
             log_bucket=self.session_log.bucket,
         )
         self.http_api = HttpApi(self, "HttpApi", context=context, function=self.api_function.function)
+        self.approvals_function = ApprovalsFunction(
+            self,
+            "ApprovalsFunction",
+            context=context,
+            layers=self.layers.layers,
+            tables=self.tables,
+            secrets=self.secrets,
+            log_bucket=self.session_log.bucket,
+        )
+        self.approvals = ApprovalsStateMachine(
+            self,
+            "Approvals",
+            function=self.approvals_function.function,
+            log_retention=context.function_log_retention,
+        )
+        # A request that needs approval starts its execution from the API function.
+        self.approvals.grant_start(self.api_function.function)
+        self.api_function.function.add_environment(
+            names.ENV_STATE_MACHINE_ARN, self.approvals.state_machine.state_machine_arn
+        )
         self.audit_analytics = AuditAnalytics(
             self,
             "AuditAnalytics",

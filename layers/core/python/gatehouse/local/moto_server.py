@@ -13,9 +13,14 @@ import os
 import socket
 import threading
 import urllib.request
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from moto.awslambda_simple.models import LambdaSimpleBackend
 from moto.server import ThreadedMotoServer
+
+from gatehouse.local.apigw import LambdaContext
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +165,134 @@ class MotoServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- Lambda: our handlers behind moto's docker-less backend ------------------------------------
+
+LambdaHandler = Callable[[Any, Any], Any]
+
+
+class LambdaDispatcher:
+    """Make moto's docker-less Lambda backend run our handlers, looked up by function name.
+
+    moto's Step Functions engine invokes a task's function through the Lambda API of this very
+    server; the docker-less backend would answer with a canned string. `install()` replaces
+    `LambdaSimpleBackend.invoke` (process-wide, as moto's backends are) with `invoke` below, so a
+    state machine task, or anyone calling `lambda.invoke`, runs the real handler in-process with
+    the stack's environment. Functions not in `handlers` keep moto's behaviour.
+    """
+
+    def __init__(self, handlers: Mapping[str, LambdaHandler], *, join_timeout_s: float = 10.0) -> None:
+        self._handlers = dict(handlers)
+        self._join_timeout_s = join_timeout_s
+        self._original: Any = None
+        self._async: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        if self._original is not None:
+            return
+        current = LambdaSimpleBackend.invoke
+        if getattr(current, "_gatehouse_dispatcher", None) is not None:
+            raise MotoServerError("another Lambda dispatcher is installed in this process")
+        dispatcher = self
+
+        def invoke(
+            backend: Any,
+            function_name: str,
+            qualifier: str | None,
+            body: Any,
+            headers: Any,
+            response_headers: Any,
+        ) -> str | bytes | None:
+            return dispatcher.invoke(
+                backend, current, function_name, qualifier, body, headers, response_headers
+            )
+
+        invoke._gatehouse_dispatcher = self  # type: ignore[attr-defined]
+        self._original = current
+        LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign, assignment]
+
+    def uninstall(self) -> None:
+        original, self._original = self._original, None
+        if original is not None:
+            LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
+        with self._lock:
+            pending = list(self._async)
+        for thread in pending:
+            thread.join(self._join_timeout_s)
+            if thread.is_alive():
+                log.warning("an asynchronous invocation (%s) is still running", thread.name)
+
+    def invoke(
+        self,
+        backend: Any,
+        original: Any,
+        function_name: str,
+        qualifier: str | None,
+        body: Any,
+        headers: Any,
+        response_headers: dict[str, Any],
+    ) -> str | bytes | None:
+        # Raises moto's ResourceNotFound for an unknown function, as Lambda does; accepts an ARN.
+        fn = backend.get_function(function_name, qualifier)
+        handler = self._handlers.get(fn.function_name)
+        if handler is None:
+            return original(backend, function_name, qualifier, body, headers, response_headers)
+        event = _event_from(body)
+        context = _context_for(fn)
+        if (headers.get("X-Amz-Invocation-Type") or "RequestResponse") == "Event":
+            # Lambda queues the event and answers 202 at once (moto sets the status from the header).
+            thread = threading.Thread(
+                target=self._run_async,
+                args=(handler, event, context),
+                name=f"lambda-event-{fn.function_name}",
+                daemon=True,
+            )
+            with self._lock:
+                self._async.add(thread)
+            thread.start()
+            return b""
+        try:
+            result = handler(event, context)
+        except Exception as exc:  # noqa: BLE001 - any handler error is the function's error, as in Lambda
+            log.info("function %s failed: %s: %s", fn.function_name, type(exc).__name__, exc)
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps(
+                {"errorType": type(exc).__name__, "errorMessage": str(exc), "stackTrace": []}
+            ).encode()
+        return json.dumps(result).encode()
+
+    def _run_async(self, handler: LambdaHandler, event: Any, context: Any) -> None:
+        try:
+            handler(event, context)
+        except Exception:  # Lambda would retry twice, then drop it; we log it
+            log.exception("asynchronous invocation of %s failed", context.function_name)
+        finally:
+            with self._lock:
+                self._async.discard(threading.current_thread())
+
+    def __enter__(self) -> LambdaDispatcher:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstall()
+
+
+def _event_from(body: Any) -> Any:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8")
+    if not body:
+        return {}
+    return json.loads(body)
+
+
+def _context_for(fn: Any) -> LambdaContext:
+    return LambdaContext(
+        function_name=fn.function_name,
+        invoked_function_arn=fn.function_arn,
+        aws_request_id=str(uuid.uuid4()),
+        memory_limit_in_mb=int(getattr(fn, "memory_size", 128) or 128),
+        timeout_s=float(getattr(fn, "timeout", 3) or 3),
+    )

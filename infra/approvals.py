@@ -1,0 +1,348 @@
+"""The approval flow: the `gatehouse-approvals` function and the state machine that holds a request
+while humans decide.
+
+    Preview -> Notify (waits for a task token, at most $.expires_in_s) -> Decision
+        approved -> Execute            denied -> RecordDenied
+        Notify times out -> Expire
+
+One execution per request, named after its request id (gatehouse.workflow). The same construct is
+synthesized by `approvals_definition()` for the local stack, so the laptop runs the very ASL that
+is deployed, with moto's function ARNs in place of CloudFormation's.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aws_cdk import App, ArnFormat, CfnElement, Duration, Environment, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+from gatehouse import names
+from gatehouse.config import Settings
+from gatehouse.workflow import (
+    DECISION_APPROVED,
+    DECISION_DENIED,
+    STEP_DENIED,
+    STEP_EXECUTE,
+    STEP_EXPIRE,
+    STEP_FAIL,
+    STEP_NOTIFY,
+    STEP_PREVIEW,
+)
+from infra.context import REPO_ROOT, InfraContext
+from infra.functions import GatehouseFunction
+from infra.nag import acknowledge
+from infra.secrets import Secrets
+from infra.tables import Tables
+
+APPROVALS_CODE_DIR = REPO_ROOT / "functions" / "approvals"
+
+# A step runs one statement under its statement timeout (gatehouse.config: 5 s by default) plus the
+# session-log writes and a Slack call; Notify returns as soon as the message is posted.
+APPROVALS_TIMEOUT = Duration.seconds(60)
+
+# Slack (or the function) failing in Notify: retried with backoff while the request stays pending.
+# 2 + 4 + 8 + 16 + 32 s between six attempts: about a minute of outage is absorbed.
+NOTIFY_RETRY_INTERVAL = Duration.seconds(2)
+NOTIFY_RETRY_BACKOFF = 2.0
+NOTIFY_MAX_ATTEMPTS = 6
+
+# Where the task token's answer (gatehouse.workflow.Workflow.resume) lands in the state.
+VOTE_PATH = "$.vote"
+
+
+class ApprovalsFunction(Construct):
+    """The state machine's tasks: the service's approval steps, with grants on what they touch."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        context: InfraContext,
+        layers: Sequence[lambda_.ILayerVersion],
+        tables: Tables,
+        secrets: Secrets,
+        log_bucket: s3.IBucket,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        settings = Settings(
+            log_bucket=log_bucket.bucket_name,
+            requests_table=tables.requests.table_name,
+            connections_table=tables.connections.table_name,
+            principals_table=tables.principals.table_name,
+            masking_key_secret=secrets.masking_key.secret_arn,
+            log_retention_days=context.log_retention_days,
+        )
+        built = GatehouseFunction(
+            self,
+            "Approvals",
+            function_name=names.APPROVALS_FUNCTION,
+            description="Gatehouse approvals: preview, notify, execute the approved command, deny, expire.",
+            code_dir=APPROVALS_CODE_DIR,
+            handler="handler.lambda_handler",
+            service_name=names.APPROVALS_FUNCTION,
+            layers=layers,
+            environment={**settings.as_env(), names.ENV_SLACK_SECRET: names.SLACK_SECRET},
+            context=context,
+            timeout=APPROVALS_TIMEOUT,
+        )
+        self.function = built.function
+        role = built.role
+        # Status, token and outcome are updated on the request record; it is created by the API
+        # function, so no PutItem here, and never a delete.
+        tables.requests.grant(
+            role,
+            "dynamodb:GetItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:ConditionCheckItem",
+            "dynamodb:DescribeTable",
+        )
+        tables.connections.grant_read_data(role)
+        tables.principals.grant_read_data(role)
+        # Execute logs in to the target (connection secret) and masks (masking key).
+        secrets.grant_read(role)
+        stack = Stack.of(self)
+        # The Slack secret is created by the operator after deploy (README): named, not referenced.
+        # Secrets Manager appends "-" and six characters to the name; `?` matches exactly those.
+        slack_secret_arn = stack.format_arn(
+            service="secretsmanager",
+            resource="secret",
+            resource_name=f"{names.SLACK_SECRET}-??????",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[slack_secret_arn])
+        )
+        # Each step appends to the request's session: put (COMPLIANCE only) and read, never delete.
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject", "s3:PutObjectRetention"],
+                resources=[log_bucket.arn_for_objects("*")],
+                conditions={"StringEqualsIfExists": {"s3:object-lock-mode": "COMPLIANCE"}},
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[log_bucket.arn_for_objects("*")])
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[log_bucket.bucket_arn])
+        )
+        bucket = log_bucket.node.default_child
+        assert isinstance(bucket, CfnElement)
+        bucket_logical_id = stack.resolve(stack.get_logical_id(bucket))
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::<{bucket_logical_id}.Arn>/*]",
+            "A request's session continues under new keys (events/dt=<day>/session=<id>/<seq>.json) at "
+            "every step, so objects are granted by the bucket's key wildcard (put and get, never delete).",
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
+            f"<AWS::AccountId>:secret:{names.CONNECTION_SECRET_PREFIX}*]",
+            "Execute logs in to the request's connection: one operator-created secret per connection "
+            "under gatehouse/connections/, read by that prefix only.",
+        )
+
+
+class ApprovalsStateMachine(Construct):
+    """The state machine over `function` (the approvals function, or an imported one locally)."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        function: lambda_.IFunction,
+        log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS,
+    ) -> None:
+        super().__init__(scope, construct_id)
+
+        def step(state_id: str, name: str, **kwargs: Any) -> tasks.LambdaInvoke:
+            return tasks.LambdaInvoke(
+                self,
+                state_id,
+                lambda_function=function,
+                payload=sfn.TaskInput.from_object(
+                    {"step": name, "request_id": sfn.JsonPath.string_at("$.request_id")}
+                ),
+                # The function's answer alone, not Lambda's envelope (StatusCode, headers).
+                payload_response_only=True,
+                **kwargs,
+            )
+
+        # The request record already holds the preview (computed before the 202); this step puts
+        # it in the request's session. The state keeps its input for the steps after it.
+        preview = step("Preview", STEP_PREVIEW, result_path=sfn.JsonPath.DISCARD)
+
+        notify = tasks.LambdaInvoke(
+            self,
+            "Notify",
+            lambda_function=function,
+            integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+            payload=sfn.TaskInput.from_object(
+                {
+                    "step": STEP_NOTIFY,
+                    "request_id": sfn.JsonPath.string_at("$.request_id"),
+                    "task_token": sfn.JsonPath.task_token,
+                }
+            ),
+            # The request's own expiry (policy annotation @expires, default 30 min) bounds the wait.
+            task_timeout=sfn.Timeout.at("$.expires_in_s"),
+            result_path=VOTE_PATH,
+        )
+        # A failing notification (Slack down, a throttled function) is retried, not decided:
+        # States.TaskFailed matches every task error except States.Timeout, which is the expiry.
+        notify.add_retry(
+            errors=["States.TaskFailed"],
+            interval=NOTIFY_RETRY_INTERVAL,
+            backoff_rate=NOTIFY_RETRY_BACKOFF,
+            max_attempts=NOTIFY_MAX_ATTEMPTS,
+        )
+        expire = step("Expire", STEP_EXPIRE, result_path="$.outcome")
+        notify.add_catch(
+            expire, errors=["States.Timeout", "States.HeartbeatTimeout"], result_path="$.timeout"
+        )
+
+        execute = step("Execute", STEP_EXECUTE, result_path="$.outcome")
+        denied = step("RecordDenied", STEP_DENIED, result_path="$.outcome")
+        # A step that fails for good (Slack down past every retry, a bug) fails the request: it is
+        # never left pending with nothing holding it.
+        failed = step("RecordFailed", STEP_FAIL, result_path="$.outcome").next(
+            sfn.Fail(self, "Failed", error="Gatehouse.ApprovalFailed", cause="an approval step failed")
+        )
+        for task in (preview, notify, execute, denied):
+            task.add_catch(failed, errors=["States.ALL"], result_path="$.failure")
+        # Only Workflow.resume answers the token, with one of the two decisions; anything else is a
+        # bug that must not execute anything.
+        unknown = sfn.Fail(
+            self,
+            "UnknownDecision",
+            error="Gatehouse.UnknownDecision",
+            cause="the approval answered neither approved nor denied",
+        )
+        decision = (
+            sfn.Choice(self, "Decision")
+            .when(sfn.Condition.string_equals(f"{VOTE_PATH}.decision", DECISION_APPROVED), execute)
+            .when(sfn.Condition.string_equals(f"{VOTE_PATH}.decision", DECISION_DENIED), denied)
+            .otherwise(unknown)
+        )
+
+        self.log_group = logs.LogGroup(
+            self,
+            "Logs",
+            retention=log_retention,
+            # Operational logs; the record that must survive is the session log in S3.
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.state_machine = sfn.StateMachine(
+            self,
+            "StateMachine",
+            state_machine_name=names.STATE_MACHINE_NAME,
+            comment="Gatehouse: one execution per request awaiting approval, named after its id.",
+            definition_body=sfn.DefinitionBody.from_chainable(preview.next(notify).next(decision)),
+            # A request waits at most its expiry; a day bounds any execution whatever its input.
+            timeout=Duration.hours(24),
+            tracing_enabled=True,
+            logs=sfn.LogOptions(
+                destination=self.log_group,
+                level=sfn.LogLevel.ALL,
+                # Execution data holds the task token, which resumes the execution: keep it out.
+                include_execution_data=False,
+            ),
+        )
+        function_logical_id = _logical_id_of(function)
+        if function_logical_id is not None:  # an imported function (local definition) has none
+            acknowledge(
+                self.state_machine.role,
+                f"AwsSolutions-IAM5[Resource::<{function_logical_id}.Arn>:*]",
+                "CDK grants lambda:InvokeFunction on the approvals function and its versions "
+                "(<arn>:*), so a published version could be invoked; it is that one function only.",
+            )
+        acknowledge(
+            self.state_machine.role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray (PutTraceSegments, GetSamplingRules...) and CloudWatch Logs' log delivery APIs "
+            "(CreateLogDelivery, ...) support no resource-level permissions.",
+        )
+
+    def grant_start(self, grantee: iam.IGrantable) -> None:
+        """The API function starts one execution per request needing approval."""
+        self.state_machine.grant_start_execution(grantee)
+
+    def grant_task_response(self, grantee: iam.IGrantable) -> None:
+        """Whoever answers the token (the Slack function, on quorum or denial)."""
+        self.state_machine.grant_task_response(grantee)
+
+
+# -- the same ASL for the local stack ---------------------------------------------------------
+
+_LOCAL_STACK_ID = "GatehouseApprovalsDefinition"
+_PSEUDO = {"AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
+
+
+def approvals_definition(
+    function_arns: Mapping[str, str], *, account: str = "123456789012", region: str = "us-east-1"
+) -> dict[str, Any]:
+    """The state machine's ASL, from the construct above, over the functions named in `function_arns`.
+
+    `function_arns` maps a function name (names.APPROVALS_FUNCTION) to its ARN: moto's, locally.
+    """
+    try:
+        approvals_arn = function_arns[names.APPROVALS_FUNCTION]
+    except KeyError:
+        raise ValueError(f"no ARN for {names.APPROVALS_FUNCTION} in {sorted(function_arns)}") from None
+    with tempfile.TemporaryDirectory(prefix="gatehouse-asl-") as outdir:
+        app = App(outdir=outdir)
+        stack = Stack(app, _LOCAL_STACK_ID, env=Environment(account=account, region=region))
+        function = lambda_.Function.from_function_attributes(
+            stack, "ApprovalsFunction", function_arn=approvals_arn, same_environment=True
+        )
+        ApprovalsStateMachine(stack, "Approvals", function=function)
+        template = app.synth().get_stack_by_name(_LOCAL_STACK_ID).template
+    [definition] = [
+        resource["Properties"]["DefinitionString"]
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::StepFunctions::StateMachine"
+    ]
+    pseudo = {**_PSEUDO, "AWS::AccountId": account, "AWS::Region": region}
+    resolved = _resolve(definition, pseudo)
+    if not isinstance(resolved, str):
+        raise ValueError(f"the state machine's definition did not resolve to text: {resolved!r}")
+    asl: dict[str, Any] = json.loads(resolved)
+    return asl
+
+
+def _resolve(value: Any, pseudo: Mapping[str, str]) -> Any:
+    """Evaluate the intrinsic functions CDK leaves in a DefinitionString (Fn::Join, pseudo Refs)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return [_resolve(item, pseudo) for item in value]
+    if isinstance(value, dict) and len(value) == 1:
+        [(key, arg)] = value.items()
+        if key == "Fn::Join":
+            separator, parts = arg
+            return separator.join(str(_resolve(part, pseudo)) for part in parts)
+        if key == "Ref" and arg in pseudo:
+            return pseudo[arg]
+    raise ValueError(f"cannot resolve {value!r} outside CloudFormation")
+
+
+def _logical_id_of(function: lambda_.IFunction) -> str | None:
+    resource = function.node.default_child
+    if not isinstance(resource, CfnElement):
+        return None
+    stack = Stack.of(resource)
+    logical_id = stack.resolve(stack.get_logical_id(resource))
+    return str(logical_id)
