@@ -1,5 +1,5 @@
-"""The DynamoDB tables: approval requests, the connection registry, the principal registry, and the
-idempotency records of agent requests."""
+"""The DynamoDB tables: approval requests, the connection registry, the principal registry, the
+idempotency records of agent requests, and the Slack interactions already seen."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ class Tables(Construct):
             names.IDEMPOTENCY_KEY_ATTRIBUTE,
             # powertools writes the expiry (24 h after the answer); DynamoDB deletes the record.
             time_to_live_attribute=names.IDEMPOTENCY_TTL_ATTRIBUTE,
+        )
+        # Signatures of Slack interactions already accepted (replay protection): Slack's
+        # timestamps are valid for 5 minutes, the records live 10 (gatehouse.slack.replay).
+        self.slack_replay = self._table(
+            "SlackReplay", names.SLACK_REPLAY_TABLE, "signature", time_to_live_attribute="expires_at"
         )
 
     def _table(

@@ -54,6 +54,13 @@ class SecretStore:
             raise SecretUnavailableError(f"secret {secret_id} is shorter than 128 bits")
         return key
 
+    def json_secret(self, secret_id: str) -> dict[str, Any]:
+        """A secret stored as a JSON object (e.g. the Slack app's `signing_secret` and `bot_token`)."""
+        value = self._get(secret_id, transform="json")
+        if not isinstance(value, dict):
+            raise SecretUnavailableError(f"secret {secret_id} is not a JSON object")
+        return value
+
     def _get(self, secret_id: str, transform: Any) -> Any:
         try:
             return self._provider.get(secret_id, max_age=self._max_age, transform=transform)

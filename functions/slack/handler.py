@@ -1,0 +1,55 @@
+"""POST /slack/interactions (no IAM auth: Slack signs its requests) and this function's own
+asynchronous invocations. Thin: the logic is `gatehouse.slack.app.SlackInteractions`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
+
+from gatehouse import names
+from gatehouse.config import Settings
+from gatehouse.runtime import build_runtime
+from gatehouse.secrets import SecretStore
+from gatehouse.slack.app import SlackInteractions, VoteService
+from gatehouse.slack.replay import ReplayStore
+
+logger = Logger(service=names.SLACK_FUNCTION)
+
+# Slack waits 3 seconds for the acknowledgement: fail fast rather than retry slowly.
+_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=1, read_timeout=2)
+
+_app: SlackInteractions | None = None
+_service: VoteService | None = None
+
+
+def _get_service() -> VoteService:
+    # Only the asynchronous invocation votes; the 3-second path never pays for this.
+    global _service
+    if _service is None:
+        _service = build_runtime(Settings.from_env()).service
+    return _service
+
+
+def _get_app() -> SlackInteractions:
+    # Built on the first invocation, then reused by the warm container.
+    global _app
+    if _app is None:
+        session = boto3.session.Session()
+        _app = SlackInteractions(
+            Settings.from_env(),
+            secrets=SecretStore(session.client("secretsmanager", config=_BOTO_CONFIG)),
+            replay=ReplayStore(session.client("dynamodb", config=_BOTO_CONFIG), names.SLACK_REPLAY_TABLE),
+            lambda_client=session.client("lambda", config=_BOTO_CONFIG),
+            service=_get_service,
+            function_name=names.SLACK_FUNCTION,
+        )
+    return _app
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return _get_app().handle(event)
