@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	@bash scripts/ensure-postgres.sh
+	@bash scripts/ensure-chromium.sh
 	@touch $@
 
 lint: install
