@@ -31,6 +31,7 @@ API_CODE_DIR = REPO_ROOT / "functions" / "api"
 # cannot sign with SigV4, so it gets its own function and its own (signature-checked) route.
 ROUTES: tuple[tuple[apigwv2.HttpMethod, str], ...] = (
     (apigwv2.HttpMethod.POST, "/v1/requests"),
+    (apigwv2.HttpMethod.GET, "/v1/requests"),
     (apigwv2.HttpMethod.GET, "/v1/requests/{id}"),
     (apigwv2.HttpMethod.GET, "/v1/connections"),
     (apigwv2.HttpMethod.POST, "/v1/proxy-tokens"),

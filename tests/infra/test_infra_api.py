@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 ROUTE_KEYS = {
     "POST /v1/requests",
+    "GET /v1/requests",
     "GET /v1/requests/{id}",
     "GET /v1/connections",
     "POST /v1/proxy-tokens",

@@ -52,6 +52,7 @@ def api_schema(local_stack: RunningStack, signed_session: requests.Session):
 # checked against the document, so a new route cannot go unfuzzed.
 OPERATIONS = (
     ("POST", "/v1/requests"),
+    ("GET", "/v1/requests"),
     ("GET", "/v1/requests/{request_id}"),
     ("GET", "/v1/connections"),
     ("GET", "/v1/openapi.json"),

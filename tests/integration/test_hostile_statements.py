@@ -313,7 +313,9 @@ def test_hostile_statement_is_refused_and_changes_nothing(
     if case.status == 202:
         assert body["status"] == "pending_approval"
         assert body["decision"]["effect"] == "approval"
-        assert body["decision"]["approval"] == {"group": "dba", "quorum": 1}
+        assert (
+            body["decision"]["approval"]["groups"] == ["dba"] and body["decision"]["approval"]["quorum"] == 1
+        )
         assert body["decision"]["policy_ids"] == ["prod-write-needs-dba"]
         assert "rows" not in body
     elif case.status == 403:
@@ -338,17 +340,20 @@ def test_hostile_statement_is_refused_and_changes_nothing(
     for path in PWNED_FILES:
         assert not os.path.exists(path)
 
-    # And the session log holds one new session that says what happened, and never "executed"
+    # And the session log holds one new session that says what happened, and never "executed".
+    # (Sessions of earlier requests that wait for approval may gain events meanwhile: the state
+    # machine records their preview and notification. None of them may say "executed" either.)
     new_events = read_events(local_stack, event_keys(local_stack) - keys_before)
-    sessions = {e["session_id"] for e in new_events}
-    assert len(sessions) == 1, sessions
+    assert "executed" not in {e["kind"] for e in new_events}
+    started = {e["session_id"] for e in new_events if e["kind"] == "received"}
+    assert len(started) == 1, started
+    (session_id,) = started
+    new_events = [e for e in new_events if e["session_id"] == session_id]
     kinds = [e["kind"] for e in new_events]
     assert kinds[0] == "received"
-    assert "executed" not in kinds
-    (session_id,) = sessions
     assert session_id == body["request_id"]
     if case.status == 202:
-        assert kinds[-1] == "approval_requested"
+        assert "approval_requested" in kinds and kinds.index("approval_requested") == 2
         assert "refused" not in kinds
     elif case.status == 403:
         refused = [e for e in new_events if e["kind"] == "refused"]

@@ -178,7 +178,8 @@ def test_the_registry_holds_the_connections_and_principals(provisioned, aws, pos
     assert prod.masking_profile == "pii-strict"
     assert conns["demo-dev"].attributes["env"] == "dev"
     assert (analyst.name, analyst.kind) == ("analyst", "agent")
-    assert analyst.attributes == {"team": "data", "clearance": "standard"} and analyst.groups == ()
+    assert analyst.attributes == {"team": "data", "clearance": "standard", "owner": "U_BOB"}
+    assert analyst.groups == ()
     assert (alice.name, alice.kind, alice.groups, dict(alice.attributes)) == (
         "alice",
         "approver",

@@ -76,3 +76,46 @@ def test_pending_records_expire_sooner_than_finished_ones(store):
 def test_a_missing_record_is_not_found(store):
     with pytest.raises(NotFoundError):
         store.get("nope")
+
+
+# -- the approval flow's conditional writes ------------------------------------------------------
+
+
+def test_a_vote_is_kept_once_per_approver(store):
+    from gatehouse.approvals import TransitionError
+
+    store.put_new(record("pending_approval"))
+    updated = store.add_vote("r1", {"user": "U_ALICE", "name": "alice", "groups": ["dba"], "vote": "approve"})
+    assert [v["user"] for v in updated.votes] == ["U_ALICE"] and updated.voters == ["U_ALICE"]
+    with pytest.raises(TransitionError):
+        store.add_vote("r1", {"user": "U_ALICE", "name": "alice", "groups": ["dba"], "vote": "approve"})
+    second = store.add_vote("r1", {"user": "U_CAROL", "name": "carol", "groups": ["dba"], "vote": "approve"})
+    assert [v["user"] for v in second.votes] == ["U_ALICE", "U_CAROL"]
+
+
+def test_no_vote_counts_once_the_request_is_decided(store):
+    from gatehouse.approvals import TransitionError
+
+    store.put_new(record("pending_approval"))
+    store.transition("r1", expect=("pending_approval",), status="expired")
+    with pytest.raises(TransitionError):
+        store.add_vote("r1", {"user": "U_ALICE", "name": "alice", "groups": ["dba"], "vote": "approve"})
+
+
+def test_a_transition_has_exactly_one_winner(store):
+    from gatehouse.approvals import TransitionError
+
+    store.put_new(record("pending_approval"))
+    store.transition("r1", expect=("pending_approval",), status="approved", decided_by="alice")
+    store.transition("r1", expect=("approved",), status="executing")
+    with pytest.raises(TransitionError):
+        store.transition("r1", expect=("approved",), status="executing")  # the approval delivered twice
+    got = store.get("r1")
+    assert got.status == "executing" and got.decided_by == "alice"
+
+
+def test_the_task_token_is_never_shown_to_the_agent(store):
+    store.put_new(record("pending_approval"))
+    store.set_notified("r1", task_token="t" * 3000, channel="C1", ts="1.2")
+    view = store.get("r1").public_view()
+    assert "task_token" not in view and "slack_ts" not in view and "voters" not in view

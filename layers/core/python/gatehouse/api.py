@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
-import decimal
 import hashlib
 import json
 import logging
 import math
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -44,6 +41,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
 
     from gatehouse.service import Gatehouse, Outcome
+from gatehouse.values import jsonable, result_view
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +167,10 @@ class RequestOut(BaseModel):
     truncated_reason: Literal["row_limit", "byte_limit"] | None = None
     duration_ms: float | None = None
     masked: list[MaskedColumnOut] | None = None
+    preview: dict[str, Any] | None = Field(
+        default=None, description="What the command would do (pending approval): EXPLAIN or a dry run"
+    )
+    expires_at: int | None = Field(default=None, description="Pending approval: when it expires (epoch s)")
     rows_not_kept: bool | None = Field(
         default=None,
         description="On an idempotent replay only: the result was too large to keep, so the rows "
@@ -182,7 +184,9 @@ class RequestRecordOut(BaseModel):
     model_config = _DESCRIBES_ONLY
 
     request_id: str
-    status: Literal["executing", "executed", "failed", "denied", "pending_approval"]
+    status: Literal[
+        "executing", "executed", "failed", "denied", "pending_approval", "approved", "expired", "drifted"
+    ]
     principal_name: str
     connection: str
     sql: str
@@ -196,9 +200,26 @@ class RequestRecordOut(BaseModel):
     expires_at: int
     approval_group: str | None = None
     approval_quorum: int | None = None
+    approval_groups: list[str] | None = None
+    approval_expires_at: int | None = None
+    relations: list[str] | None = None
+    preview: dict[str, Any] | None = None
+    owner: str | None = None
+    votes: list[dict[str, Any]] | None = None
+    decided_by: str | None = None
+    decided_reason: str | None = None
     row_count: int | None = None
     duration_ms: float | None = None
     error: str | None = None
+    result: dict[str, Any] | None = Field(
+        default=None, description="Once executed after approval: the masked result (as POST returns it)"
+    )
+
+
+class RequestListOut(BaseModel):
+    model_config = _DESCRIBES_ONLY
+
+    requests: list[RequestRecordOut]
 
 
 class ConnectionOut(BaseModel):
@@ -255,35 +276,6 @@ _SUBMIT_ANSWERS: dict[int, OpenAPIResponse] = {
 
 
 # -- strict JSON, both ways ------------------------------------------------------------------
-
-
-def jsonable(value: Any) -> Any:
-    """Postgres values an agent can read in strict JSON: exact numbers as strings, times in ISO 8601.
-
-    Non-finite floats become the strings Postgres prints for them ("NaN", "Infinity",
-    "-Infinity"): JSON has no literal for them (RFC 8259 section 6).
-    """
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, decimal.Decimal):
-        return str(value)  # NaN, sNaN and Infinity included: str() spells them as Postgres does
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    return str(value)
 
 
 def dumps(body: Any) -> str:
@@ -491,25 +483,11 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
         "decision": outcome.decision.as_dict(),
     }
     if outcome.result is not None:
-        r = outcome.result
-        body.update(
-            columns=list(r.columns),
-            rows=[[jsonable(v) for v in row] for row in r.rows],
-            row_count=r.row_count,
-            truncated=r.truncated,
-            truncated_reason=r.truncated_reason,
-            duration_ms=r.duration_ms,
-            masked=[
-                {
-                    "column": m.column,
-                    "rule": m.rule,
-                    "strategy": m.strategy,
-                    "sources": list(m.sources),
-                    "reason": m.reason,
-                }
-                for m in r.masked
-            ],
-        )
+        body.update(result_view(outcome.result))
+    if outcome.record.preview is not None:
+        body["preview"] = outcome.record.preview
+    if outcome.status == "pending_approval" and outcome.record.approval_expires_at:
+        body["expires_at"] = outcome.record.approval_expires_at
     return body
 
 
@@ -810,6 +788,15 @@ def build_app(
     ):
         record = service.get_request(caller(), request_id, wait_s=wait)
         return _json(200, jsonable(record.public_view()))
+
+    @app.get(
+        "/v1/requests",
+        summary="The caller's requests, newest first",
+        responses={**_COMMON_ANSWERS, 200: _answer("The caller's requests", RequestListOut)},
+    )
+    def list_requests(pending: Annotated[bool, Query()] = False):
+        records = service.list_requests(caller(), pending_only=pending)
+        return _json(200, {"requests": [jsonable(r.public_view()) for r in records]})
 
     @app.get(
         "/v1/connections",

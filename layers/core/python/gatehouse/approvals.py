@@ -3,6 +3,13 @@
 Every request the API accepts leaves a record: what was asked (the exact SQL and its SHA-256),
 by whom, on which connection, how it was decided and how it ended. A `pending_approval` record
 is what approvers vote on: the hash pins the exact command an approval approves.
+
+An approval moves a record through conditional writes only, so two deliveries of one Slack
+click, two approvers at once or a vote racing the expiry cannot both win:
+
+    pending_approval --(quorum)--> approved --(claimed once)--> executing --> executed | failed | drifted
+    pending_approval --(a deny)--> denied        pending_approval --(timeout)--> expired
+    approved --(policy changed since)--> denied
 """
 
 from __future__ import annotations
@@ -54,13 +61,35 @@ class RequestRecord:
     row_count: int | None = None
     duration_ms: float | None = None
     error: str | None = None
+    relations: list[str] | None = None
+    # The approval flow
+    approval_groups: list[str] | None = None  # one approval from each, approval_quorum per group
+    approval_expires_at: int | None = None  # epoch seconds; the state machine times out then
+    preview: dict[str, Any] | None = None  # what the write would do, shown before anyone is asked
+    owner: str | None = None  # the agent's owner (a Slack user id): may not approve its requests
+    task_token: str | None = None  # the state machine's token, never shown to anyone
+    slack_channel: str | None = None
+    slack_ts: str | None = None
+    votes: list[dict[str, Any]] | None = None  # {"user", "name", "groups", "vote", "reason", "at"}
+    voters: list[str] | None = None  # Slack user ids that voted (the double-vote guard)
+    decided_by: str | None = None
+    decided_reason: str | None = None
+    result: dict[str, Any] | None = None  # the masked result of a command run after approval
 
     def public_view(self) -> dict[str, Any]:
         """What the agent that asked may read back."""
-        out = {k: v for k, v in asdict(self).items() if v is not None and k != "principal_arn"}
+        hidden = {"principal_arn", "task_token", "voters", "slack_channel", "slack_ts"}
+        out = {k: v for k, v in asdict(self).items() if v is not None and k not in hidden}
         out["sql"] = out.pop("command")
         out["sql_sha256"] = out.pop("command_sha256")
         return out
+
+
+class TransitionError(GatehouseError):
+    """The record was not in a state that allows this change (decided, expired, voted already)."""
+
+    code = "request_not_pending"
+    status = 409
 
 
 class RequestStore:
@@ -95,13 +124,19 @@ class RequestStore:
         row_count: int | None = None,
         duration_ms: float | None = None,
         error: str | None = None,
+        result: dict[str, Any] | None = None,
     ) -> None:
         """Move an `executing` record to its final status."""
         now = int(self._clock())
         names = {"#s": "status"}
         values: dict[str, Any] = {":s": status, ":u": now, ":e": now + RECORD_TTL_S, ":x": "executing"}
         sets = ["#s = :s", "updated_at = :u", "expires_at = :e"]
-        for field_name, value in (("row_count", row_count), ("duration_ms", duration_ms), ("error", error)):
+        for field_name, value in (
+            ("row_count", row_count),
+            ("duration_ms", duration_ms),
+            ("error", error),
+            ("result", result),
+        ):
             if value is not None:
                 # Names go through placeholders: some (e.g. ERROR) are DynamoDB reserved words.
                 names[f"#{field_name}"] = field_name
@@ -129,8 +164,112 @@ class RequestStore:
         item = resp.get("Item")
         if not item:
             raise NotFoundError(f"no request {request_id}")
-        plain = from_item(item)
-        if plain.get("duration_ms") is not None:
-            plain["duration_ms"] = float(plain["duration_ms"])
-        known = RequestRecord.__dataclass_fields__
-        return RequestRecord(**{k: v for k, v in plain.items() if k in known})
+        return _record(item)
+
+    # -- the approval flow -----------------------------------------------------------------
+
+    def set_notified(self, request_id: str, *, task_token: str, channel: str | None, ts: str | None) -> None:
+        """Keep the state machine's token (and where the Slack message is) with a pending record."""
+        fields: dict[str, Any] = {"task_token": task_token, "slack_channel": channel, "slack_ts": ts}
+        self._update(request_id, fields, expect=("pending_approval",))
+
+    def add_vote(self, request_id: str, vote: dict[str, Any]) -> RequestRecord:
+        """Append one approver's vote; refused when the record is not pending or they voted already."""
+        now = int(self._clock())
+        names = {"#s": "status", "#v": "votes", "#w": "voters"}
+        values = {
+            ":pending": to_attribute("pending_approval"),
+            ":vote": to_attribute([{**vote, "at": now}]),
+            ":voter": to_attribute([vote["user"]]),
+            ":user": to_attribute(vote["user"]),
+            ":empty": to_attribute([]),
+            ":u": to_attribute(now),
+        }
+        try:
+            resp = self._ddb.update_item(
+                TableName=self._table,
+                Key={"request_id": {"S": request_id}},
+                UpdateExpression=(
+                    "SET #v = list_append(if_not_exists(#v, :empty), :vote), "
+                    "#w = list_append(if_not_exists(#w, :empty), :voter), updated_at = :u"
+                ),
+                # One vote per approver, only while the request waits: the conditional write is the
+                # guard against double clicks, replays delivered twice and votes racing the expiry.
+                ConditionExpression="#s = :pending AND (attribute_not_exists(#w) OR NOT contains(#w, :user))",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise TransitionError("this request is not waiting for your vote") from exc
+            raise RequestStoreUnavailableError("the vote could not be stored") from exc
+        except BotoCoreError as exc:
+            raise RequestStoreUnavailableError("the vote could not be stored") from exc
+        return _record(resp["Attributes"])
+
+    def transition(self, request_id: str, *, expect: tuple[str, ...], status: str, **fields: Any) -> None:
+        """Move the record from one of `expect` to `status` (conditional: exactly one caller wins)."""
+        self._update(request_id, {"status": status, **fields}, expect=expect)
+
+    def list_for(
+        self, principal_name: str, *, pending_only: bool = False, limit: int = 100
+    ) -> list[RequestRecord]:
+        """The principal's requests, newest first (a scan: the table holds days, not years)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "principal_name = :p",
+            "ExpressionAttributeValues": {":p": to_attribute(principal_name)},
+        }
+        out: list[RequestRecord] = []
+        try:
+            while True:
+                page = self._ddb.scan(**kwargs)
+                out += [_record(item) for item in page.get("Items", [])]
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        except (ClientError, BotoCoreError) as exc:
+            raise RequestStoreUnavailableError("the request store could not be read") from exc
+        if pending_only:
+            out = [r for r in out if r.status == "pending_approval"]
+        return sorted(out, key=lambda r: r.created_at, reverse=True)[:limit]
+
+    def _update(self, request_id: str, fields: dict[str, Any], *, expect: tuple[str, ...]) -> None:
+        now = int(self._clock())
+        fields = {**fields, "updated_at": now}
+        names = {"#s": "status"}
+        values: dict[str, Any] = {f":x{i}": to_attribute(v) for i, v in enumerate(expect)}
+        sets, removes = [], []
+        for i, (name, value) in enumerate(fields.items()):
+            names[f"#f{i}"] = name
+            if value is None:
+                removes.append(f"#f{i}")
+            else:
+                values[f":f{i}"] = to_attribute(value)
+                sets.append(f"#f{i} = :f{i}")
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        condition = "#s IN (" + ", ".join(f":x{i}" for i in range(len(expect))) + ")"
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"request_id": {"S": request_id}},
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise TransitionError(f"request {request_id} is no longer {' or '.join(expect)}") from exc
+            raise RequestStoreUnavailableError("the request record could not be updated") from exc
+        except BotoCoreError as exc:
+            raise RequestStoreUnavailableError("the request record could not be updated") from exc
+
+
+def _record(item: dict[str, Any]) -> RequestRecord:
+    plain = from_item(item)
+    if plain.get("duration_ms") is not None:
+        plain["duration_ms"] = float(plain["duration_ms"])
+    known = RequestRecord.__dataclass_fields__
+    return RequestRecord(**{k: v for k, v in plain.items() if k in known})

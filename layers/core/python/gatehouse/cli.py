@@ -45,6 +45,10 @@ def _describe_lines(answer: ApiAnswer) -> list[str]:
     if "error" in b:
         return [f"error {answer.status_code} {b['error']}: {b.get('message', '')}"]
     decision = b.get("decision") or {}
+    if not isinstance(decision, dict):  # a request record: the effect, and its policies beside it
+        decision = {"effect": decision, "policy_ids": b.get("policy_ids") or []}
+    if isinstance(b.get("result"), dict):  # a record of a command run after approval
+        b = {**b, **b["result"]}
     policies = ", ".join(decision.get("policy_ids") or []) or "none"
     head = (
         f"request {b.get('request_id')}: {b.get('status')} "
@@ -55,7 +59,20 @@ def _describe_lines(answer: ApiAnswer) -> list[str]:
         lines.append("  reason: " + "; ".join(decision["reasons"]))
     if b.get("status") == "pending_approval" and decision.get("approval"):
         appr = decision["approval"]
-        lines.append(f"  waiting for {appr.get('quorum', 1)} approval(s) from group {appr.get('group')}")
+        groups = ", ".join(appr.get("groups") or [appr.get("group")])
+        lines.append(f"  waiting for {appr.get('quorum', 1)} approval(s) from each of: {groups}")
+        if b.get("expires_at"):
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(b["expires_at"])))
+            lines.append(f"  expires at {when}")
+        for stmt in (b.get("preview") or {}).get("statements") or ():
+            lines.append("  preview: " + _preview_line(stmt))
+        if (b.get("preview") or {}).get("fallback"):
+            lines.append(f"  (dry run not possible: {b['preview']['fallback']})")
+    if b.get("status") in ("denied", "expired", "drifted", "failed") and (
+        b.get("error") or b.get("decided_reason")
+    ):
+        who = f" by {b['decided_by']}" if b.get("decided_by") else ""
+        lines.append(f"  {b.get('status')}{who}: {b.get('decided_reason') or b.get('error')}")
     if b.get("columns"):
         lines.extend(format_table(b["columns"], b.get("rows") or []).split("\n"))
     if "row_count" in b and b.get("status") == "executed":
@@ -68,11 +85,27 @@ def _describe_lines(answer: ApiAnswer) -> list[str]:
     return lines
 
 
+UNDECIDED = frozenset({"pending_approval", "approved", "executing"})
+
+
+def _preview_line(stmt: dict[str, Any]) -> str:
+    if stmt.get("error"):
+        return f"{stmt.get('text', '')[:60]}: {stmt['error']}"
+    if stmt.get("affected_rows") is not None:
+        return f"dry run: {stmt['affected_rows']} rows would change ({stmt.get('text', '')[:60]})"
+    if stmt.get("estimated_rows") is None:
+        return str(stmt.get("plan") or "no estimate")[:100]
+    return f"about {stmt['estimated_rows']} rows by the planner's estimate ({str(stmt.get('plan', ''))[:60]})"
+
+
 def _exit_code(answer: ApiAnswer) -> int:
     if answer.status_code >= 400 and answer.body.get("status") != "denied":
         return EXIT_ERROR
-    return {"denied": EXIT_DENIED, "pending_approval": EXIT_PENDING}.get(
-        str(answer.body.get("status")), EXIT_OK
+    status = str(answer.body.get("status"))
+    if status in ("expired", "drifted", "failed"):
+        return EXIT_ERROR
+    return {"denied": EXIT_DENIED, "pending_approval": EXIT_PENDING, "approved": EXIT_PENDING}.get(
+        status, EXIT_PENDING if status == "executing" else EXIT_OK
     )
 
 
@@ -80,13 +113,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
     client = _client(args)
     answer = client.submit(args.connection, args.sql, args.reason or "")
     deadline = time.monotonic() + (args.wait or 0)
-    while answer.body.get("status") == "pending_approval" and time.monotonic() < deadline:
+    while answer.body.get("status") in UNDECIDED and time.monotonic() < deadline:
         remaining = max(1, min(20, int(deadline - time.monotonic())))
         polled = client.get_request(answer.body["request_id"], wait=remaining)
-        if polled.body.get("status") != "pending_approval":
-            answer = polled
+        if polled.body.get("status") not in UNDECIDED:
+            # The record of a request run after approval holds its masked result: show it as
+            # the POST would have.
+            body = {**polled.body, **(polled.body.get("result") or {})}
+            answer = ApiAnswer(polled.status_code, body)
             break
-        time.sleep(1)
+        time.sleep(0.2)
     print(safe_json(answer.body, indent=2) if args.json else describe(answer))
     return _exit_code(answer)
 
@@ -95,6 +131,30 @@ def cmd_requests_get(args: argparse.Namespace) -> int:
     answer = _client(args).get_request(args.request_id)
     print(safe_json(answer.body, indent=2) if args.json else describe(answer))
     return EXIT_OK if answer.ok else EXIT_ERROR
+
+
+def cmd_requests_list(args: argparse.Namespace) -> int:
+    answer = _client(args).list_requests(pending=args.pending)
+    if args.json or not answer.ok:
+        print(safe_json(answer.body, indent=2) if args.json else describe(answer))
+        return EXIT_OK if answer.ok else EXIT_ERROR
+    listed = answer.body.get("requests") or []
+    if not listed:
+        print("no pending requests" if args.pending else "no requests")
+        return EXIT_OK
+    rows = [
+        [
+            r.get("request_id"),
+            r.get("status"),
+            r.get("connection"),
+            r.get("statement_class"),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(r.get("created_at") or 0))),
+            " ".join(str(r.get("sql") or "").split()),
+        ]
+        for r in listed
+    ]
+    print(format_table(["request", "status", "connection", "class", "created (UTC)", "sql"], rows))
+    return EXIT_OK
 
 
 def cmd_connections(args: argparse.Namespace) -> int:
@@ -120,6 +180,7 @@ def _agent_option(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from gatehouse.audit.cli import register as register_audit
+    from gatehouse.local.approve import register as register_approve
     from gatehouse.local.cli import register as register_local
     from gatehouse.targets.privileges_cli import register as register_connections_check
 
@@ -150,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true")
     _agent_option(g)
     g.set_defaults(func=cmd_requests_get)
+    g = rsub.add_parser("list", help="your requests, newest first")
+    g.add_argument("--pending", action="store_true", help="only those waiting for approval")
+    g.add_argument("--json", action="store_true")
+    _agent_option(g)
+    g.set_defaults(func=cmd_requests_list)
 
     p = sub.add_parser("connections", help="connections you may use (`check NAME`: least privilege)")
     p.add_argument("--json", action="store_true")
@@ -158,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_connections_check(p)
 
     register_local(sub)
+    register_approve(sub)
     register_audit(sub)
     return parser
 

@@ -92,6 +92,9 @@ class GatehouseClient:
     def get_request(self, request_id: str, wait: int = 0) -> ApiAnswer:
         return self._call("GET", f"/v1/requests/{request_id}", params={"wait": wait} if wait else None)
 
+    def list_requests(self, pending: bool = False) -> ApiAnswer:
+        return self._call("GET", "/v1/requests", params={"pending": "true"} if pending else None)
+
     def list_connections(self) -> ApiAnswer:
         return self._call("GET", "/v1/connections")
 

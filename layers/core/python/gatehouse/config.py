@@ -32,6 +32,11 @@ class Settings:
     max_bytes: int = 4 * 1024 * 1024
     log_retention_days: int = names.DEFAULT_LOG_RETENTION_DAYS
     max_body_bytes: int = 256 * 1024
+    # The approval flow: the state machine that holds requests, the Slack app's secret, and (local
+    # stack only) the Slack Web API stand-in's URL. Empty ARN: approvals cannot start (503).
+    state_machine_arn: str = ""
+    slack_secret: str = names.SLACK_SECRET
+    slack_api_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -54,6 +59,9 @@ class Settings:
             log_retention_days=_positive_int(
                 env, names.ENV_LOG_RETENTION_DAYS, names.DEFAULT_LOG_RETENTION_DAYS
             ),
+            state_machine_arn=env.get(names.ENV_STATE_MACHINE_ARN) or "",
+            slack_secret=env.get(names.ENV_SLACK_SECRET) or names.SLACK_SECRET,
+            slack_api_url=env.get(names.ENV_SLACK_API_URL) or "",
         )
 
     def as_env(self) -> dict[str, str]:
@@ -68,6 +76,9 @@ class Settings:
             names.ENV_MAX_ROWS: str(self.max_rows),
             names.ENV_MAX_BYTES: str(self.max_bytes),
             names.ENV_LOG_RETENTION_DAYS: str(self.log_retention_days),
+            names.ENV_STATE_MACHINE_ARN: self.state_machine_arn,
+            names.ENV_SLACK_SECRET: self.slack_secret,
+            **({names.ENV_SLACK_API_URL: self.slack_api_url} if self.slack_api_url else {}),
         }
 
 

@@ -25,7 +25,7 @@ SLACK_REPLAY_TABLE = f"{PREFIX}-slack-replay"
 # Secrets Manager
 CONNECTION_SECRET_PREFIX = f"{PREFIX}/connections/"  # + connection name -> {"username","password"}
 MASKING_KEY_SECRET = f"{PREFIX}/masking-key"  # HMAC key for keyed-hash masking
-SLACK_SECRET = f"{PREFIX}/slack"  # noqa: S105 (a name) {"signing_secret", "bot_token", "channel"}
+SLACK_SECRET = f"{PREFIX}/slack"  # {"signing_secret", "bot_token", "channel"}
 
 # Lambda
 API_FUNCTION = f"{PREFIX}-api"

@@ -21,7 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gatehouse.approvals import RequestRecord, RequestStore, sql_sha256
+import boto3
+
+from gatehouse.approval_flow import ApprovalFlow, VoteResult
+from gatehouse.approvals import RECORD_TTL_S, RequestRecord, RequestStore, sql_sha256
 from gatehouse.audit.log import SessionLog
 from gatehouse.classify import classify
 from gatehouse.classify.functions import classify_field_call
@@ -66,7 +69,7 @@ log = logging.getLogger(__name__)
 # Actions probed to tell an agent what it may do on each connection (GET /v1/connections).
 PROBED_CLASSES = (StatementClass.READ, StatementClass.WRITE, StatementClass.DDL)
 # Statuses a long-poll waits on; one DynamoDB read a second keeps it cheap.
-UNDECIDED = frozenset({"pending_approval", "executing"})
+UNDECIDED = frozenset({"pending_approval", "approved", "executing"})
 POLL_INTERVAL_S = 1.0
 
 
@@ -107,6 +110,9 @@ class Gatehouse:
         s3_client: Any,
         executor: PostgresExecutor | None = None,
         catalogs: CatalogCache | None = None,
+        workflow: Any = None,
+        notifier: Any = None,
+        aws_session: Any = None,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         sleep: Callable[[float], None] = time.sleep,
@@ -120,6 +126,11 @@ class Gatehouse:
         self._executor = executor or PostgresExecutor(secrets)
         self._catalogs = catalogs or CatalogCache(PostgresCatalogLoader(secrets))
         self._lineage = LineageEngine()
+        # The approval flow's clients, built on first use: most requests never need them.
+        self._workflow_client = workflow
+        self._notifier_client = notifier
+        self._aws_session = aws_session
+        self._approvals = ApprovalFlow(self)
         self._clock = clock
         self._new_id = new_id
         self._sleep = sleep
@@ -150,6 +161,32 @@ class Gatehouse:
             if record.status not in UNDECIDED or time.monotonic() >= deadline:
                 return record
             self._sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+
+    # -- the approval flow (the state machine's tasks and the approvers' votes) --------------
+
+    def record_preview(self, request_id: str) -> dict[str, Any]:
+        return self._approvals.record_preview(request_id)
+
+    def notify(self, request_id: str, task_token: str) -> dict[str, Any]:
+        return self._approvals.notify(request_id, task_token)
+
+    def vote(self, slack_user: str, request_id: str, approve: bool, reason: str = "") -> VoteResult:
+        return self._approvals.vote(slack_user, request_id, approve, reason)
+
+    def execute_approved(self, request_id: str) -> dict[str, Any]:
+        return self._approvals.execute_approved(request_id)
+
+    def finish_denied(self, request_id: str) -> dict[str, Any]:
+        return self._approvals.finish_denied(request_id)
+
+    def expire(self, request_id: str) -> dict[str, Any]:
+        return self._approvals.expire(request_id)
+
+    def fail_approval(self, request_id: str) -> dict[str, Any]:
+        return self._approvals.fail_approval(request_id)
+
+    def list_requests(self, principal: Principal, *, pending_only: bool = False) -> list[RequestRecord]:
+        return self._requests.list_for(principal.name, pending_only=pending_only)
 
     # -- the decision path -----------------------------------------------------------------
 
@@ -226,14 +263,9 @@ class Gatehouse:
             self._requests.put_new(record)
             return Outcome(request_id, "denied", classification, decision, record)
         if decision.effect is Effect.APPROVAL:
-            assert decision.approval is not None
-            record.status = "pending_approval"
-            record.approval_group = decision.approval.group
-            record.approval_quorum = decision.approval.quorum
-            self._requests.put_new(record)
-            session.stage("approval_requested", outcome="pending", **described)
-            session.flush()
-            return Outcome(request_id, "pending_approval", classification, decision, record)
+            return self._request_approval(
+                session, record, principal, connection, traced, masker, decision, described
+            )
 
         # The record exists before the command runs, so GET /v1/requests/{id} never loses one;
         # it is written while the decision is flushed, and both must land before anything runs.
@@ -259,6 +291,75 @@ class Gatehouse:
             raise failure from exc
         self._finish(record, status="executed", row_count=result.row_count, duration_ms=result.duration_ms)
         return Outcome(request_id, "executed", classification, decision, record, result)
+
+    def _request_approval(
+        self,
+        session: SessionLog,
+        record: RequestRecord,
+        principal: Principal,
+        connection: Connection,
+        traced: Traced,
+        masker: Masker,
+        decision: Decision,
+        described: dict[str, Any],
+    ) -> Outcome:
+        """Store the pending request with its preview, then start the state machine that holds it."""
+        requirement = decision.approval
+        assert requirement is not None
+        now = int(self._clock())
+        expires_s = int(getattr(requirement, "expires_s", 1800))
+        record.status = "pending_approval"
+        record.approval_group = requirement.group
+        record.approval_quorum = requirement.quorum
+        record.approval_groups = list(getattr(requirement, "groups", ()) or (requirement.group,))
+        record.approval_expires_at = now + expires_s
+        record.expires_at = now + expires_s + RECORD_TTL_S
+        record.relations = list(traced.classification.relations)
+        owner = principal.attributes.get("owner")
+        record.owner = str(owner) if owner else None
+        mode = str(getattr(requirement, "preview", "explain"))
+        record.preview = self._approvals.preview(connection, traced, masker, mode)
+        self._requests.put_new(record)
+        session.stage("approval_requested", outcome="pending", **described)
+        session.flush()
+        try:
+            self._workflow().start(record.request_id, expires_s)
+        except GatehouseError as exc:
+            # Never pending forever: a request nobody can approve is a failed request.
+            try:
+                self._requests.transition(
+                    record.request_id,
+                    expect=("pending_approval",),
+                    status="failed",
+                    error=f"{exc.code}: {exc.message}",
+                )
+            except GatehouseError:
+                log.error("could not mark request %s failed", record.request_id)
+            record.status = "failed"
+            self._refuse(session, exc, **described)
+            raise
+        return Outcome(record.request_id, "pending_approval", traced.classification, decision, record)
+
+    def _workflow(self) -> Any:
+        if self._workflow_client is None:
+            from gatehouse.workflow import Workflow, WorkflowUnavailableError
+
+            if not self._settings.state_machine_arn:
+                raise WorkflowUnavailableError("no approval workflow is configured: nothing can approve this")
+            session = self._aws_session or boto3.session.Session()
+            self._workflow_client = Workflow(
+                session.client("stepfunctions"), self._settings.state_machine_arn
+            )
+        return self._workflow_client
+
+    def _notifier(self) -> Any:
+        if self._notifier_client is None:
+            from gatehouse.slack.app import build_notifier, load_credentials
+
+            self._notifier_client = build_notifier(
+                load_credentials(self._secrets, self._settings), self._settings
+            )
+        return self._notifier_client
 
     def _decide(
         self,
@@ -316,6 +417,8 @@ class Gatehouse:
         traced: Traced,
         masker: Masker,
         described: dict[str, Any],
+        *,
+        check: Callable[[QueryResult], None] | None = None,
     ) -> QueryResult:
         masked: list[QueryResult] = []
         classification = traced.classification
@@ -323,6 +426,8 @@ class Gatehouse:
 
         def mask_and_record(raw: QueryResult) -> None:
             # Runs before COMMIT: if the outcome cannot be recorded, the transaction rolls back.
+            if check is not None:
+                check(raw)  # raising here rolls the command back (a drifted approval)
             plan = self._plan(traced, masker, raw) if traced.lineage else None
             out = masker.mask_rows(raw.columns, raw.rows, plan)
             masked.append(dataclasses.replace(raw, rows=tuple(out.rows), masked=out.masked))

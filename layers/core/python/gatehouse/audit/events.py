@@ -68,10 +68,14 @@ class EventKind(StrEnum):
     RECEIVED = "received"  # a command arrived (before anything is decided)
     DECISION = "decision"  # the policy decision, written before the command may run
     APPROVAL_REQUESTED = "approval_requested"  # the command waits for a human quorum
+    PREVIEW = "preview"  # what the command would do (row_count: estimated or dry-run rows)
+    NOTIFIED = "notified"  # the approvers were asked (the Slack message is posted)
+    VOTE_REFUSED = "vote_refused"  # a vote that did not count (self-approval, twice, not allowed)
     APPROVAL_VOTE = "approval_vote"  # one approver said yes; the quorum is not reached yet
     APPROVED = "approved"  # the quorum is reached; `approvers` names everyone who said yes
     DENIED_BY_APPROVER = "denied_by_approver"  # an approver said no
     APPROVAL_EXPIRED = "approval_expired"  # nobody decided in time
+    DRIFTED = "drifted"  # the approved command changed other rows than previewed: rolled back
     EXECUTED = "executed"  # the command ran (row_count, duration_ms)
     FAILED = "failed"  # the command ran and the target refused or failed it
     REFUSED = "refused"  # Gatehouse did not run the command (denied, unparseable, unknown connection)
@@ -90,6 +94,7 @@ OUTCOMES: tuple[str, ...] = (
     "expired",
     "cancelled",
     "timeout",
+    "drifted",
 )
 DECISIONS: tuple[str, ...] = tuple(e.value for e in Effect)
 STATEMENT_CLASSES: tuple[str, ...] = tuple(c.value for c in StatementClass)

@@ -100,6 +100,7 @@ class Route:
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/requests"),
+    Route("GET", "/v1/requests"),
     Route("GET", "/v1/requests/{id}"),
     Route("GET", "/v1/connections"),
     Route("POST", "/v1/proxy-tokens"),

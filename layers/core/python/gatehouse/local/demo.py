@@ -75,7 +75,56 @@ def check(condition: bool, what: str) -> None:
     say(f"  ok: {what}")
 
 
-def play(state: dict[str, Any]) -> None:
+def wait_for(condition: Any, what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def agent_client(state: dict[str, Any]) -> Any:
+    from gatehouse.client import GatehouseClient
+
+    keys = state["agents"]["analyst"]
+    auth = AWS4Auth(keys["access_key_id"], keys["secret_access_key"], state["region"], "execute-api")
+    return GatehouseClient(state["api"], auth)
+
+
+def wait_for_status(state: dict[str, Any], request_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The agent's long-poll: GET /v1/requests/{id}?wait=20 until the request is decided."""
+    client = agent_client(state)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = client.get_request(request_id, wait=20).body
+        if body.get("status") not in cli.UNDECIDED or time.monotonic() > deadline:
+            return body
+
+
+def slack_message_for(state: dict[str, Any], request_id: str) -> str | None:
+    """The approval message as the Slack stand-in holds it, as plain text."""
+    try:
+        messages = requests.get(state["slack_api"].rstrip("/") + "/_standin/messages", timeout=5).json()
+    except (requests.RequestException, ValueError):
+        return None
+    for message in messages if isinstance(messages, list) else messages.get("messages", []):
+        text = json.dumps(message.get("blocks") or [])
+        if request_id in text:
+            return message.get("text") or text
+    return None
+
+
+def superuser_query(stack: LocalStack, database: str, sql: str) -> Any:
+    """One value, read directly from the demo's Postgres: what really changed."""
+    assert stack.postgres is not None
+    con = stack.postgres.connect(database)
+    try:
+        return con.run(sql)[0][0]
+    finally:
+        con.close()
+
+
+def play(state: dict[str, Any], stack: LocalStack) -> None:
     api, region = state["api"], state["region"]
     s3 = boto3.client(
         "s3",
@@ -113,30 +162,57 @@ def play(state: dict[str, Any]) -> None:
     say(f"  {forged.status_code} {forged.text}")
     check(unsigned.status_code in (401, 403) and forged.status_code == 403, "both refused by the gateway")
 
-    step(4, "A write on prod waits for a dba's approval")
+    step(4, "A write on prod waits for a dba's approval, with what it would do")
     out = agent_exec(
         "UPDATE customers SET notes = 'Do not call' WHERE id = 2",
         reason="customer asked",
         expect=cli.EXIT_PENDING,
     )
     pending_id = request_id_of(out)
-    run_cli(["requests", "get", pending_id, "--as", "analyst", "--json"])
-    say(
-        "  (the request record holds the exact SQL and its SHA-256: an approval approves that command,"
-        " once. The Slack approval flow arrives with the approvals feature.)"
-    )
+    check("dry run: 1 rows would change" in out, "the preview: a dry run, rolled back, changed 1 row")
+    say("  The approvers' Slack message (here: the local Slack stand-in, also shown by the console):")
+    wait_for(lambda: slack_message_for(state, pending_id) is not None, "the approval message to be posted")
+    say(textwrap.indent(slack_message_for(state, pending_id) or "", "    | "))
 
-    step(5, "Writes hidden inside reads are seen for what they are")
+    step(5, "The agent's owner may not approve; another dba does, and the agent gets its result")
+    run_cli(["approve", pending_id, "--as", "U_BOB"], expect=2)
+    run_cli(["approve", pending_id, "--as", "U_ALICE"])
+    record = wait_for_status(state, pending_id)
+    check(record.get("status") == "executed", "the exact approved command ran, once")
+    run_cli(["requests", "get", pending_id, "--as", "analyst"])
+    db_note = superuser_query(stack, "demo-prod", "SELECT notes FROM customers WHERE id = 2")
+    check(db_note == "Do not call", "the database holds the approved change")
+
+    step(6, "A denial carries its reason")
+    out = agent_exec(
+        "DELETE FROM orders WHERE status = 'cancelled'", reason="cleanup", expect=cli.EXIT_PENDING
+    )
+    denied_id = request_id_of(out)
+    wait_for(lambda: slack_message_for(state, denied_id) is not None, "the approval message to be posted")
+    run_cli(["approve", denied_id, "--as", "U_ALICE", "--deny", "--reason", "not during the month-end close"])
+    record = wait_for_status(state, denied_id)
+    check(record.get("status") == "denied", "denied, with the approver's reason on record")
+    run_cli(["requests", "get", denied_id, "--as", "analyst"])
+
+    step(7, "Nobody answers: the request expires (dev DDL waits 15 s in the demo policy)")
+    out = agent_exec(
+        "ALTER TABLE orders ADD COLUMN gift_wrap boolean", connection="demo-dev", expect=cli.EXIT_PENDING
+    )
+    expiring_id = request_id_of(out)
+    record = wait_for_status(state, expiring_id, timeout_s=60)
+    check(record.get("status") == "expired", "expired: the state machine's timeout fired")
+
+    step(8, "Writes hidden inside reads are seen for what they are")
     agent_exec(
         "WITH gone AS (DELETE FROM customers RETURNING id) SELECT count(*) FROM gone", expect=cli.EXIT_PENDING
     )
     agent_exec("SELECT 1; DROP TABLE customers", expect=cli.EXIT_DENIED)
 
-    step(6, "DDL and privilege changes on prod are forbidden")
+    step(9, "DDL and privilege changes on prod are forbidden")
     agent_exec("ALTER TABLE customers ADD COLUMN exported boolean", expect=cli.EXIT_DENIED)
     agent_exec("GRANT SELECT ON customers TO PUBLIC", expect=cli.EXIT_DENIED)
 
-    step(7, "Every step is in S3, under Object Lock in COMPLIANCE mode")
+    step(10, "Every step is in S3, under Object Lock in COMPLIANCE mode")
     keys_ = [
         o["Key"]
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/")
@@ -162,12 +238,12 @@ def play(state: dict[str, Any]) -> None:
         "received, decision, executed, session_closed",
     )
 
-    step(8, "The auditor's questions, in SQL (DuckDB here, Athena on AWS: the same SQL)")
+    step(11, "The auditor's questions, in SQL (DuckDB here, Athena on AWS: the same SQL)")
     run_cli(["audit", "query", "--named", "denied_attempts"])
     run_cli(["audit", "query", "--named", "activity_on_connection", "--param", "connection=demo-prod"])
     run_cli(["audit", "replay", read_id])
 
-    step(9, "The hash chains verify; a tampered copy does not")
+    step(12, "The hash chains verify; a tampered copy does not")
     run_cli(["audit", "verify"])
     tampered = f"{bucket}-tampered-copy"
     s3.create_bucket(Bucket=tampered)
@@ -199,7 +275,7 @@ def main() -> int:
     try:
         timings = ", ".join(f"{k} {v:.1f}s" for k, v in stack.timings.items())
         say(f"up ({timings}); API {state['api']}, moto {state['aws']}")
-        play(state)
+        play(state, stack)
     except DemoError as exc:
         say(f"\nDEMO FAILED: {exc}")
         return 1

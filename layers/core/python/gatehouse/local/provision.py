@@ -8,10 +8,19 @@ are not returned, printed, or written to `.gatehouse/local.json`.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
+import importlib
+import importlib.metadata
+import io
 import json
 import logging
+import os
 import re
 import secrets
+import subprocess
+import sys
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +63,9 @@ class AwsClients:
     dynamodb: Any
     secretsmanager: Any
     iam: Any
+    # The approval workflow's (create_approval_workflow); None: provision no workflow.
+    lambda_: Any = None
+    stepfunctions: Any = None
 
     @classmethod
     def from_session(cls, session: boto3.session.Session, endpoint_url: str | None = None) -> AwsClients:
@@ -65,6 +77,8 @@ class AwsClients:
             dynamodb=client("dynamodb"),
             secretsmanager=client("secretsmanager"),
             iam=client("iam"),
+            lambda_=client("lambda"),
+            stepfunctions=client("stepfunctions"),
         )
 
     @classmethod
@@ -141,13 +155,20 @@ def provision(
     region: str = DEFAULT_REGION,
     account_id: str = DEFAULT_ACCOUNT_ID,
     settings: Settings | None = None,
+    asl_cache_dir: Path | None = None,
 ) -> ProvisionResult:
-    """Create the bucket, tables, secrets, database roles, registry items and agent users."""
+    """Create the bucket, tables, secrets, database roles, registry items, agent users and the
+    approval workflow (its functions and state machine, when `aws` has those clients)."""
     settings = settings or local_settings(region, account_id)
     config = DemoConfig.load(demo_config_path)
     try:
         create_log_bucket(aws.s3, settings.log_bucket, region, settings.log_retention_days)
         create_tables(aws.dynamodb, settings)
+        if aws.lambda_ is not None and aws.stepfunctions is not None:
+            arn = create_approval_workflow(
+                aws.iam, aws.lambda_, aws.stepfunctions, region=region, cache_dir=asl_cache_dir
+            )
+            settings = dataclasses.replace(settings, state_machine_arn=arn)
         create_masking_key(aws.secretsmanager, settings.masking_key_secret)
         secrets_by_connection: dict[str, str] = {}
         roles: dict[str, str] = {}
@@ -229,6 +250,21 @@ def create_tables(dynamodb: Any, settings: Settings) -> None:
         TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
     )
     create_idempotency_table(dynamodb, names.IDEMPOTENCY_TABLE)
+    create_slack_replay_table(dynamodb, names.SLACK_REPLAY_TABLE)
+
+
+def create_slack_replay_table(dynamodb: Any, table: str) -> None:
+    """Slack interaction signatures already seen (gatehouse.slack.replay), as infra declares."""
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "signature", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "signature", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        SSESpecification={"Enabled": True, "SSEType": "KMS"},
+    )
+    dynamodb.update_time_to_live(
+        TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+    )
 
 
 def create_idempotency_table(dynamodb: Any, table: str) -> None:
@@ -344,7 +380,7 @@ def create_agent(
             "name": name,
             "kind": "agent",
             "arn": user["Arn"],
-            "attributes": {k: attributes[k] for k in ("team", "clearance") if k in attributes},
+            "attributes": {k: attributes[k] for k in ("team", "clearance", "owner") if k in attributes},
             "groups": [],
         },
     )
@@ -369,3 +405,148 @@ def approver_item(user_id: str, approver: Mapping[str, Any]) -> dict[str, Any]:
 
 def put_item(dynamodb: Any, table: str, item: Mapping[str, Any]) -> None:
     dynamodb.put_item(TableName=table, Item={k: _serializer.serialize(v) for k, v in item.items()})
+
+
+# -- the approval workflow: its functions and the state machine infra/approvals.py defines --------
+
+# This file is layers/core/python/gatehouse/local/provision.py: the repository is five levels up.
+_REPO_ROOT = Path(__file__).resolve().parents[5]
+# What the ASL is synthesized from: a change to either file makes a new cache entry.
+_ASL_SOURCES = (_REPO_ROOT / "infra" / "approvals.py", Path(__file__).resolve().parents[1] / "workflow.py")
+WORKFLOW_FUNCTIONS = (names.APPROVALS_FUNCTION, names.SLACK_FUNCTION)
+_LAMBDA_ROLE = f"{names.PREFIX}-local-functions"
+_STATES_ROLE = f"{names.PREFIX}-local-states"
+# moto stores the code and never runs it: the LambdaDispatcher (gatehouse.local.moto_server)
+# runs functions/<name>/handler.py in its place.
+_PLACEHOLDER_SOURCE = (
+    b"def lambda_handler(event, context):\n    raise RuntimeError('run by the local dispatcher')\n"
+)
+
+
+def create_approval_workflow(
+    iam: Any, lambda_client: Any, sfn: Any, *, region: str, cache_dir: Path | None = None
+) -> str:
+    """The approvals and Slack functions (names only: the dispatcher runs them) and the state
+    machine over them, from the very ASL the CDK app deploys. Returns the state machine's ARN."""
+    lambda_role = _service_role(iam, _LAMBDA_ROLE, "lambda.amazonaws.com")
+    arns = {
+        name: str(
+            lambda_client.create_function(
+                FunctionName=name,
+                Runtime="python3.12",
+                Role=lambda_role,
+                Handler="handler.lambda_handler",
+                Code={"ZipFile": _placeholder_zip()},
+                Timeout=60,
+            )["FunctionArn"]
+        )
+        for name in WORKFLOW_FUNCTIONS
+    }
+    account_id = arns[names.APPROVALS_FUNCTION].split(":")[4]
+    definition = approvals_asl(arns, account_id=account_id, region=region, cache_dir=cache_dir)
+    resp = sfn.create_state_machine(
+        name=names.STATE_MACHINE_NAME,
+        definition=json.dumps(definition),
+        roleArn=_service_role(iam, _STATES_ROLE, "states.amazonaws.com"),
+        type="STANDARD",
+    )
+    return str(resp["stateMachineArn"])
+
+
+def approvals_asl(
+    function_arns: Mapping[str, str], *, account_id: str, region: str, cache_dir: Path | None = None
+) -> dict[str, Any]:
+    """`infra.approvals.approvals_definition`, cached under `cache_dir` (the stack's .gatehouse/).
+
+    Synthesizing starts jsii's Node kernel and CDK: about 4.5 s, most of a `local up`. The cache
+    key covers the sources the ASL comes from, the CDK version and the ARNs, so a stale entry
+    cannot be read.
+    """
+    key = _asl_cache_key(function_arns, account_id, region)
+    path = cache_dir / f"approvals-asl-{key[:20]}.json" if cache_dir is not None else None
+    if path is not None:
+        try:
+            cached: dict[str, Any] = json.loads(path.read_text())
+            return cached
+        except (OSError, ValueError):
+            pass
+    definition = _synthesize_asl(function_arns, account_id, region)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(definition, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    return definition
+
+
+def _synthesize_asl(function_arns: Mapping[str, str], account_id: str, region: str) -> dict[str, Any]:
+    """Synthesize in a child process: jsii's Node kernel and its reader threads stay there, not in
+    the local stack's process (which must stop with nothing left running)."""
+    if not (_REPO_ROOT / "infra" / "approvals.py").is_file():
+        raise ProvisionError(
+            f"the approval state machine is defined in infra/approvals.py, not found under {_REPO_ROOT}: "
+            "run the local stack from the repository, with the infra extra (aws-cdk-lib) installed"
+        )
+    program = (
+        "import json, sys\n"
+        "from infra.approvals import approvals_definition\n"
+        "a = json.load(sys.stdin)\n"
+        "json.dump(approvals_definition(a['arns'], account=a['account'], region=a['region']), sys.stdout)\n"
+    )
+    # jsii prints an end-of-life banner for Node 20 unless told not to (as the Makefile does).
+    env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", program],
+            input=json.dumps({"arns": dict(function_arns), "account": account_id, "region": region}),
+            capture_output=True,
+            text=True,
+            cwd=_REPO_ROOT,
+            env=env,
+            timeout=180,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ProvisionError(f"synthesizing the approval state machine failed: {exc}") from exc
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise ProvisionError(f"synthesizing the approval state machine failed:\n{tail}")
+    definition: dict[str, Any] = json.loads(done.stdout)
+    return definition
+
+
+def default_asl_cache_dir() -> Path:
+    """Shared by every local stack of this user: the ASL depends on sources, not on a stack."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gatehouse"
+
+
+def _asl_cache_key(function_arns: Mapping[str, str], account_id: str, region: str) -> str:
+    digest = hashlib.sha256()
+    for source in _ASL_SOURCES:
+        try:
+            digest.update(source.read_bytes())
+        except OSError:
+            digest.update(b"missing:" + str(source).encode())
+    try:
+        digest.update(importlib.metadata.version("aws-cdk-lib").encode())
+    except importlib.metadata.PackageNotFoundError:
+        digest.update(b"no-cdk")
+    digest.update(json.dumps([dict(function_arns), account_id, region], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _service_role(iam: Any, name: str, service: str) -> str:
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+    }
+    return str(iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"])
+
+
+def _placeholder_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("handler.py", _PLACEHOLDER_SOURCE)
+    return buf.getvalue()

@@ -26,13 +26,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import IO, Any
 
+from gatehouse import names
 from gatehouse.local.apigw import ApiGateway, Handler, IamCredential
-from gatehouse.local.moto_server import MotoServer
+from gatehouse.local.approve import INTERACTIONS_PATH, local_slack_secret
+from gatehouse.local.console import ApprovalsConsole
+from gatehouse.local.moto_server import LambdaDispatcher, MotoServer
 from gatehouse.local.postgres import PostgresInfo, ThrowawayPostgres
 from gatehouse.local.provision import (
     DEFAULT_REGION,
@@ -40,9 +43,11 @@ from gatehouse.local.provision import (
     AwsClients,
     DemoConfig,
     ProvisionResult,
+    default_asl_cache_dir,
     provision,
 )
 from gatehouse.local.seed import seed
+from gatehouse.local.slack_api import SlackApiStandIn, create_slack_secret
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +55,17 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[5]
 API_HANDLER_PATH = REPO_ROOT / "functions" / "api" / "handler.py"
 DEMO_CONFIG_PATH = REPO_ROOT / "config" / "demo.json"
+# The functions moto's Lambda API runs in-process (the state machine's tasks, Slack's async work).
+WORKFLOW_HANDLER_PATHS = {
+    names.APPROVALS_FUNCTION: REPO_ROOT / "functions" / "approvals" / "handler.py",
+    names.SLACK_FUNCTION: REPO_ROOT / "functions" / "slack" / "handler.py",
+}
 
 STATE_DIR = Path(".gatehouse")
 STATE_FILE = "local.json"
 LOCK_FILE = "local.lock"
 LOG_FILE = "local.log"
-STATE_KEYS = ("api", "aws", "pg_proxy", "console", "region", "agents", "bucket", "pid")
+STATE_KEYS = ("api", "aws", "pg_proxy", "console", "slack_api", "region", "agents", "bucket", "pid")
 
 DETACH_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -155,6 +165,39 @@ class LambdaFunction:
         return handler
 
 
+class WorkflowFunctions:
+    """The approvals and Slack functions behind moto's Lambda API, run in this process.
+
+    Step Functions tasks and the Slack function's own asynchronous invocations reach them by
+    function name through the LambdaDispatcher, with the environment the API handler has.
+    A handler file that does not exist yet is left to moto (which answers a canned string).
+    """
+
+    def __init__(self, paths: dict[str, Path] | None = None) -> None:
+        self._paths = dict(WORKFLOW_HANDLER_PATHS if paths is None else paths)
+        self._functions: dict[str, LambdaFunction] = {}
+        self._dispatcher: LambdaDispatcher | None = None
+
+    def start(self) -> None:
+        for name, path in self._paths.items():
+            if not path.is_file():
+                log.warning("function %s: no handler at %s, moto answers for it", name, path)
+                continue
+            function = LambdaFunction(path)
+            self._functions[name] = function
+            function.warm()
+        self._dispatcher = LambdaDispatcher(self._functions)
+        self._dispatcher.install()
+
+    def stop(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.uninstall()
+            self._dispatcher = None
+        for function in self._functions.values():
+            function.close()
+        self._functions.clear()
+
+
 class LocalStack:
     """Start and stop the embedded stack; `up()` returns what it writes to local.json."""
 
@@ -178,6 +221,10 @@ class LocalStack:
         self._moto: MotoServer | None = None
         self._api: ApiGateway | None = None
         self._function: LambdaFunction | None = None
+        self._workflow_functions: WorkflowFunctions | None = None
+        self._console: ApprovalsConsole | None = None
+        self._slack: SlackApiStandIn | None = None
+        self._slack_function: LambdaFunction | None = None
         self._lock: IO[str] | None = None
         self._saved_env: dict[str, str | None] = {}
         self.provisioned: ProvisionResult | None = None
@@ -233,14 +280,27 @@ class LocalStack:
                 postgres=pg,
                 demo_config_path=self._demo_config_path,
                 region=self.region,
+                asl_cache_dir=default_asl_cache_dir(),
             )
-        self._set_env(handler_environment(endpoint, self.region, self.provisioned))
+        with self._timed("slack"):
+            # The Slack Web API stand-in, and the Slack app's secret as a deployed stack holds it.
+            secret = create_slack_secret(AwsClients.for_endpoint(endpoint, self.region).secretsmanager)
+            self._slack = SlackApiStandIn(secret["bot_token"])
+            self._slack.start()
+        env = handler_environment(endpoint, self.region, self.provisioned)
+        env[names.ENV_SLACK_API_URL] = self._slack.api_url
+        self._set_env(env)
+        with self._timed("functions"):
+            self._workflow_functions = WorkflowFunctions()
+            self._workflow_functions.start()
         with self._timed("handler"):
             handler = self._handler
             if handler is None:
                 self._function = LambdaFunction(self._handler_path)
                 self._function.warm()
                 handler = self._function
+            # POST /slack/interactions goes to the Slack function, as in the deployed stack.
+            self._slack_function = LambdaFunction(WORKFLOW_HANDLER_PATHS[names.SLACK_FUNCTION])
         with self._timed("api"):
             self._api = ApiGateway(
                 handler,
@@ -248,13 +308,19 @@ class LocalStack:
                 region=self.region,
                 account_id=self.provisioned.account_id,
                 port=self._api_port,
+                route_handlers={"POST /slack/interactions": self._slack_function},
             )
             api_url = self._api.start()
+        with self._timed("console"):
+            slack_api = self._slack.url
+            self._console = start_console(slack_api, api_url, endpoint, self.region, config.approvers)
         self.state = {
             "api": api_url,
             "aws": endpoint,
             "pg_proxy": None,  # the Postgres proxy is not part of the local stack yet
-            "console": None,  # nor is the approvals console (the Slack stand-in)
+            "console": self._console.url if self._console is not None else None,
+            # The stand-in's root URL (its read API is /_standin/...), not the WebClient base URL.
+            "slack_api": self._console.standin.base_url if self._console is not None else None,
             "region": self.region,
             "agents": {
                 name: {"access_key_id": a.access_key_id, "secret_access_key": a.secret_access_key}
@@ -268,10 +334,18 @@ class LocalStack:
     def down(self) -> None:
         """Stop everything that was started, in reverse order; safe to call more than once."""
         steps: list[tuple[str, Callable[[], None]]] = []
+        if self._console is not None:
+            steps.append(("console", self._console.stop))
         if self._api is not None:
             steps.append(("api", self._api.stop))
         if self._function is not None:
             steps.append(("handler", self._function.close))
+        if self._slack_function is not None:
+            steps.append(("slack function", self._slack_function.close))
+        if self._workflow_functions is not None:
+            steps.append(("functions", self._workflow_functions.stop))
+        if self._slack is not None:
+            steps.append(("slack", self._slack.stop))
         if self._moto is not None:
             steps.append(("moto", self._moto.stop))
         if self._postgres is not None:
@@ -282,6 +356,10 @@ class LocalStack:
             except Exception:  # one failed stop must not leave the others running
                 log.exception("stopping %s failed", name)
         self._api = self._function = self._moto = self._postgres = None
+        self._workflow_functions = None
+        self._console = None
+        self._slack = None
+        self._slack_function = None
         self._restore_env()
         if self.state is not None and _read_pid(self.state_path) == os.getpid():
             self.state_path.unlink(missing_ok=True)
@@ -321,6 +399,31 @@ class LocalStack:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
+
+
+def start_console(
+    slack_api_url: str | None,
+    api_url: str,
+    aws_endpoint: str,
+    region: str,
+    approvers: Mapping[str, Mapping[str, Any]],
+) -> ApprovalsConsole | None:
+    """The approvals console over the Slack stand-in, signing with the stack's Slack secret.
+
+    None when the stack runs no Slack stand-in: there is nothing to show or click then.
+    """
+    if not slack_api_url:
+        log.warning("no Slack stand-in (%s unset): no approvals console", names.ENV_SLACK_API_URL)
+        return None
+    secret = local_slack_secret({"aws": aws_endpoint, "region": region})
+    console = ApprovalsConsole(
+        slack_api_url,
+        api_url.rstrip("/") + INTERACTIONS_PATH,
+        str(secret["signing_secret"]),
+        approvers={user_id: str(a.get("name") or user_id) for user_id, a in approvers.items()},
+    )
+    console.start()
+    return console
 
 
 def _postgres_databases(config: DemoConfig) -> list[str]:
@@ -460,6 +563,7 @@ def describe_state(state: dict[str, Any], timings: dict[str, float], state_path:
             f"  api:    {state['api']}",
             f"  aws:    {state['aws']}",
             f"  bucket: {state['bucket']}",
+            f"  approvals console: {state.get('console') or 'not running (no Slack stand-in)'}",
             f"  agents: {agents} (keys in {state_path})",
             "Ctrl-C to stop.",
         ]
