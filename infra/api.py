@@ -122,6 +122,8 @@ class ApiFunction(Construct):
             "dynamodb:UpdateItem",
             "dynamodb:ConditionCheckItem",
             "dynamodb:DescribeTable",
+            # GET /v1/requests lists the caller's requests (a filtered scan: the table holds days).
+            "dynamodb:Scan",
         )
         # powertools' idempotency utility: conditional put (the lock), get, update (the answer, or
         # an expiry that frees the key of a failed run: gatehouse.api). Deletion is TTL's.

@@ -13,6 +13,7 @@ from infra.audit_log import AccessLogsBucket, SessionLogBucket
 from infra.context import InfraContext
 from infra.core_layer import CoreLayers
 from infra.secrets import Secrets
+from infra.slack import SlackFunction, add_interactions_route
 from infra.tables import Tables
 
 
@@ -61,6 +62,17 @@ class GatehouseStack(Stack):
         self.api_function.function.add_environment(
             names.ENV_STATE_MACHINE_ARN, self.approvals.state_machine.state_machine_arn
         )
+        self.slack_function = SlackFunction(
+            self,
+            "SlackFunction",
+            context=context,
+            layers=self.layers.layers,
+            tables=self.tables,
+            secrets=self.secrets,
+            log_bucket=self.session_log.bucket,
+            state_machine=self.approvals.state_machine,
+        )
+        add_interactions_route(self.http_api.api, self.slack_function.function)
         self.audit_analytics = AuditAnalytics(
             self,
             "AuditAnalytics",

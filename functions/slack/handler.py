@@ -9,6 +9,7 @@ import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from gatehouse import names
 from gatehouse.config import Settings
@@ -46,8 +47,29 @@ def _get_app() -> SlackInteractions:
             lambda_client=session.client("lambda", config=_BOTO_CONFIG),
             service=_get_service,
             function_name=names.SLACK_FUNCTION,
+            request_exists=_request_exists(session.client("dynamodb", config=_BOTO_CONFIG)),
         )
     return _app
+
+
+def _request_exists(dynamodb: Any) -> Any:
+    table = Settings.from_env().requests_table
+
+    def exists(request_id: str) -> bool:
+        if not request_id or len(request_id) > 128:
+            return False
+        try:
+            item = dynamodb.get_item(
+                TableName=table,
+                Key={"request_id": {"S": request_id}},
+                ProjectionExpression="request_id",
+                ConsistentRead=True,
+            )
+        except (ClientError, BotoCoreError):
+            return True  # unknown now: the vote itself checks again and refuses what must be
+        return "Item" in item
+
+    return exists
 
 
 @logger.inject_lambda_context(clear_state=True)

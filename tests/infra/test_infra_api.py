@@ -59,19 +59,38 @@ def _ref_of(synthesized: Synthesized, type_: str, **properties: Any) -> str:
 
 def test_every_agent_route_requires_sigv4_and_reaches_the_api_function(synthesized: Synthesized):
     routes = synthesized.resources_of_type("AWS::ApiGatewayV2::Route")
-    [integration_key] = synthesized.resources_of_type("AWS::ApiGatewayV2::Integration")
-    integration = synthesized.resources[integration_key]["Properties"]
+    integrations = synthesized.resources_of_type("AWS::ApiGatewayV2::Integration")
     function_key = _ref_of(synthesized, "AWS::Lambda::Function", FunctionName=names.API_FUNCTION)
+    [integration_key] = [
+        k
+        for k, v in integrations.items()
+        if v["Properties"]["IntegrationUri"] == {"Fn::GetAtt": [function_key, "Arn"]}
+    ]
+    integration = synthesized.resources[integration_key]["Properties"]
 
-    assert {route["Properties"]["RouteKey"] for route in routes.values()} == ROUTE_KEYS
-    for route in routes.values():
+    agent_routes = {
+        k: r for k, r in routes.items() if r["Properties"]["RouteKey"] != "POST /slack/interactions"
+    }
+    assert {route["Properties"]["RouteKey"] for route in agent_routes.values()} == ROUTE_KEYS
+    for route in agent_routes.values():
         assert route["Properties"]["AuthorizationType"] == "AWS_IAM"
         assert route["Properties"]["Target"] == {
             "Fn::Join": ["", ["integrations/", {"Ref": integration_key}]]
         }
     assert integration["IntegrationType"] == "AWS_PROXY"
     assert integration["PayloadFormatVersion"] == "2.0"
-    assert integration["IntegrationUri"] == {"Fn::GetAtt": [function_key, "Arn"]}
+
+
+def test_only_the_slack_route_is_open_and_it_reaches_the_slack_function(synthesized: Synthesized):
+    routes = synthesized.resources_of_type("AWS::ApiGatewayV2::Route")
+    [slack] = [r for r in routes.values() if r["Properties"]["RouteKey"] == "POST /slack/interactions"]
+    assert slack["Properties"]["AuthorizationType"] == "NONE"
+    open_routes = [r for r in routes.values() if r["Properties"]["AuthorizationType"] != "AWS_IAM"]
+    assert open_routes == [slack]
+    integration_key = slack["Properties"]["Target"]["Fn::Join"][1][1]["Ref"]
+    function_key = _ref_of(synthesized, "AWS::Lambda::Function", FunctionName=names.SLACK_FUNCTION)
+    uri = synthesized.resources[integration_key]["Properties"]["IntegrationUri"]
+    assert uri == {"Fn::GetAtt": [function_key, "Arn"]}
 
 
 def test_default_stage_is_throttled_and_access_logged(synthesized: Synthesized):

@@ -104,6 +104,7 @@ class SlackInteractions:
         function_name: str = names.SLACK_FUNCTION,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        request_exists: Callable[[str], bool] | None = None,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
@@ -113,6 +114,9 @@ class SlackInteractions:
         self._function_name = function_name
         self._clock = clock
         self._sleep = sleep
+        # One consistent read on the 3-second path: a click on a request that does not exist is
+        # answered 404 at once, and never becomes a vote.
+        self._request_exists = request_exists
 
     def handle(self, event: Mapping[str, Any]) -> dict[str, Any]:
         if event.get(ASYNC_MARKER) == ASYNC_VOTE:
@@ -131,6 +135,8 @@ class SlackInteractions:
             log.warning("slack interaction refused: %s (%s)", exc.code, exc.message)
             return error_answer(exc)
         log.info("slack %s by %s on request %s", action.kind, action.user_id, action.request_id)
+        if self._request_exists is not None and not self._request_exists(action.request_id):
+            return _json(404, {"error": "not_found", "message": f"There is no request {action.request_id}."})
         if action.kind == KIND_DENY_BUTTON:
             return self._open_deny_modal(action, credentials)
         self._start_vote(action, credentials)

@@ -1,0 +1,144 @@
+"""Slack's way in: `POST /slack/interactions`, the one route without IAM auth, and its function.
+
+Slack cannot sign with SigV4, so the route is open and the function verifies Slack's own
+signature (the signing secret in Secrets Manager), refuses replays (a conditional write in the
+replay table), acknowledges within 3 seconds and votes in an asynchronous invocation of itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aws_cdk import ArnFormat, CfnElement, Duration, Stack
+from aws_cdk import aws_apigatewayv2 as apigwv2
+from aws_cdk import aws_apigatewayv2_integrations as integrations
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from gatehouse import names
+from gatehouse.config import Settings
+from infra.context import REPO_ROOT, InfraContext
+from infra.functions import GatehouseFunction
+from infra.nag import acknowledge
+from infra.secrets import Secrets
+from infra.tables import Tables
+
+SLACK_CODE_DIR = REPO_ROOT / "functions" / "slack"
+# The acknowledgement must leave within Slack's 3 s; the asynchronous vote may take longer
+# (it resumes the session log and answers the state machine).
+SLACK_TIMEOUT = Duration.seconds(20)
+INTERACTIONS_PATH = "/slack/interactions"
+
+
+class SlackFunction(Construct):
+    """Verifies Slack interactions and records votes, with grants on exactly what that touches."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        context: InfraContext,
+        layers: Sequence[lambda_.ILayerVersion],
+        tables: Tables,
+        secrets: Secrets,
+        log_bucket: s3.IBucket,
+        state_machine: sfn.IStateMachine,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        settings = Settings(
+            log_bucket=log_bucket.bucket_name,
+            requests_table=tables.requests.table_name,
+            connections_table=tables.connections.table_name,
+            principals_table=tables.principals.table_name,
+            masking_key_secret=secrets.masking_key.secret_arn,
+            log_retention_days=context.log_retention_days,
+            state_machine_arn=state_machine.state_machine_arn,
+        )
+        built = GatehouseFunction(
+            self,
+            "Slack",
+            function_name=names.SLACK_FUNCTION,
+            description="Gatehouse Slack interactions: verify, acknowledge, vote (asynchronously).",
+            code_dir=SLACK_CODE_DIR,
+            handler="handler.lambda_handler",
+            service_name=names.SLACK_FUNCTION,
+            layers=layers,
+            environment=settings.as_env(),
+            context=context,
+            timeout=SLACK_TIMEOUT,
+        )
+        self.function = built.function
+        role = built.role
+        # Votes are conditional updates of the request record; it is never created or deleted here.
+        tables.requests.grant(role, "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DescribeTable")
+        tables.connections.grant_read_data(role)
+        tables.principals.grant_read_data(role)
+        tables.slack_replay.grant(role, "dynamodb:PutItem")
+        # The approval message shows the statement masked: the masking key, no connection secret.
+        secrets.masking_key.grant_read(role)
+        stack = Stack.of(self)
+        slack_secret_arn = stack.format_arn(
+            service="secretsmanager",
+            resource="secret",
+            resource_name=f"{names.SLACK_SECRET}-??????",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[slack_secret_arn])
+        )
+        # A quorum or a denial answers the execution's task token.
+        state_machine.grant_task_response(role)
+        # The vote runs in an asynchronous invocation of this same function. The ARN is built from
+        # the name: a reference to the function's own ARN would make its role depend on it.
+        own_arn = stack.format_arn(
+            service="lambda",
+            resource="function",
+            resource_name=names.SLACK_FUNCTION,
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[own_arn])
+        )
+        # Each vote (or refused vote) is an event of the request's session: put and read, never delete.
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject", "s3:PutObjectRetention"],
+                resources=[log_bucket.arn_for_objects("*")],
+                conditions={"StringEqualsIfExists": {"s3:object-lock-mode": "COMPLIANCE"}},
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[log_bucket.arn_for_objects("*")])
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[log_bucket.bucket_arn])
+        )
+        bucket = log_bucket.node.default_child
+        assert isinstance(bucket, CfnElement)
+        bucket_logical_id = stack.resolve(stack.get_logical_id(bucket))
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::<{bucket_logical_id}.Arn>/*]",
+            "A vote continues the request's session under a new key (events/dt=<day>/session=<id>/"
+            "<seq>.json), so objects are granted by the bucket's key wildcard (put and get, never delete).",
+        )
+
+
+def add_interactions_route(api: apigwv2.HttpApi, function: lambda_.IFunction) -> None:
+    """The one route without IAM auth: Slack signs its requests, the function checks that."""
+    [route] = api.add_routes(
+        path=INTERACTIONS_PATH,
+        methods=[apigwv2.HttpMethod.POST],
+        integration=integrations.HttpLambdaIntegration("SlackFunction", function),
+        authorizer=apigwv2.HttpNoneAuthorizer(),
+    )
+    acknowledge(
+        route,
+        "AwsSolutions-APIG4",
+        "Slack cannot sign with SigV4: the function verifies Slack's HMAC signature (signing secret "
+        "in Secrets Manager), refuses timestamps outside 5 minutes and replays, before anything else.",
+    )
