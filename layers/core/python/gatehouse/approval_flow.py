@@ -113,8 +113,11 @@ class ApprovalFlow:
         record.task_token = task_token
         channel, ts = self._g._notifier().post(self._view(record))
         self._g._requests.set_notified(request_id, task_token=task_token, channel=channel, ts=ts)
+        groups = ", ".join(record.approval_groups or [record.approval_group or ""])
         self._resume(request_id).append(
-            "notified", outcome="pending", approvers=list(record.approval_groups or ())
+            "notified",
+            outcome="pending",
+            reason=f"asked {groups} in Slack (quorum {record.approval_quorum or 1} each)",
         )
         return {"request_id": request_id, "status": "pending_approval"}
 

@@ -242,6 +242,7 @@ def play(state: dict[str, Any], stack: LocalStack) -> None:
     run_cli(["audit", "query", "--named", "denied_attempts"])
     run_cli(["audit", "query", "--named", "activity_on_connection", "--param", "connection=demo-prod"])
     run_cli(["audit", "replay", read_id])
+    run_cli(["audit", "replay", pending_id])  # the approval story: request, preview, votes, outcome
 
     step(12, "The hash chains verify; a tampered copy does not")
     run_cli(["audit", "verify"])
