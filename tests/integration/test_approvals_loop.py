@@ -5,6 +5,7 @@ interactions through `/slack/interactions`, and the real Postgres.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -77,6 +78,17 @@ def wait_for_message(voter, request_id: str, timeout_s: float = 20) -> Any:
     raise AssertionError(f"no approval message for {request_id}")
 
 
+def all_events(stack) -> list[dict[str, Any]]:
+    s3 = stack.aws("s3")
+    bucket = stack.state["bucket"]
+    return [
+        e
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/")
+        for o in page.get("Contents", [])
+        for e in parse_events(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
+    ]
+
+
 def session_kinds(stack, request_id: str) -> list[str]:
     s3 = stack.aws("s3")
     bucket = stack.state["bucket"]
@@ -120,6 +132,15 @@ def test_a_write_waits_with_its_preview_the_owner_cannot_approve_and_a_dba_can(s
     assert float(amount(stack, 3)) == float(before) + 1
     again = voter.vote("U_ALICE", rid, approve=True)
     assert again.reply and "no longer" in again.reply
+    # ... and that late vote is on record too, in a session of its own naming the request.
+    late = [e for e in all_events(stack) if e["request_id"] == rid and e["session_id"] != rid]
+    assert [e["kind"] for e in late] == ["vote_refused", "session_closed"]
+
+    # What ran is byte for byte what was approved: the hash on record, and the logged statement.
+    record = stack.client().get_request(rid).body
+    assert record["sql"] == sql and record["sql_sha256"] == hashlib.sha256(sql.encode()).hexdigest()
+    executed = [e for e in all_events(stack) if e["session_id"] == rid and e["kind"] == "executed"]
+    assert len(executed) == 1 and executed[0]["statement"] == sql
 
     kinds = session_kinds(stack, rid)
     for kind in (

@@ -21,12 +21,13 @@ so `gatehouse audit replay ID` tells the whole story.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gatehouse.approvals import RequestRecord, TransitionError, sql_sha256
-from gatehouse.audit.log import SessionLog
+from gatehouse.audit.log import SessionClosedError, SessionLog
 from gatehouse.exceptions import GatehouseError, NotFoundError, UnknownPrincipalError
 from gatehouse.lineage import Flow, merge
 from gatehouse.masking.plan import plan_columns
@@ -399,11 +400,34 @@ class ApprovalFlow:
         )
 
     def _resume_quietly(self, request_id: str, kind: str, **fields: Any) -> None:
-        """Record a refused vote; a closed session (decided, expired) keeps no more events."""
+        """Record a refused vote in the request's session; once that session is closed (decided,
+        expired), in a short session of its own that names the request, so no refusal goes
+        unrecorded. A log that cannot be written is logged here: the vote did not count anyway."""
         try:
             self._resume(request_id).append(kind, **fields)
+            return
+        except SessionClosedError:
+            pass
         except GatehouseError as exc:
-            log.info("vote refusal on %s not recorded in the session (%s)", request_id, exc.code)
+            log.error("vote refusal on %s not recorded (%s)", request_id, exc.code)
+            return
+        try:
+            record = self._g._requests.get(request_id)
+            session = SessionLog.start(
+                self._g._s3,
+                self._g._settings.log_bucket,
+                session_id=str(uuid.uuid4()),
+                request_id=request_id,
+                principal_arn="",
+                principal_name=",".join(fields.get("approvers") or ()) or "approver",
+                connection=record.connection,
+                target_kind="postgres",
+                retention_days=self._g._settings.log_retention_days,
+            )
+            session.stage(kind, **fields)
+            session.close()
+        except GatehouseError as exc:
+            log.error("vote refusal on %s not recorded (%s)", request_id, exc.code)
 
     def _workflow_resume(self, record: RequestRecord, decision: str) -> None:
         if not record.task_token:
