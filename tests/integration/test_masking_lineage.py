@@ -333,3 +333,31 @@ def test_an_error_on_unprotected_data_keeps_its_value(local_stack):
     answer = local_stack.client().submit(PROD, "SELECT status::int FROM orders")
     assert answer.status_code == 422
     assert '"[REDACTED]"' not in answer.body["message"] and "invalid input syntax" in answer.body["message"]
+
+
+def test_an_agent_cannot_read_another_sessions_sql_in_flight(local_stack):
+    # Given another session of the connection's own database role whose last statement holds a secret
+    import pg8000.native
+
+    secret_id = "gatehouse/connections/demo-prod"
+    cred = json.loads(local_stack.aws("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"])
+    pg = local_stack.postgres
+    other = pg8000.native.Connection(
+        cred["username"], host=pg.host, port=pg.port, database="demo-prod", password=cred["password"]
+    )
+    try:
+        other.run("SELECT 'marker-4242-secret-plan' AS note")
+        # When the agent lists what the role's sessions are running
+        answer = local_stack.client().submit(
+            PROD, "SELECT pid, state, query FROM pg_stat_activity WHERE usename = current_user"
+        )
+        # Then it sees that they exist, not what they run
+        assert answer.status_code == 200, answer.body
+        assert "marker-4242" not in json.dumps(answer.body)
+        queries = [row[2] for row in answer.body["rows"]]
+        assert len(queries) >= 2  # the other session is listed (and this request's own)
+        assert all(q in ("[REDACTED]", None) for q in queries)
+        star = local_stack.client().submit(PROD, "SELECT * FROM pg_stat_activity")
+        assert star.status_code == 200 and "marker-4242" not in json.dumps(star.body)
+    finally:
+        other.close()
