@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import secrets
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from gatehouse.slack.interactions import signed_headers
 from gatehouse.slack.notify import SlackNotifier, build_web_client
 from gatehouse.slack.views import ACTION_APPROVE, ACTION_DENY, DENY_CALLBACK_ID, ApprovalView
 
-TOKEN = "xoxb-test-0123456789"
+TOKEN = "xoxb-" + secrets.token_hex(8)  # made at run time: no token-shaped text in the tree
 REQUEST_ID = "5b7c1d2e-0f4a-4b7e-9a51-2f7f0c9d1e33"
 
 VIEW = ApprovalView(

