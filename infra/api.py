@@ -6,21 +6,19 @@ import json
 from collections.abc import Sequence
 
 import jsii
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_apigatewayv2 as apigwv2
 from aws_cdk import aws_apigatewayv2_authorizers as authorizers
 from aws_cdk import aws_apigatewayv2_integrations as integrations
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from gatehouse import names
-from gatehouse.config import Settings
 from infra.context import REPO_ROOT, InfraContext
-from infra.functions import GatehouseFunction
+from infra.functions import GatehouseFunction, grant_session_log, service_settings
 from infra.nag import acknowledge
 from infra.secrets import Secrets
 from infra.tables import Tables
@@ -87,13 +85,11 @@ class ApiFunction(Construct):
         log_bucket: s3.IBucket,
     ) -> None:
         super().__init__(scope, construct_id)
-        settings = Settings(
-            log_bucket=log_bucket.bucket_name,
-            requests_table=tables.requests.table_name,
-            connections_table=tables.connections.table_name,
-            principals_table=tables.principals.table_name,
-            masking_key_secret=secrets.masking_key.secret_arn,
-            log_retention_days=context.log_retention_days,
+        settings = service_settings(
+            context=context,
+            tables=tables,
+            secrets=secrets,
+            log_bucket=log_bucket,
         )
         built = GatehouseFunction(
             self,
@@ -137,27 +133,10 @@ class ApiFunction(Construct):
         tables.connections.grant_read_data(role)
         tables.principals.grant_read_data(role)
         secrets.grant_read(role)
-        # The session log is append-only for this function: no s3:DeleteObject*, no s3:PutBucket*,
-        # no s3:BypassGovernanceRetention. A write may carry its own retain-until date (in
-        # COMPLIANCE mode it can only move later) but never a weaker mode than the bucket's default.
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:PutObject", "s3:PutObjectRetention"],
-                resources=[log_bucket.arn_for_objects("*")],
-                conditions={"StringEqualsIfExists": {"s3:object-lock-mode": "COMPLIANCE"}},
-            )
-        )
-        role.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[log_bucket.arn_for_objects("*")])
-        )
-        role.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[log_bucket.bucket_arn])
-        )
-        stack = Stack.of(self)
-        bucket_logical_id = stack.resolve(stack.get_logical_id(log_bucket.node.default_child))
-        acknowledge(
+        # The session log is append-only for this function (see grant_session_log).
+        grant_session_log(
             role,
-            f"AwsSolutions-IAM5[Resource::<{bucket_logical_id}.Arn>/*]",
+            log_bucket,
             "Session log keys are events/dt=<day>/session=<id>/<seq>.json and manifests/...: new "
             "keys on every request, so objects are granted by the bucket's key wildcard (put and "
             "get, never delete).",

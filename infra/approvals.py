@@ -27,7 +27,6 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from gatehouse import names
-from gatehouse.config import Settings
 from gatehouse.workflow import (
     DECISION_APPROVED,
     DECISION_DENIED,
@@ -39,7 +38,7 @@ from gatehouse.workflow import (
     STEP_PREVIEW,
 )
 from infra.context import REPO_ROOT, InfraContext
-from infra.functions import GatehouseFunction
+from infra.functions import GatehouseFunction, grant_session_log, service_settings
 from infra.nag import acknowledge
 from infra.secrets import Secrets
 from infra.tables import Tables
@@ -75,13 +74,11 @@ class ApprovalsFunction(Construct):
         log_bucket: s3.IBucket,
     ) -> None:
         super().__init__(scope, construct_id)
-        settings = Settings(
-            log_bucket=log_bucket.bucket_name,
-            requests_table=tables.requests.table_name,
-            connections_table=tables.connections.table_name,
-            principals_table=tables.principals.table_name,
-            masking_key_secret=secrets.masking_key.secret_arn,
-            log_retention_days=context.log_retention_days,
+        settings = service_settings(
+            context=context,
+            tables=tables,
+            secrets=secrets,
+            log_bucket=log_bucket,
         )
         built = GatehouseFunction(
             self,
@@ -124,25 +121,9 @@ class ApprovalsFunction(Construct):
             iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[slack_secret_arn])
         )
         # Each step appends to the request's session: put (COMPLIANCE only) and read, never delete.
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:PutObject", "s3:PutObjectRetention"],
-                resources=[log_bucket.arn_for_objects("*")],
-                conditions={"StringEqualsIfExists": {"s3:object-lock-mode": "COMPLIANCE"}},
-            )
-        )
-        role.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[log_bucket.arn_for_objects("*")])
-        )
-        role.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[log_bucket.bucket_arn])
-        )
-        bucket = log_bucket.node.default_child
-        assert isinstance(bucket, CfnElement)
-        bucket_logical_id = stack.resolve(stack.get_logical_id(bucket))
-        acknowledge(
+        grant_session_log(
             role,
-            f"AwsSolutions-IAM5[Resource::<{bucket_logical_id}.Arn>/*]",
+            log_bucket,
             "A request's session continues under new keys (events/dt=<day>/session=<id>/<seq>.json) at "
             "every step, so objects are granted by the bucket's key wildcard (put and get, never delete).",
         )

@@ -6,16 +6,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import CfnElement, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from gatehouse.config import Settings
 from infra.context import InfraContext
 from infra.core_layer import ARCHITECTURE, ASSET_EXCLUDES, RUNTIME
 from infra.nag import acknowledge
+
+if TYPE_CHECKING:
+    from infra.secrets import Secrets
+    from infra.tables import Tables
 
 
 class GatehouseFunction(Construct):
@@ -86,3 +93,45 @@ class GatehouseFunction(Construct):
             "X-Ray PutTraceSegments and PutTelemetryRecords support no resource-level permissions; "
             "the role's other statements name their resources.",
         )
+
+
+def service_settings(
+    *, context: InfraContext, tables: Tables, secrets: Secrets, log_bucket: s3.IBucket, **extra: Any
+) -> Settings:
+    """The settings every Gatehouse function reads (`gatehouse.config`), from the stack's resources."""
+    return Settings(
+        log_bucket=log_bucket.bucket_name,
+        requests_table=tables.requests.table_name,
+        connections_table=tables.connections.table_name,
+        principals_table=tables.principals.table_name,
+        masking_key_secret=secrets.masking_key.secret_arn,
+        log_retention_days=context.log_retention_days,
+        **extra,
+    )
+
+
+def grant_session_log(role: iam.IRole, log_bucket: s3.IBucket, reason: str) -> None:
+    """Append to the session log and read it back: put (COMPLIANCE only), get, list; never delete.
+
+    No s3:DeleteObject*, no s3:PutBucket*, no s3:BypassGovernanceRetention: a write may carry its
+    own retain-until date (in COMPLIANCE mode it can only move later), never a weaker mode.
+    `reason` says why this function needs the bucket's key wildcard (cdk-nag IAM5).
+    """
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["s3:PutObject", "s3:PutObjectRetention"],
+            resources=[log_bucket.arn_for_objects("*")],
+            conditions={"StringEqualsIfExists": {"s3:object-lock-mode": "COMPLIANCE"}},
+        )
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(actions=["s3:GetObject"], resources=[log_bucket.arn_for_objects("*")])
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(actions=["s3:ListBucket"], resources=[log_bucket.bucket_arn])
+    )
+    stack = Stack.of(role)
+    bucket = log_bucket.node.default_child
+    assert isinstance(bucket, CfnElement)
+    bucket_logical_id = stack.resolve(stack.get_logical_id(bucket))
+    acknowledge(role, f"AwsSolutions-IAM5[Resource::<{bucket_logical_id}.Arn>/*]", reason)

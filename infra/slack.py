@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import ArnFormat, CfnElement, Duration, Stack
+from aws_cdk import ArnFormat, Duration, Stack
 from aws_cdk import aws_apigatewayv2 as apigwv2
 from aws_cdk import aws_apigatewayv2_integrations as integrations
 from aws_cdk import aws_iam as iam
@@ -19,9 +19,8 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from gatehouse import names
-from gatehouse.config import Settings
 from infra.context import REPO_ROOT, InfraContext
-from infra.functions import GatehouseFunction
+from infra.functions import GatehouseFunction, grant_session_log, service_settings
 from infra.nag import acknowledge
 from infra.secrets import Secrets
 from infra.tables import Tables
@@ -49,13 +48,11 @@ class SlackFunction(Construct):
         state_machine: sfn.IStateMachine,
     ) -> None:
         super().__init__(scope, construct_id)
-        settings = Settings(
-            log_bucket=log_bucket.bucket_name,
-            requests_table=tables.requests.table_name,
-            connections_table=tables.connections.table_name,
-            principals_table=tables.principals.table_name,
-            masking_key_secret=secrets.masking_key.secret_arn,
-            log_retention_days=context.log_retention_days,
+        settings = service_settings(
+            context=context,
+            tables=tables,
+            secrets=secrets,
+            log_bucket=log_bucket,
             state_machine_arn=state_machine.state_machine_arn,
         )
         built = GatehouseFunction(
@@ -104,25 +101,9 @@ class SlackFunction(Construct):
             iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[own_arn])
         )
         # Each vote (or refused vote) is an event of the request's session: put and read, never delete.
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:PutObject", "s3:PutObjectRetention"],
-                resources=[log_bucket.arn_for_objects("*")],
-                conditions={"StringEqualsIfExists": {"s3:object-lock-mode": "COMPLIANCE"}},
-            )
-        )
-        role.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[log_bucket.arn_for_objects("*")])
-        )
-        role.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[log_bucket.bucket_arn])
-        )
-        bucket = log_bucket.node.default_child
-        assert isinstance(bucket, CfnElement)
-        bucket_logical_id = stack.resolve(stack.get_logical_id(bucket))
-        acknowledge(
+        grant_session_log(
             role,
-            f"AwsSolutions-IAM5[Resource::<{bucket_logical_id}.Arn>/*]",
+            log_bucket,
             "A vote continues the request's session under a new key (events/dt=<day>/session=<id>/"
             "<seq>.json), so objects are granted by the bucket's key wildcard (put and get, never delete).",
         )
