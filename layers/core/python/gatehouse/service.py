@@ -307,17 +307,17 @@ class Gatehouse:
         requirement = decision.approval
         assert requirement is not None
         now = int(self._clock())
-        expires_s = int(getattr(requirement, "expires_s", 1800))
+        expires_s = requirement.expires_s
         record.status = "pending_approval"
         record.approval_group = requirement.group
         record.approval_quorum = requirement.quorum
-        record.approval_groups = list(getattr(requirement, "groups", ()) or (requirement.group,))
+        record.approval_groups = list(requirement.groups)
         record.approval_expires_at = now + expires_s
         record.expires_at = now + expires_s + RECORD_TTL_S
         record.relations = list(traced.classification.relations)
         owner = principal.attributes.get("owner")
         record.owner = str(owner) if owner else None
-        mode = str(getattr(requirement, "preview", "explain"))
+        mode = requirement.preview
         record.preview = self._approvals.preview(connection, traced, masker, mode)
         self._requests.put_new(record)
         session.stage("approval_requested", outcome="pending", **described)
