@@ -1,0 +1,1 @@
+"""Protocol proxies: any client of a target's own protocol goes through Gatehouse's decision path."""
