@@ -90,6 +90,7 @@ class ApiFunction(Construct):
             tables=tables,
             secrets=secrets,
             log_bucket=log_bucket,
+            proxy_token_key_secret=secrets.proxy_token_key.secret_arn,
         )
         built = GatehouseFunction(
             self,
@@ -133,6 +134,7 @@ class ApiFunction(Construct):
         tables.connections.grant_read_data(role)
         tables.principals.grant_read_data(role)
         secrets.grant_read(role)
+        secrets.grant_proxy_token_key_read(role)  # POST /v1/proxy-tokens signs with it
         # The session log is append-only for this function (see grant_session_log).
         grant_session_log(
             role,

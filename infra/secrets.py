@@ -38,6 +38,26 @@ class Secrets(Construct):
             "Rotating the masking key changes every keyed-hash token, so masked values stop "
             "matching across the session log; an operator rotates it on purpose, not on a schedule.",
         )
+        self.proxy_token_key = secretsmanager.Secret(
+            self,
+            "ProxyTokenKey",
+            secret_name=names.PROXY_TOKEN_KEY_SECRET,
+            description="Gatehouse: HMAC key that signs the Postgres proxy's passwords (base64 text).",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=_MASKING_KEY_LENGTH,
+                exclude_punctuation=True,
+                include_space=False,
+            ),
+            # Only short-lived passwords depend on it: a stack deleted with it loses nothing durable.
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        acknowledge(
+            self.proxy_token_key,
+            "AwsSolutions-SMG4",
+            "Rotated by an operator with gatehouse.proxy_tokens.rotate_key (put-secret-value): "
+            "passwords name their key version and AWSPREVIOUS still verifies, so a rotation cuts "
+            "no password short if done at most once per 12 h (the longest password lifetime).",
+        )
         # Secret ARNs end in "-" plus six random characters, hence the trailing wildcard.
         self.connection_secrets_arn = Stack.of(self).format_arn(
             service="secretsmanager",
@@ -45,6 +65,10 @@ class Secrets(Construct):
             resource_name=f"{names.CONNECTION_SECRET_PREFIX}*",
             arn_format=ArnFormat.COLON_RESOURCE_NAME,
         )
+
+    def grant_proxy_token_key_read(self, grantee: iam.IGrantable) -> None:
+        """Issue and verify proxy passwords (the API function; later the proxy service)."""
+        self.proxy_token_key.grant_read(grantee)
 
     def grant_read(self, grantee: iam.IGrantable) -> None:
         """Read the masking key and any connection secret, and nothing else in Secrets Manager."""

@@ -230,7 +230,11 @@ def test_requests_table_is_written_never_deleted_and_registries_are_read_only(sy
 
 
 def test_masking_key_is_generated_as_base64_text(synthesized: Synthesized):
-    secret = synthesized.one("AWS::SecretsManager::Secret")
+    [secret] = [
+        s
+        for s in synthesized.resources_of_type("AWS::SecretsManager::Secret").values()
+        if s["Properties"]["Name"] == names.MASKING_KEY_SECRET
+    ]
 
     generated = secret["Properties"]["GenerateSecretString"]
     assert secret["Properties"]["Name"] == names.MASKING_KEY_SECRET

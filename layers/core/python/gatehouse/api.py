@@ -22,7 +22,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gatehouse import __version__, names
 from gatehouse.exceptions import (
@@ -40,6 +40,7 @@ from gatehouse.registry import Registry
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
 
+    from gatehouse.proxy_tokens import ProxyTokenGrants
     from gatehouse.service import Gatehouse, Outcome
 from gatehouse.values import jsonable, result_view
 
@@ -235,6 +236,41 @@ class ConnectionsOut(BaseModel):
     model_config = _DESCRIBES_ONLY
 
     connections: list[ConnectionOut]
+
+
+class ProxyTokenRequest(BaseModel):
+    """A short-lived password for the Postgres proxy, for one connection."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    connection: str = Field(
+        min_length=1, max_length=128, pattern=NO_NUL, description="Registered postgres connection name"
+    )
+    # Bounds as gatehouse.proxy_tokens MIN_TTL_S / MAX_TTL_S (12 h); default 15 minutes.
+    ttl_s: int | None = Field(default=None, ge=60, le=43_200, description="Lifetime in seconds (900)")
+
+    @field_validator("ttl_s", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        # JSON Schema (and so the OpenAPI document) counts 300.0 as an integer; strict mode would not.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+
+class ProxyTokenOut(BaseModel):
+    model_config = _DESCRIBES_ONLY
+
+    host: str | None = Field(description="The proxy's host; null while no proxy is running")
+    port: int | None
+    username: str = Field(description="The agent's registered name")
+    password: str = Field(description="The signed, short-lived token (ASCII, no NUL)")
+    database: str = Field(description="The connection's name (the proxy maps it to the database)")
+    expires_at: int = Field(description="Epoch seconds")
+    issued_at: int
+    connection: str
+    proxy_running: bool
+    message: str | None = None
 
 
 class ErrorOut(BaseModel):
@@ -719,12 +755,15 @@ def build_app(
     registry: Registry,
     *,
     idempotency_store: Callable[[], BasePersistenceLayer] | None = None,
+    proxy_tokens: Callable[[], ProxyTokenGrants] | None = None,
 ) -> APIGatewayHttpResolver:
-    """`idempotency_store` builds the persistence layer on the first keyed request."""
+    """`idempotency_store` builds the persistence layer on the first keyed request; `proxy_tokens`
+    the proxy password issuer on the first POST /v1/proxy-tokens (default: from the environment)."""
     app = APIGatewayHttpResolver(enable_validation=True, json_body_deserializer=parse_json_object)
     idempotent = IdempotentSubmissions(idempotency_store or dynamodb_store_factory(names.IDEMPOTENCY_TABLE))
 
     document: list[str] = []  # built on first request, then served as is
+    grants: list[ProxyTokenGrants] = []  # built on first use, then kept
 
     def caller() -> Principal:
         identity = caller_from_event(app.current_event.raw_event)
@@ -808,6 +847,31 @@ def build_app(
     )
     def list_connections():
         return _json(200, {"connections": jsonable(service.connections_for(caller()))})
+
+    @app.post(
+        "/v1/proxy-tokens",
+        summary="A short-lived password for the Postgres proxy",
+        responses={
+            **_COMMON_ANSWERS,
+            200: _answer("Connection parameters and the password (Cache-Control: no-store)", ProxyTokenOut),
+            400: _answer("Bad input, or the connection is not of kind postgres"),
+            404: _answer("No such connection (or the caller may use none of its actions)"),
+            413: _answer("The body is over 256 KiB"),
+            415: _answer("The body is not application/json"),
+            422: _answer("The password would be too long for a Postgres client"),
+        },
+    )
+    def proxy_token(request: Annotated[ProxyTokenRequest, Body()]):
+        principal = caller()
+        if not grants:
+            from gatehouse.proxy_tokens import default_grants
+
+            grants.append((proxy_tokens or default_grants)())
+        # The same rule as GET /v1/connections: usable when at least one action is not denied.
+        usable = service.connections_for(principal)
+        body = grants[0].grant(principal, request.connection, usable, request.ttl_s)
+        # RFC 9111: a credential must not be kept by any cache on the way.
+        return _json(200, body, {"Cache-Control": "no-store"})
 
     @app.get(
         "/v1/openapi.json",

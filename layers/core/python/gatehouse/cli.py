@@ -169,6 +169,32 @@ def cmd_connections(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+PROXY_TOKEN_KEYS = ("host", "port", "username", "password", "database", "expires_at")
+
+
+def cmd_proxy_token(args: argparse.Namespace) -> int:
+    answer = _client(args).proxy_token(args.connection, args.ttl)
+    if not answer.ok:
+        print(safe_json(answer.body, indent=2) if args.json else describe(answer))
+        return EXIT_ERROR
+    body = answer.body
+    if args.json:
+        print(safe_json({**{k: body.get(k) for k in PROXY_TOKEN_KEYS}, **body}, indent=2))
+        return EXIT_OK
+    for key in PROXY_TOKEN_KEYS:
+        value = body.get(key)
+        if key == "expires_at" and value is not None:
+            value = f"{value} ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(int(value)))})"
+        print(safe_text(f"{key}: {'null' if value is None else value}"))
+    if body.get("host") is None:
+        print(safe_text(str(body.get("message") or "the Postgres proxy is not running")))
+    else:
+        # The password stays out of the command line shown: ps and shell history would keep it.
+        conninfo = f"host={body['host']} port={body['port']} dbname={body['database']}"
+        print(safe_text(f'PGPASSWORD=<password> psql "{conninfo}" -U {body["username"]}'))
+    return EXIT_OK
+
+
 def _agent_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--as",
@@ -222,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     _agent_option(p)
     p.set_defaults(func=cmd_connections)
     register_connections_check(p)
+
+    p = sub.add_parser("proxy-token", help="a short-lived password for the Postgres proxy")
+    p.add_argument("--connection", required=True)
+    p.add_argument(
+        "--ttl", type=int, default=None, metavar="SECONDS", help="lifetime, 60 to 43200 (default 900)"
+    )
+    p.add_argument("--json", action="store_true")
+    _agent_option(p)
+    p.set_defaults(func=cmd_proxy_token)
 
     register_local(sub)
     register_approve(sub)

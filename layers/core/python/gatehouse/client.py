@@ -98,6 +98,13 @@ class GatehouseClient:
     def list_connections(self) -> ApiAnswer:
         return self._call("GET", "/v1/connections")
 
+    def proxy_token(self, connection: str, ttl_s: int | None = None) -> ApiAnswer:
+        """A short-lived password for the Postgres proxy (`host`, `port`, `username`, `password`...)."""
+        body: dict[str, Any] = {"connection": connection}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        return self._call("POST", "/v1/proxy-tokens", body)
+
     def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
     ) -> ApiAnswer:

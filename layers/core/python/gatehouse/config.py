@@ -37,6 +37,10 @@ class Settings:
     state_machine_arn: str = ""
     slack_secret: str = names.SLACK_SECRET
     slack_api_url: str = ""
+    # The Postgres proxy: the key that signs its passwords, and the address agents connect to
+    # ("host:port", what POST /v1/proxy-tokens answers). Empty: the proxy is not running.
+    proxy_token_key_secret: str = names.PROXY_TOKEN_KEY_SECRET
+    proxy_endpoint: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +66,8 @@ class Settings:
             state_machine_arn=env.get(names.ENV_STATE_MACHINE_ARN) or "",
             slack_secret=env.get(names.ENV_SLACK_SECRET) or names.SLACK_SECRET,
             slack_api_url=env.get(names.ENV_SLACK_API_URL) or "",
+            proxy_token_key_secret=env.get(names.ENV_PROXY_TOKEN_KEY_SECRET) or names.PROXY_TOKEN_KEY_SECRET,
+            proxy_endpoint=_host_port(env, names.ENV_PROXY_ENDPOINT),
         )
 
     def as_env(self) -> dict[str, str]:
@@ -79,6 +85,8 @@ class Settings:
             names.ENV_STATE_MACHINE_ARN: self.state_machine_arn,
             names.ENV_SLACK_SECRET: self.slack_secret,
             **({names.ENV_SLACK_API_URL: self.slack_api_url} if self.slack_api_url else {}),
+            names.ENV_PROXY_TOKEN_KEY_SECRET: self.proxy_token_key_secret,
+            **({names.ENV_PROXY_ENDPOINT: self.proxy_endpoint} if self.proxy_endpoint else {}),
         }
 
 
@@ -93,3 +101,14 @@ def _positive_int(env: Mapping[str, str], key: str, default: int) -> int:
     if value <= 0:
         raise ConfigError(f"{key} must be positive, got {value}")
     return value
+
+
+def _host_port(env: Mapping[str, str], key: str) -> str:
+    """`host:port` (`[::1]:6432` for IPv6), or empty; anything else stops startup."""
+    raw = env.get(key) or ""
+    if not raw:
+        return ""
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key} must be host:port, got {raw!r}")
+    return raw

@@ -26,6 +26,9 @@ SLACK_REPLAY_TABLE = f"{PREFIX}-slack-replay"
 CONNECTION_SECRET_PREFIX = f"{PREFIX}/connections/"  # + connection name -> {"username","password"}
 MASKING_KEY_SECRET = f"{PREFIX}/masking-key"  # HMAC key for keyed-hash masking
 SLACK_SECRET = f"{PREFIX}/slack"  # {"signing_secret", "bot_token", "channel"}
+# HMAC key (base64 text) that signs the Postgres proxy's short-lived passwords; not the masking
+# key: rotating one must not touch the other. AWSCURRENT signs, AWSCURRENT and AWSPREVIOUS verify.
+PROXY_TOKEN_KEY_SECRET = f"{PREFIX}/proxy-token-key"
 
 # Lambda
 API_FUNCTION = f"{PREFIX}-api"
@@ -59,6 +62,8 @@ ENV_STATE_MACHINE_ARN = "GATEHOUSE_STATE_MACHINE_ARN"
 ENV_SLACK_SECRET = "GATEHOUSE_SLACK_SECRET"  # noqa: S105 (a variable name)
 ENV_SLACK_API_URL = "GATEHOUSE_SLACK_API_URL"  # local stack only: the Slack Web API stand-in
 ENV_SLACK_REPLAY_TABLE = "GATEHOUSE_SLACK_REPLAY_TABLE"
+ENV_PROXY_TOKEN_KEY_SECRET = "GATEHOUSE_PROXY_TOKEN_KEY_SECRET"  # noqa: S105 (a variable name)
+ENV_PROXY_ENDPOINT = "GATEHOUSE_PROXY_ENDPOINT"  # host:port agents connect to; empty: no proxy yet
 
 DEFAULT_LOG_RETENTION_DAYS = 365
 LOCAL_LOG_RETENTION_DAYS = 1

@@ -36,6 +36,7 @@ from gatehouse.exceptions import GatehouseError
 from gatehouse.local.moto_server import DEFAULT_ACCOUNT_ID
 from gatehouse.local.postgres import PostgresInfo
 from gatehouse.local.seed import grant_table_access, quote_ident
+from gatehouse.proxy_tokens import new_key_text
 from gatehouse.registry import connection_from_item
 from gatehouse.secrets import SecretStore
 from gatehouse.targets.postgres_privileges import PrivilegeReport, Severity, check_connection, ddl_expected
@@ -170,6 +171,7 @@ def provision(
             )
             settings = dataclasses.replace(settings, state_machine_arn=arn)
         create_masking_key(aws.secretsmanager, settings.masking_key_secret)
+        create_proxy_token_key(aws.secretsmanager, settings.proxy_token_key_secret)
         secrets_by_connection: dict[str, str] = {}
         roles: dict[str, str] = {}
         for name, spec in config.connections.items():
@@ -289,6 +291,15 @@ def create_masking_key(secretsmanager: Any, secret_name: str) -> str:
         Name=secret_name,
         Description="Gatehouse: HMAC key for keyed-hash masking (base64 text).",
         SecretString=key,
+    )
+    return str(resp["ARN"])
+
+
+def create_proxy_token_key(secretsmanager: Any, secret_name: str) -> str:
+    resp = secretsmanager.create_secret(
+        Name=secret_name,
+        Description="Gatehouse: HMAC key that signs the Postgres proxy's passwords (base64 text).",
+        SecretString=new_key_text(),
     )
     return str(resp["ARN"])
 
