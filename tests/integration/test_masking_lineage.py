@@ -84,8 +84,7 @@ RENAMING_AND_TRANSFORMING = {
     "cte-shadows-table": "WITH customers AS (SELECT id, ssn AS notes FROM customers) SELECT notes FROM customers",
     "cte-chain": "WITH a AS (SELECT email AS e FROM customers), b AS (SELECT upper(e) AS u FROM a) SELECT u FROM b",
     "union": "SELECT name FROM customers UNION ALL SELECT email FROM customers",
-    "union-with-literal": "SELECT 'nobody' UNION SELECT ssn FROM customers",
-    "intersect": "SELECT ssn FROM customers INTERSECT SELECT ssn FROM customers",
+    "union-all-with-literal": "SELECT 'nobody' UNION ALL SELECT ssn FROM customers",
     "view": "SELECT who, mail, phone FROM public.contact_book",
     "view-of-view": "SELECT * FROM public.contact_book_2",
     "view-unqualified": "SELECT mail FROM contact_book",
@@ -111,6 +110,16 @@ RENAMING_AND_TRANSFORMING = {
     "xmlelement": "SELECT xmlelement(name person, name) FROM customers",
     "xmlforest": "SELECT xmlforest(ssn, email) FROM customers",
     "unnest": "SELECT u FROM customers, unnest(ARRAY[ssn]) u",
+    # found by red-teaming: scoping, output names, joins, recursion (each a mechanism)
+    "non-lateral-subquery-sibling": "SELECT (SELECT t.v FROM (SELECT 'zz'::text AS ssn) l, (SELECT reverse(ssn) AS v) t) FROM customers",
+    "non-lateral-join-sibling": "SELECT (SELECT t.v FROM (SELECT 'zz'::text AS name) l JOIN (SELECT name AS v) t ON true) AS x FROM customers",
+    "non-lateral-values-sibling": "SELECT (SELECT v.x FROM (SELECT 1 AS ssn) l, (VALUES (reverse(ssn))) v(x)) AS x FROM customers",
+    "duplicate-output-names": "SELECT s.text FROM (SELECT COALESCE('safe')::text, (reverse(ssn) || '')::text FROM customers) s",
+    "duplicate-names-in-cte": "WITH t AS (SELECT GREATEST('safe')::text, (name || '')::text FROM customers) SELECT text FROM t",
+    "natural-join-renamed": "SELECT s.c2 FROM (SELECT * FROM (SELECT reverse(ssn) AS x, 1 AS k FROM customers) a NATURAL JOIN (SELECT 1 AS k) b) s(c1, c2)",
+    "recursive-rotation": "WITH RECURSIVE r(a,b,c,d,n) AS (SELECT reverse(ssn), ''::text, ''::text, ''::text, 0 FROM customers UNION ALL SELECT d, a, b, c, n+1 FROM r WHERE n < 3) SELECT d FROM r",
+    "recursive-forward-reference": "WITH RECURSIVE a AS (SELECT * FROM orders), orders(id, customer_id, amount, created_at, status) AS (SELECT id, id, 1, 1, reverse(ssn) FROM customers) SELECT status FROM a",
+    "paren-star": "SELECT (c).* FROM customers c",
 }
 
 _SESSIONS: dict[str, str] = {}  # test name -> request id, for the session-log check at the end
@@ -277,6 +286,14 @@ ORACLES = {
     "filter-clause": "SELECT count(*) FILTER (WHERE ssn LIKE '1%') FROM customers",
     "view-column": "SELECT id FROM public.contact_book WHERE mail LIKE 'a%'",
     "explain": "EXPLAIN SELECT id FROM customers WHERE ssn LIKE '12%'",
+    "join-using": "SELECT count(*) FROM customers JOIN (SELECT '434-70-9213'::text AS ssn) b USING (ssn)",
+    "natural-join": "SELECT count(*) FROM (SELECT ssn FROM customers) a NATURAL JOIN (SELECT '434-70-9213'::text AS ssn) b",
+    "intersect": "SELECT count(*) FROM (SELECT ssn FROM customers INTERSECT SELECT '434-70-9213') s",
+    "except": "SELECT count(*) FROM (SELECT substr(ssn,1,1) FROM customers EXCEPT SELECT '4') s",
+    "union-distinct": "SELECT count(*) FROM (SELECT ssn FROM customers WHERE id = 1 UNION SELECT '434-70-9213') s",
+    "distinct": "SELECT count(*) FROM (SELECT DISTINCT substr(ssn,1,1) FROM customers) s",
+    "row-count-from-function": "SELECT count(*) FROM customers c, generate_series(1, ascii(substr(c.name,2,1))) g WHERE c.id = 1",
+    "row-count-from-srf": "SELECT count(*) FROM (SELECT unnest(string_to_array(name, NULL)) FROM customers WHERE id = 1) s",
 }
 
 
@@ -327,6 +344,31 @@ def test_errors_in_the_session_log_carry_no_protected_values(local_stack, secret
     ]
     assert any("[REDACTED]" in b for b in bodies)
     assert_no_leak(secrets_in_db, *bodies)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT make_date(replace(ssn,'-','')::int, 13, 1) FROM customers WHERE id = 1",
+        "SELECT make_date(regexp_replace(phone,'[^0-9]','','g')::bigint::int, 13, 1) FROM customers WHERE id = 2",
+        "SELECT make_date(left(replace(card_number,' ',''),8)::int, 13, 1) FROM customers WHERE id = 1",
+        "SELECT chr(replace(ssn,'-','')::int + 1114112) FROM customers WHERE id = 1",
+        "SELECT make_time(ascii(name),0,0) FROM customers WHERE id = 1",
+        "SELECT xmlparse(document name) FROM customers",
+        "SELECT ('<' || name)::xml FROM customers",
+        "SELECT xmlparse(document reverse(ssn)) FROM customers",
+        "SELECT s.text::int FROM (SELECT COALESCE('a')::text, (name || '')::text FROM customers) s",
+    ],
+)
+def test_errors_that_repeat_values_unquoted_carry_none(local_stack, secrets_in_db, sql):
+    answer = local_stack.client().submit(PROD, sql)
+    assert answer.status_code in (422, 202), answer.body
+    assert_no_leak(secrets_in_db, answer.body)
+    if answer.status_code == 422:
+        record = local_stack.client().get_request(answer.body["request_id"])
+        assert_no_leak(secrets_in_db, record.body)
+        # Digits of an SSN or a card number, and letters of a name encoded as a number, are gone.
+        assert not re.search(r"\d{3,}", answer.body["message"]), answer.body["message"]
 
 
 def test_an_error_on_unprotected_data_keeps_its_value(local_stack):

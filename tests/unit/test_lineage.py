@@ -208,3 +208,95 @@ def test_the_catalog_cache_refreshes_by_age_and_after_a_miss_but_not_too_often()
 def test_a_catalog_maps_row_description_origins_to_columns():
     assert CATALOG.origin(100, 6) == "public.customers.ssn"
     assert CATALOG.origin(999, 1) is None
+
+
+# -- found by red-teaming: each a mechanism, with a variant -------------------------------------
+
+
+def redacted(sql: str, count: int, index: int) -> bool:
+    plan = masked(sql, count)[index]
+    return plan is not None and plan[1] in ("redact", "hash", "partial", "null")
+
+
+def test_a_subquery_that_is_not_lateral_does_not_see_the_items_beside_it():
+    # Postgres resolves `ssn` in the second subquery at the outer level (customers), not in `l`.
+    sql = "SELECT (SELECT t.v FROM (SELECT 'zz'::text AS ssn) l, (SELECT reverse(ssn) AS v) t) FROM customers"
+    assert redacted(sql, 1, 0)
+    join = "SELECT (SELECT t.v FROM (SELECT 'zz'::text AS name) l JOIN (SELECT name AS v) t ON true) FROM customers"
+    assert redacted(join, 1, 0)
+    values = "SELECT (SELECT v.x FROM (SELECT 1 AS ssn) l, (VALUES (reverse(ssn))) v(x)) FROM customers"
+    assert redacted(values, 1, 0)
+    # A LATERAL one does see them: here `ssn` is the constant.
+    assert masked("SELECT t.v FROM (SELECT 'zz'::text AS ssn) l, LATERAL (SELECT l.ssn AS v) t", 1) == [None]
+
+
+def test_output_names_follow_postgres_and_duplicates_are_never_resolved_to_one():
+    for first in (
+        "COALESCE('safe')",
+        "GREATEST('safe')",
+        "NULLIF('safe','x')",
+        "(SELECT 'safe')",
+        "CURRENT_USER",
+        "ROW('safe')",
+        "EXISTS(SELECT 1)",
+    ):
+        sql = f"SELECT s.text FROM (SELECT {first}::text, (reverse(ssn) || '')::text FROM customers) s"
+        assert redacted(sql, 1, 0), first
+    cte = "WITH t AS (SELECT COALESCE('safe')::text, (name || '')::text FROM customers) SELECT text FROM t"
+    assert redacted(cte, 1, 0)
+
+
+def test_natural_joins_put_common_columns_first_and_are_oracles():
+    sql = "SELECT s.c2 FROM (SELECT * FROM (SELECT reverse(ssn) AS x, 1 AS k FROM customers) a NATURAL JOIN (SELECT 1 AS k) b) s(c1, c2)"
+    assert redacted(sql, 1, 0)
+    [lineage] = trace(
+        "SELECT count(*) FROM (SELECT ssn FROM customers) a NATURAL JOIN (SELECT '1'::text AS ssn) b"
+    )
+    assert protected_names(PROFILE, [Flow(lineage.filtered)]) == ["customers.ssn"]
+    [using] = trace("SELECT count(*) FROM customers JOIN (SELECT '1'::text AS ssn) b USING (ssn)")
+    assert protected_names(PROFILE, [Flow(using.filtered)]) == ["customers.ssn"]
+
+
+def test_recursive_ctes_are_traced_to_a_fixed_point_and_may_name_later_ctes():
+    rotate = (
+        "WITH RECURSIVE r(a,b,c,d,e,n) AS (SELECT reverse(ssn), '', '', '', '', 0 FROM customers "
+        "UNION ALL SELECT e, a, b, c, d, n+1 FROM r WHERE n < 5) SELECT e FROM r"
+    )
+    assert redacted(rotate, 1, 0)
+    forward = (
+        "WITH RECURSIVE a AS (SELECT * FROM orders), orders(id, customer_id, amount, status) AS "
+        "(SELECT id, id, 1, reverse(ssn) FROM customers) SELECT status FROM a"
+    )
+    assert redacted(forward, 1, 0)
+    # An ordinary recursive CTE over unprotected data stays unmasked.
+    plain = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) SELECT i FROM n"
+    assert masked(plain, 1) == [None]
+
+
+def test_comparing_rows_is_an_oracle_set_operations_and_distinct_included():
+    for sql in (
+        "SELECT count(*) FROM (SELECT ssn FROM customers INTERSECT SELECT '1') s",
+        "SELECT count(*) FROM (SELECT substr(ssn,1,1) FROM customers EXCEPT SELECT '4') s",
+        "SELECT count(*) FROM (SELECT ssn FROM customers UNION SELECT '1') s",
+        "SELECT count(*) FROM (SELECT DISTINCT substr(ssn,1,1) FROM customers) s",
+    ):
+        [lineage] = trace(sql)
+        assert protected_names(PROFILE, [Flow(lineage.filtered)]) == ["customers.ssn"], sql
+    [union_all] = trace("SELECT count(*) FROM (SELECT ssn FROM customers UNION ALL SELECT '1') s")
+    assert protected_names(PROFILE, [Flow(union_all.filtered)]) == []
+
+
+def test_row_counts_that_depend_on_a_protected_value_are_oracles():
+    for sql in (
+        "SELECT count(*) FROM customers c, generate_series(1, ascii(substr(c.name,2,1))) g",
+        "SELECT count(*) FROM (SELECT unnest(string_to_array(name, NULL)) FROM customers) s",
+        "SELECT count(*) FROM customers c, regexp_matches(c.ssn, '4', 'g') m",
+        "SELECT 1 FROM customers c, generate_series(1, ascii(c.ssn)) g",
+    ):
+        [lineage] = trace(sql)
+        assert protected_names(PROFILE, [Flow(lineage.filtered)]), sql
+
+
+def test_a_whole_row_expanded_with_parens_keeps_each_columns_rule():
+    plans = masked("SELECT (c).* FROM customers c", 7)
+    assert plans[0] is None and plans[6] is None and plans[5] is not None and plans[5][1] == "redact"

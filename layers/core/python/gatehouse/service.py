@@ -80,10 +80,13 @@ class Traced:
     classification: Classification
     lineage: tuple[StatementLineage, ...] = ()
     catalog: Catalog | None = None
+    references_protected: bool = False  # a protected column is read anywhere in the text
 
     @property
     def touches_protected(self) -> bool:
-        return any(s.protected_read or s.protected_filtered for s in self.classification.statements)
+        return self.references_protected or any(
+            s.protected_read or s.protected_filtered for s in self.classification.statements
+        )
 
 
 @dataclass(frozen=True)
@@ -518,7 +521,10 @@ class Gatehouse:
             out.append(
                 dataclasses.replace(stmt, protected_read=tuple(read), protected_filtered=tuple(filtered))
             )
-        return Traced(dataclasses.replace(classification, statements=tuple(out)), tuple(lineage), catalog)
+        referenced = any(protected_names(profile, [Flow(t.referenced)]) for t in lineage)
+        return Traced(
+            dataclasses.replace(classification, statements=tuple(out)), tuple(lineage), catalog, referenced
+        )
 
     @staticmethod
     def _plan(traced: Traced, masker: Masker, raw: QueryResult) -> Sequence[Any]:
@@ -543,8 +549,9 @@ class Gatehouse:
         if risky and isinstance(exc, TargetError):
             identifiers = traced.catalog.identifiers if traced.catalog is not None else frozenset()
             message = redact_error_text(message, identifiers)
-            if detail:
-                detail = redact_error_text(detail, identifiers, detail=True)
+            # A DETAIL line can repeat the input itself (libxml quotes the offending line, a key
+            # or a failing row): with protected data in play it is withheld whole.
+            detail = "[REDACTED]" if detail else detail
         if detail:
             message = f"{message} (DETAIL: {detail})"
         return masker.mask_text(message)

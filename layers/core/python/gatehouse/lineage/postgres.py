@@ -24,7 +24,7 @@ built-in (it could read any table), makes the flow opaque: masked as protected.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,18 @@ from gatehouse.models import StatementClass
 Node = dict[str, Any]
 MAX_VIA = 6  # transformations named in a report; more are summarised
 MAX_VIEW_DEPTH = 16
+MAX_RECURSION_ROUNDS = 24
+
+# Built-in set-returning functions: how many rows they yield depends on their arguments.
+SET_RETURNING = frozenset(
+    {
+        "generate_series", "generate_subscripts", "unnest", "regexp_matches", "regexp_split_to_table",
+        "string_to_table", "json_array_elements", "json_array_elements_text", "jsonb_array_elements",
+        "jsonb_array_elements_text", "json_each", "json_each_text", "jsonb_each", "jsonb_each_text",
+        "json_object_keys", "jsonb_object_keys", "jsonb_path_query", "jsonb_path_query_tz",
+        "json_populate_recordset", "jsonb_populate_recordset", "json_to_recordset", "jsonb_to_recordset",
+    }
+)  # fmt: skip
 
 # Set-returning functions whose output columns are known, for `SELECT * FROM f(...)` shapes.
 SRF_COLUMNS: Mapping[str, tuple[str, ...]] = {
@@ -106,6 +118,7 @@ class StatementLineage:
     field_calls: tuple[str, ...] = ()  # functions called with attribute notation (`t.f`, `(x).f`)
     missing: tuple[str, ...] = ()  # relations the catalog does not hold
     opaque: str = ""  # the shape or the sources of the result are unknown, and why
+    referenced: frozenset[str] = frozenset()  # every source column the statement reads, anywhere
 
     def columns(self, count: int) -> list[Flow]:
         """One flow per column of a result with `count` columns."""
@@ -144,10 +157,9 @@ class _Item:
     def column(self, name: str) -> Flow | None:
         if self.columns is None:
             return self.unknown_flow
-        for column, flow in self.columns:
-            if column == name:
-                return flow
-        return None
+        found = [flow for column, flow in self.columns if column == name]
+        # Two columns of one name: Postgres calls a reference ambiguous; lineage never picks one.
+        return merge(found) if found else None
 
     def whole_row(self) -> Flow:
         if self.columns is None:
@@ -167,6 +179,7 @@ class _Level:
     items: list[_Item] = field(default_factory=list)
     star_order: list[Output] = field(default_factory=list)
     using: dict[str, Flow] = field(default_factory=dict)
+    opaque_shape: str = ""  # set when `*` over this level cannot be listed
 
 
 @dataclass
@@ -183,6 +196,7 @@ class _Analyzer:
         self.filtered: list[Flow] = []
         self.field_calls: dict[str, None] = {}
         self.missing: dict[str, None] = {}
+        self.referenced: set[str] = set()  # every source any expression of the statement reads
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -190,15 +204,23 @@ class _Analyzer:
         ctes = dict(ctes)
         with_clause = body.get("withClause")
         if with_clause:
-            recursive = bool(with_clause.get("recursive"))
-            for wrapped in with_clause.get("ctes") or ():
-                cte = wrapped.get("CommonTableExpr") or {}
-                ctes[cte.get("ctename", "")] = self._cte(cte, outer, ctes, recursive)
+            definitions = [w.get("CommonTableExpr") or {} for w in with_clause.get("ctes") or ()]
+            if with_clause.get("recursive"):
+                ctes = self._recursive_ctes(definitions, outer, ctes)
+            else:
+                for cte in definitions:  # each sees the ones before it, never itself
+                    ctes[cte.get("ctename", "")] = self._cte(cte, outer, ctes)
         op = body.get("op", "SETOP_NONE")
         if op != "SETOP_NONE":
             left = self.select(body.get("larg") or {}, outer, ctes)
             right = self.select(body.get("rarg") or {}, outer, ctes)
-            outputs = _union_outputs(left, right)
+            # keep_shape: inside WITH RECURSIVE, the recursive term names the CTE before its
+            # columns are known; the other branch gives the shape.
+            outputs = _union_outputs(left, right, keep_shape=True)
+            if op != "SETOP_UNION" or not body.get("all"):
+                # INTERSECT, EXCEPT and UNION without ALL compare rows: a row that matches a
+                # guessed value tells the agent the value (the same oracle as a WHERE).
+                self.filtered.extend(o.flow for o in outputs)
             self._orderings(body, _Scope([_Level(), *outer], ctes), outputs)
             return outputs
         if body.get("valuesLists"):
@@ -216,31 +238,42 @@ class _Analyzer:
                 self.filtered.append(self.expr(body[clause], scope))
         for wrapped in body.get("windowClause") or ():
             self._window(wrapped.get("WindowDef") or {}, scope)
-        for item in body.get("distinctClause") or ():
+        distinct = body.get("distinctClause")
+        if distinct is not None and all(not item for item in distinct):
+            self.filtered.extend(o.flow for o in outputs)  # plain DISTINCT compares whole rows
+        for item in distinct or ():
             if item:
                 self.filtered.append(self._ordering_flow(item, scope, outputs))
         self._orderings(body, scope, outputs)
         return outputs
 
-    def _cte(
-        self, cte: Node, outer: list[_Level], ctes: dict[str, list[Output]], recursive: bool
-    ) -> list[Output]:
-        name = cte.get("ctename", "")
-        query = cte.get("ctequery") or {}
-        kind, body = _unwrap(query)
-        colnames = _names(cte.get("aliascolnames"))
-        if recursive and kind == "SelectStmt" and body.get("op") == "SETOP_UNION":
-            # The non-recursive term gives the shape; the recursive term may feed the CTE's own
-            # rows back in, so its flows are merged in until nothing changes (two rounds do).
-            seed = self.select(body.get("larg") or {}, outer, ctes)
-            outputs = _rename(seed, colnames)
-            for _ in range(2):
-                inner = dict(ctes)
-                inner[name] = outputs
-                step = self.select(body.get("rarg") or {}, outer, inner)
-                outputs = _rename(_union_outputs(outputs, step), colnames)
-            return outputs
-        return _rename(self.statement_outputs(kind, body, outer, ctes), colnames)
+    def _cte(self, cte: Node, outer: list[_Level], ctes: dict[str, list[Output]]) -> list[Output]:
+        kind, body = _unwrap(cte.get("ctequery") or {})
+        return _rename(self.statement_outputs(kind, body, outer, ctes), _names(cte.get("aliascolnames")))
+
+    def _recursive_ctes(
+        self, definitions: list[Node], outer: list[_Level], ctes: dict[str, list[Output]]
+    ) -> dict[str, list[Output]]:
+        """WITH RECURSIVE: every CTE may name every other (and itself), earlier or later, so all
+        are traced together, each round feeding the last round's flows back in, until nothing
+        changes. Flows only grow, so this ends; a cap keeps a pathological text bounded, and what
+        has not settled by then is untraceable."""
+        current = dict(ctes)
+        names = [d.get("ctename", "") for d in definitions]
+        for name in names:
+            current[name] = [Output("*", EMPTY, star=True)]
+        for _ in range(MAX_RECURSION_ROUNDS):
+            changed = False
+            for definition, name in zip(definitions, names, strict=True):
+                traced = _union_outputs(current[name], self._cte(definition, outer, current), keep_shape=True)
+                if traced != current[name]:
+                    current[name], changed = traced, True
+            if not changed:
+                return current
+        why = "a recursive CTE did not settle"
+        for name in names:
+            current[name] = [Output("*", Flow(opaque=why), star=True)]
+        return current
 
     def statement_outputs(
         self, kind: str | None, body: Node, outer: list[_Level], ctes: dict[str, list[Output]]
@@ -328,25 +361,33 @@ class _Analyzer:
     def _from(self, items: Iterable[Node], outer: list[_Level], ctes: dict[str, list[Output]]) -> _Level:
         level = _Level()
         for node in items:
-            # LATERAL items see the items before them; others cannot name them (the server refuses).
-            self._from_item(node, level, outer, ctes)
+            self._from_item(node, level, outer, ctes, [level])
         return level
 
     def _from_item(
-        self, node: Node, level: _Level, outer: list[_Level], ctes: dict[str, list[Output]]
+        self,
+        node: Node,
+        level: _Level,
+        outer: list[_Level],
+        ctes: dict[str, list[Output]],
+        siblings: list[_Level],
     ) -> None:
+        """One FROM item into `level`. `siblings` are the items before it (and a join's left side):
+        as in Postgres, only a LATERAL subquery, and any function in FROM, may name them; a
+        subquery that is not LATERAL resolves its names in the outer query levels only."""
         kind, body = _unwrap(node)
-        lateral = [level, *outer]
+        lateral = [*siblings, *outer]
         if kind == "RangeVar":
             item = self._range_var(body, ctes)
         elif kind == "RangeSubselect":
             sub_kind, sub = _unwrap(body.get("subquery") or {})
-            outputs = self.statement_outputs(sub_kind, sub, lateral, ctes)
+            seen = lateral if body.get("lateral") else outer
+            outputs = self.statement_outputs(sub_kind, sub, seen, ctes)
             item = _item_from_outputs(body.get("alias"), outputs)
         elif kind == "RangeFunction":
             item = self._range_function(body, _Scope(lateral, ctes))
         elif kind == "JoinExpr":
-            self._join(body, level, outer, ctes)
+            self._join(body, level, outer, ctes, siblings)
             return
         elif kind == "RangeTableSample":
             item = self._range_var(_unwrap(body.get("relation") or {})[1], ctes)
@@ -362,16 +403,32 @@ class _Analyzer:
         level.items.append(item)
         level.star_order.extend(item.star())
 
-    def _join(self, body: Node, level: _Level, outer: list[_Level], ctes: dict[str, list[Output]]) -> None:
+    def _join(
+        self,
+        body: Node,
+        level: _Level,
+        outer: list[_Level],
+        ctes: dict[str, list[Output]],
+        siblings: list[_Level],
+    ) -> None:
         left, right = _Level(), _Level()
-        self._from_item(body.get("larg") or {}, left, outer, ctes)
-        # The right side of a LATERAL join sees the left side.
-        self._from_item(body.get("rarg") or {}, right, [left, *outer], ctes)
+        self._from_item(body.get("larg") or {}, left, outer, ctes, siblings)
+        # A LATERAL item on the right sees the left side and the items before the join.
+        self._from_item(body.get("rarg") or {}, right, outer, ctes, [left, *siblings])
         using = _names(body.get("usingClause"))
+        if body.get("isNatural"):
+            # NATURAL: every column name both sides share, in the left side's order.
+            right_names = {o.name for o in right.star_order if not o.star}
+            using = [o.name for o in left.star_order if not o.star and o.name in right_names]
+            if any(o.star for o in left.star_order + right.star_order):
+                using = []
+                level.opaque_shape = "a NATURAL join over columns lineage cannot list"
         merged: dict[str, Flow] = {}
-        for name in using:
+        for name in dict.fromkeys(using):
             flows = [o.flow for o in left.star_order + right.star_order if o.name == name]
             merged[name] = merge(flows)
+            # USING and NATURAL compare the columns: a join key is a predicate, an oracle.
+            self.filtered.extend(flows)
         level.items.extend(left.items + right.items)
         level.using.update(left.using)
         level.using.update(right.using)
@@ -465,6 +522,17 @@ class _Analyzer:
         for item in _coldef_names(body.get("coldeflist") or ()):
             names.append(item)
         flow = merge(flows, computed=True)
+        # How many rows a function in FROM yields depends on its arguments: with a protected
+        # argument, the row count (count(*), or just the rows) is an oracle on it, unless the
+        # argument's shape alone fixes the count (unnest of ARRAY[...], the keys of a whole row).
+        for wrapped, call_flow in zip(body.get("functions") or (), flows, strict=False):
+            parts = (wrapped.get("List") or {}).get("items") or []
+            kind, fn = _unwrap(parts[0] if parts else {})
+            if not (
+                kind == "FuncCall"
+                and _count_is_fixed(_func_name(fn), fn.get("args") or [], self._row_ref(scope))
+            ):
+                self.filtered.append(call_flow)
         alias = body.get("alias") or {}
         colnames = _names(alias.get("colnames"))
         if body.get("ordinality"):
@@ -485,6 +553,13 @@ class _Analyzer:
         if kind == "ColumnRef" and body.get("fields") and "A_Star" in body["fields"][-1]:
             return self._star(body["fields"][:-1], scope)
         if kind == "A_Indirection" and (body.get("indirection") or [{}])[-1].get("A_Star") is not None:
+            arg_kind, arg = _unwrap(body.get("arg"))
+            fields = arg.get("fields") or [] if arg_kind == "ColumnRef" else []
+            if len(body.get("indirection") or ()) == 1 and len(fields) == 1 and "String" in fields[0]:
+                name = fields[0]["String"].get("sval", "")
+                item = self._find_item([name], scope) if self._unqualified(name, scope) is None else None
+                if item is not None:
+                    return item.star()  # (c).* is c.*: each column with its own flow
             flow = self.expr(body.get("arg"), scope)
             return [Output("*", flow, star=True)]
         return [Output(name or _figure_name(val), self.expr(val, scope))]
@@ -493,6 +568,14 @@ class _Analyzer:
         names = [str(f.get("String", {}).get("sval", "")) for f in qualifier]
         if not names:
             level = scope.levels[0] if scope.levels else _Level()
+            if level.opaque_shape:
+                return [
+                    Output(
+                        "*",
+                        merge([*(o.flow for o in level.star_order), Flow(opaque=level.opaque_shape)]),
+                        star=True,
+                    )
+                ]
             return list(level.star_order)
         item = self._find_item(names, scope)
         if item is None:
@@ -503,9 +586,11 @@ class _Analyzer:
 
     def expr(self, node: Any, scope: _Scope) -> Flow:
         try:
-            return self._expr(node, scope)
+            flow = self._expr(node, scope)
         except RecursionError:
             return Flow(opaque="the expression nests too deep to trace")
+        self.referenced |= flow.sources
+        return flow
 
     def _expr(self, node: Any, scope: _Scope) -> Flow:
         if not node:
@@ -621,6 +706,12 @@ class _Analyzer:
             flow = base.whole_row()
         return flow
 
+    def _row_ref(self, scope: _Scope) -> Callable[[str], bool]:
+        """Whether a bare name is a whole-row reference (a FROM item, not a column) in `scope`."""
+        return lambda name: (
+            self._unqualified(name, scope) is None and self._find_item([name], scope) is not None
+        )
+
     def _unqualified(self, name: str, scope: _Scope) -> Flow | None:
         for level in scope.levels:
             if name in level.using:
@@ -656,6 +747,11 @@ class _Analyzer:
             args.append(flow)
         if body.get("over"):
             self._window(body["over"], scope)
+        if parts[-1] in SET_RETURNING and not _count_is_fixed(
+            parts[-1], body.get("args") or [], self._row_ref(scope)
+        ):
+            # A set-returning call in the select list multiplies rows by what its arguments hold.
+            self.filtered.extend(args)
         cls, _ = classify_function(parts)
         if cls is not StatementClass.READ:
             # A function Gatehouse cannot see into may read any table: its value is untraceable.
@@ -760,6 +856,7 @@ class LineageEngine:
             field_calls=tuple(analyzer.field_calls),
             missing=tuple(analyzer.missing),
             opaque=opaque,
+            referenced=frozenset(analyzer.referenced | {src for o in outputs for src in o.flow.sources}),
         )
 
 
@@ -800,6 +897,28 @@ _SINGLE_COLUMN = frozenset(
         "jsonb_path_query_tz",
     }
 )  # fmt: skip
+
+
+_KEYS_OF = frozenset(
+    {"json_each", "json_each_text", "jsonb_each", "jsonb_each_text", "json_object_keys", "jsonb_object_keys"}
+)
+_ROW_TO_JSON = frozenset({"to_json", "to_jsonb", "row_to_json"})
+
+
+def _count_is_fixed(name: str, args: list[Node], is_row: Callable[[str], bool]) -> bool:
+    """True when a set-returning call yields a number of rows its arguments' values cannot change:
+    `unnest(ARRAY[a, b])` (one row per element written), the keys of `to_json(t)` of a whole row
+    (one per column). Anything else may reveal its arguments through how many rows it yields."""
+    if name == "unnest":
+        return bool(args) and all(_unwrap(a)[0] == "A_ArrayExpr" for a in args)
+    if name in _KEYS_OF and len(args) == 1:
+        kind, call = _unwrap(args[0])
+        if kind == "FuncCall" and _func_name(call) in _ROW_TO_JSON and len(call.get("args") or ()) == 1:
+            inner_kind, inner = _unwrap((call.get("args") or [{}])[0])
+            fields = inner.get("fields") or [] if inner_kind == "ColumnRef" else []
+            # A whole row has one key per column; a json column's keys are its value's.
+            return len(fields) == 1 and "String" in fields[0] and is_row(fields[0]["String"].get("sval", ""))
+    return False
 
 
 def _single_column_function(name: str) -> bool:
@@ -882,7 +1001,16 @@ def _item_from_outputs(alias: Node | None, outputs: list[Output]) -> _Item:
     return _Item(name=name, columns=[(o.name, o.flow) for o in outputs])
 
 
-def _union_outputs(left: list[Output], right: list[Output]) -> list[Output]:
+def _union_outputs(left: list[Output], right: list[Output], *, keep_shape: bool = False) -> list[Output]:
+    """Position by position, the flows of two queries whose rows are combined (a set operation).
+
+    With `keep_shape`, a lone `*` on one side (a recursive CTE not traced yet) takes the other
+    side's columns, so the shape is not lost while the flows are merged in.
+    """
+    if keep_shape:
+        for star_side, other in ((left, right), (right, left)):
+            if len(star_side) == 1 and star_side[0].star and not any(o.star for o in other):
+                return [Output(o.name, merge([o.flow, star_side[0].flow])) for o in other]
     if any(o.star for o in left + right) or len(left) != len(right):
         return [Output("*", merge(o.flow for o in left + right), star=True)]
     return [Output(a.name, merge([a.flow, b.flow])) for a, b in zip(left, right, strict=True)]

@@ -16,6 +16,8 @@ from collections.abc import Set
 
 REDACTED = "[REDACTED]"
 _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
+# A number outside the redacted quotes (digits, with a sign, a decimal part or an exponent).
+_NUMBER = re.compile(r"(?<![\w\[])[-+]?\d[\d.,:]*(?:e[-+]?\d+)?(?![\w\]])", re.IGNORECASE)
 # `=(...)` after a key column list, `contains (...)` for a failing row; the value list runs to
 # the closing parenthesis that ends the line's clause (values may hold parentheses themselves).
 _DETAIL_VALUES = re.compile(r"(=\(|contains \()(.*)(\))", re.DOTALL)
@@ -33,6 +35,10 @@ def redact_error_text(text: str, identifiers: Set[str], *, detail: bool = False)
     if spans and not all(span in identifiers for span in spans):
         first, last = text.index('"'), text.rindex('"')
         out = f'{text[:first]}"{REDACTED}"{text[last + 1 :]}'
+    # Some messages repeat a computed value without quotes (`make_date`: "date field value out of
+    # range: 434709213-13-01", `chr`: "requested character too large ...: 435823325"): numbers
+    # go too. Messages stay readable; a type modifier like varchar(3) is a small loss.
+    out = _NUMBER.sub(REDACTED, out)
     if detail:
         out = _DETAIL_VALUES.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(3)}", out)
     return out
