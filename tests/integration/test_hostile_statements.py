@@ -55,6 +55,7 @@ PLANTED = (
     "AS $$ UPDATE customers SET email = 'pwned@example.com'; DELETE FROM orders; SELECT true $$",
     "CREATE OPERATOR public.=== (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.evil_eq)",
     "CREATE VIEW public.innocent AS SELECT id, name, public.evil() AS touched FROM customers",
+    "CREATE DOMAIN public.evil_dom AS integer CHECK (public.evil() > 0)",
 )
 
 
@@ -174,13 +175,44 @@ HOSTILE: tuple[Hostile, ...] = (
     unparseable("nul-hides-a-write", "SELECT 1\x00; DELETE FROM orders"),
     unparseable("no-break-space", "DELETE\u00a0FROM orders"),
     # Reads to the parser that call the planted writer: the READ ONLY transaction refuses them.
-    read_only_backstop("view-calls-writer", "SELECT * FROM innocent"),
+    # Code the text does not name: lineage reads the view's definition and the catalog's domains.
+    denied("view-calls-writer", "SELECT * FROM innocent", "unknown"),
+    denied("view-calls-writer-in-explain-analyze", "EXPLAIN ANALYZE SELECT * FROM innocent", "unknown"),
+    denied("domain-check-calls-writer", "SELECT 5::public.evil_dom", "unknown"),
+    # Attribute notation in every clause, found by a plain walk of the whole tree.
+    denied(
+        "attribute-notation-in-frame-offset",
+        "SELECT sum(id) OVER (ORDER BY id ROWS BETWEEN (1).evil PRECEDING AND CURRENT ROW) FROM orders",
+        "unknown",
+    ),
+    denied(
+        "attribute-notation-in-tablesample",
+        "SELECT count(*) FROM orders TABLESAMPLE bernoulli (100) REPEATABLE ((1).evil)",
+        "unknown",
+    ),
+    denied("attribute-notation-in-values-limit", "VALUES (1) LIMIT (1).evil", "unknown"),
+    denied("attribute-notation-in-values-order", "VALUES (1) ORDER BY (1).evil", "unknown"),
+    denied(
+        "attribute-notation-past-deep-nesting",
+        "SELECT ((1 IS NULL" + " IS NULL" * 400 + ") OR (1).evil > 0)",
+        "unknown",
+    ),
+    denied(
+        "attribute-notation-in-on-conflict",
+        "EXPLAIN INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET status = (1).evil::text",
+        "unknown",
+    ),
+    denied(
+        "attribute-notation-in-dml-cte",
+        "WITH x AS (SELECT (1).evil AS k) UPDATE orders SET status = status WHERE id IN (SELECT k FROM x)",
+        "unknown",
+    ),
     # Lineage resolves `c.evil` against the catalog: evil is no column of customers, so it is the
     # call evil(c), a function Gatehouse cannot see into: unknown, denied before it runs.
     denied("attribute-notation-calls-writer", "SELECT c.evil FROM customers c", "unknown"),
     denied("attribute-notation-in-parens-calls-writer", "SELECT (c).evil FROM customers c", "unknown"),
     denied("attribute-notation-on-a-value-calls-writer", "SELECT (id).evil FROM customers", "unknown"),
-    read_only_backstop("operator-calls-writer", "SELECT count(*) FROM customers WHERE id === id"),
+    denied("operator-calls-writer", "SELECT count(*) FROM customers WHERE id === id", "unknown"),
 )
 
 
@@ -404,11 +436,12 @@ def test_a_pending_write_stays_pending_and_unrun(
 def test_a_command_the_database_refused_is_on_record_as_failed(
     local_stack: RunningStack, superuser: pg8000.native.Connection, baseline: dict[str, Any]
 ) -> None:
-    # Given a read that calls the planted writer, refused by the READ ONLY transaction
+    # Given a read the database refuses (it divides by zero)
     keys_before = event_keys(local_stack)
-    answer = local_stack.client("analyst").submit(CONNECTION, "SELECT * FROM innocent")
+    answer = local_stack.client("analyst").submit(CONNECTION, "SELECT 1 / (count(*) - count(*)) FROM orders")
     assert answer.status_code == 422, answer.body
-    (request_id,) = {e["session_id"] for e in read_events(local_stack, event_keys(local_stack) - keys_before)}
+    new_events = read_events(local_stack, event_keys(local_stack) - keys_before)
+    (request_id,) = {e["session_id"] for e in new_events if e["kind"] == "received"}
     assert answer.body["request_id"] == request_id
 
     # When the agent reads its request back

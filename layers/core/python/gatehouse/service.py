@@ -512,6 +512,7 @@ class Gatehouse:
         out = []
         for stmt, traced in zip(statements, lineage, strict=True):
             stmt = _escalate_field_calls(stmt, traced.field_calls)
+            stmt = _escalate_hidden_code(stmt, traced)
             read = protected_names(profile, (o.flow for o in traced.outputs))
             if traced.opaque and traced.returns_rows:
                 read = sorted({*read, UNDETERMINED})
@@ -632,3 +633,18 @@ class _Background:
         if self._crash is not None:
             raise self._crash
         return self._error
+
+
+def _escalate_hidden_code(stmt: Statement, traced: StatementLineage) -> Statement:
+    """Code a statement runs without naming it, or a statement lineage could not walk whole.
+
+    A view that calls a function, a cast to a domain whose CHECK calls one, a user-defined
+    operator: none is a FuncCall of the text, and READ ONLY does not stop what such code may do
+    (signal sessions, take advisory locks). Like a call Gatehouse cannot see into, it is unknown.
+    """
+    why = traced.untraceable or (
+        f"{traced.hidden_code[0]}: code Gatehouse cannot see runs" if traced.hidden_code else ""
+    )
+    if not why or CLASS_RISK[stmt.cls] >= CLASS_RISK[StatementClass.UNKNOWN]:
+        return stmt
+    return dataclasses.replace(stmt, cls=StatementClass.UNKNOWN, reason=why)

@@ -14,6 +14,7 @@ that do expose data or other sessions' statements are protected by `gatehouse.li
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -40,6 +41,13 @@ MIN_REFRESH_INTERVAL_S = 2.0
 CATALOG_SQL = """
 SELECT json_build_object(
   'search_path', current_schemas(true),
+  'domains', (SELECT coalesce(json_agg(t.typname), '[]'::json)
+                FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+               WHERE t.typtype = 'd' AND n.nspname NOT IN ('pg_catalog', 'information_schema')),
+  'types', (SELECT coalesce(json_agg(DISTINCT t.typname), '[]'::json) FROM pg_catalog.pg_type t),
+  'operators', (SELECT coalesce(json_agg(DISTINCT o.oprname), '[]'::json)
+                  FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+                 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
   'relations', (
     SELECT coalesce(json_agg(json_build_array(
       c.oid::bigint, n.nspname, c.relname, c.relkind,
@@ -101,10 +109,23 @@ class Catalog:
     by_oid: Mapping[int, Relation] = field(default_factory=dict)
     # Every relation and column name: error texts may keep a quoted name that is one of these.
     identifiers: frozenset[str] = frozenset()
+    # User-defined domains (a cast runs their CHECK constraints) and operators (they call
+    # functions): code a statement runs without naming it.
+    domains: frozenset[str] = frozenset()
+    operators: frozenset[str] = frozenset()
+    # Every type name: a cast to a name not here was created since the snapshot (refresh).
+    types: frozenset[str] = frozenset()
 
     @classmethod
     def build(
-        cls, relations: Iterable[Relation], search_path: Iterable[str], loaded_at: float = 0.0
+        cls,
+        relations: Iterable[Relation],
+        search_path: Iterable[str],
+        loaded_at: float = 0.0,
+        *,
+        domains: Iterable[str] = (),
+        operators: Iterable[str] = (),
+        types: Iterable[str] = (),
     ) -> Catalog:
         rels = {(r.schema, r.name): r for r in relations}
         names = {r.name for r in rels.values()} | {c for r in rels.values() for c in r.columns}
@@ -114,6 +135,9 @@ class Catalog:
             loaded_at=loaded_at,
             by_oid={r.oid: r for r in rels.values()},
             identifiers=frozenset(names),
+            domains=frozenset(domains),
+            operators=frozenset(operators),
+            types=frozenset(types),
         )
 
     @classmethod
@@ -135,9 +159,12 @@ class Catalog:
                 for oid, schema, name, kind, cols, view in doc.get("relations") or ()
             ]
             path = [str(s) for s in doc.get("search_path") or ()]
+            domains = [str(d) for d in doc.get("domains") or ()]
+            operators = [str(o) for o in doc.get("operators") or ()]
+            types = [str(t) for t in doc.get("types") or ()]
         except (ValueError, TypeError, KeyError) as exc:
             raise CatalogError(f"the target's catalog answer is malformed: {exc}") from exc
-        return cls.build(relations, path, loaded_at)
+        return cls.build(relations, path, loaded_at, domains=domains, operators=operators, types=types)
 
     def resolve(self, name: str, schema: str | None = None) -> Relation | None:
         """The relation a name means, as the server resolves it (search_path order)."""
@@ -205,13 +232,7 @@ class CatalogCache:
     def _load(self, connection: Any) -> Catalog:
         started = self._clock()
         catalog = self._loader(connection)
-        catalog = Catalog(
-            relations=catalog.relations,
-            search_path=catalog.search_path,
-            loaded_at=started,
-            by_oid=catalog.by_oid,
-            identifiers=catalog.identifiers,
-        )
+        catalog = dataclasses.replace(catalog, loaded_at=started)
         with self._lock:
             self._snapshots[connection.name] = catalog
         log.info("catalog of %s: %d relations", connection.name, len(catalog.relations))

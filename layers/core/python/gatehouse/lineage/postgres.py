@@ -119,6 +119,8 @@ class StatementLineage:
     missing: tuple[str, ...] = ()  # relations the catalog does not hold
     opaque: str = ""  # the shape or the sources of the result are unknown, and why
     referenced: frozenset[str] = frozenset()  # every source column the statement reads, anywhere
+    hidden_code: tuple[str, ...] = ()  # code it runs without naming it: views, domains, operators
+    untraceable: str = ""  # lineage could not walk the whole statement: it cannot be called a read
 
     def columns(self, count: int) -> list[Flow]:
         """One flow per column of a result with `count` columns."""
@@ -143,6 +145,17 @@ class StatementLineage:
 
 
 # -- scopes ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TracedView:
+    """A view's definition, traced once per catalog snapshot, and what tracing it found."""
+
+    outputs: tuple[Output, ...]
+    field_calls: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    hidden_code: tuple[str, ...] = ()
+    too_deep: bool = False
 
 
 @dataclass
@@ -189,7 +202,7 @@ class _Scope:
 
 
 class _Analyzer:
-    def __init__(self, catalog: Catalog, views: dict[int, list[Output]], view_stack: tuple[int, ...] = ()):
+    def __init__(self, catalog: Catalog, views: dict[int, _TracedView], view_stack: tuple[int, ...] = ()):
         self.catalog = catalog
         self.views = views
         self.view_stack = view_stack
@@ -197,10 +210,18 @@ class _Analyzer:
         self.field_calls: dict[str, None] = {}
         self.missing: dict[str, None] = {}
         self.referenced: set[str] = set()  # every source any expression of the statement reads
+        self.resolved: set[int] = set()  # field selections that resolved to columns (node ids)
+        self.hidden_code: dict[str, None] = {}  # code the text runs without naming it (views, domains)
+        self.unsafe_calls: dict[str, None] = {}  # calls of functions not known to be reads
+        self.too_deep = False
+        self._calls_made = 0
 
     # -- queries ---------------------------------------------------------------------------
 
-    def select(self, body: Node, outer: list[_Level], ctes: dict[str, list[Output]]) -> list[Output]:
+    def _with(
+        self, body: Node, outer: list[_Level], ctes: dict[str, list[Output]]
+    ) -> dict[str, list[Output]]:
+        """The CTEs a query (or a write) may name, its own WITH added to those it inherits."""
         ctes = dict(ctes)
         with_clause = body.get("withClause")
         if with_clause:
@@ -210,6 +231,10 @@ class _Analyzer:
             else:
                 for cte in definitions:  # each sees the ones before it, never itself
                     ctes[cte.get("ctename", "")] = self._cte(cte, outer, ctes)
+        return ctes
+
+    def select(self, body: Node, outer: list[_Level], ctes: dict[str, list[Output]]) -> list[Output]:
+        ctes = self._with(body, outer, ctes)
         op = body.get("op", "SETOP_NONE")
         if op != "SETOP_NONE":
             left = self.select(body.get("larg") or {}, outer, ctes)
@@ -226,6 +251,7 @@ class _Analyzer:
         if body.get("valuesLists"):
             rows = [self._values_row(r, _Scope(outer, ctes)) for r in body["valuesLists"]]
             outputs = [Output(f"column{i + 1}", merge(col)) for i, col in enumerate(zip(*rows, strict=False))]
+            self._orderings(body, _Scope([_Level(), *outer], ctes), outputs)
             return outputs
         level = self._from(body.get("fromClause") or (), outer, ctes)
         scope = _Scope([level, *outer], ctes)
@@ -285,12 +311,21 @@ class _Analyzer:
         return [Output("*", Flow(opaque=f"{kind} has no traceable result"), star=True)]
 
     def _returning(self, body: Node, outer: list[_Level], ctes: dict[str, list[Output]]) -> list[Output]:
-        """RETURNING of a write: the target's columns, and (conservatively) everything written."""
+        """RETURNING of a write: the target's columns, and (conservatively) everything written.
+
+        Every part of a write is traced, so no call in it goes unseen: its WITH, the rows it
+        inserts, SET, WHERE, ON CONFLICT (with `excluded`), MERGE's source and WHEN clauses.
+        """
+        ctes = self._with(body, outer, ctes)
         items: list[_Item] = []
         relation = body.get("relation")
-        if relation:
-            items.append(self._range_var(relation, ctes))
-        level = self._from(body.get("fromClause") or body.get("usingClause") or (), outer, ctes)
+        target = self._range_var(relation, ctes) if relation else None
+        if target is not None:
+            items.append(target)
+        sources = [s for s in (body.get("sourceRelation"),) if s]  # MERGE ... USING
+        level = self._from(
+            [*sources, *(body.get("fromClause") or body.get("usingClause") or ())], outer, ctes
+        )
         level.items[:0] = items
         scope = _Scope([level, *outer], ctes)
         written: list[Flow] = []
@@ -300,11 +335,29 @@ class _Analyzer:
             written.extend(o.flow for o in self.statement_outputs(kind, inner, outer, ctes))
         for wrapped in body.get("targetList") or ():  # UPDATE ... SET
             written.append(self.expr((wrapped.get("ResTarget") or {}).get("val"), scope))
-        if body.get("whereClause"):
-            self.filtered.append(self.expr(body["whereClause"], scope))
+        for key in ("whereClause", "joinCondition"):
+            if body.get(key):
+                self.filtered.append(self.expr(body[key], scope))
+        conflict = body.get("onConflictClause") or {}
+        if conflict:
+            excluded = _Item(name="excluded", columns=list(target.columns or []) if target else None)
+            conflict_scope = _Scope([_Level(items=[*level.items, excluded]), *outer], ctes)
+            for wrapped in conflict.get("targetList") or ():
+                written.append(self.expr((wrapped.get("ResTarget") or {}).get("val"), conflict_scope))
+            if conflict.get("whereClause"):
+                self.filtered.append(self.expr(conflict["whereClause"], conflict_scope))
+        for wrapped in body.get("mergeWhenClauses") or body.get("whenClauses") or ():
+            when = wrapped.get("MergeWhenClause") or {}
+            if when.get("condition"):
+                self.filtered.append(self.expr(when["condition"], scope))
+            for wrapped_target in when.get("targetList") or ():
+                written.append(self.expr((wrapped_target.get("ResTarget") or {}).get("val"), scope))
+            for value in when.get("values") or ():
+                written.append(self.expr(value, scope))
         extra = merge(written, computed=True, how="written")
         outputs = []
-        for wrapped in body.get("returningList") or ():
+        returning = (body.get("returningClause") or {}).get("exprs") or body.get("returningList") or ()
+        for wrapped in returning:
             for out in self._target(wrapped.get("ResTarget") or {}, scope):
                 flow = merge([out.flow, extra]) if extra is not EMPTY else out.flow
                 outputs.append(Output(out.name, flow, out.star))
@@ -351,6 +404,9 @@ class _Analyzer:
         )
 
     def _window(self, window: Node, scope: _Scope) -> None:
+        for key in ("startOffset", "endOffset"):
+            if window.get(key):
+                self.filtered.append(self.expr(window[key], scope))
         for item in window.get("partitionClause") or ():
             self.filtered.append(self.expr(item, scope))
         for wrapped in window.get("orderClause") or ():
@@ -391,8 +447,9 @@ class _Analyzer:
             return
         elif kind == "RangeTableSample":
             item = self._range_var(_unwrap(body.get("relation") or {})[1], ctes)
-            for arg in body.get("args") or ():
-                self.filtered.append(self.expr(arg, _Scope(lateral, ctes)))
+            for arg in [*(body.get("args") or ()), body.get("repeatable")]:
+                if arg:
+                    self.filtered.append(self.expr(arg, _Scope(lateral, ctes)))
         else:
             # XMLTABLE, JSON_TABLE and the like: columns computed from their arguments.
             flow = merge((self.expr(v, _Scope(lateral, ctes)) for v in _children(body)), computed=True)
@@ -477,25 +534,41 @@ class _Analyzer:
 
     def _view_outputs(self, relation: Relation) -> list[Output]:
         cached = self.views.get(relation.oid)
-        if cached is not None:
-            return cached
+        if cached is None:
+            cached = self._trace_view(relation)
+            self.views[relation.oid] = cached
+        # What tracing the view found counts for every statement that reads it, memo or not.
+        self.field_calls.update(dict.fromkeys(cached.field_calls))
+        self.missing.update(dict.fromkeys(cached.missing))
+        self.hidden_code.update(dict.fromkeys(cached.hidden_code))
+        self.too_deep = self.too_deep or cached.too_deep
+        return list(cached.outputs)
+
+    def _trace_view(self, relation: Relation) -> _TracedView:
         if relation.oid in self.view_stack or len(self.view_stack) >= MAX_VIEW_DEPTH:
-            return [Output("*", Flow(opaque=f"view {relation.qualified} nests too deep"), star=True)]
-        outputs: list[Output]
+            why = f"view {relation.qualified} nests too deep"
+            return _TracedView((Output("*", Flow(opaque=why), star=True),), too_deep=True)
         try:
             tree = json.loads(parse_sql_json(relation.view_sql or ""))
             ((kind, body),) = tree["stmts"][0]["stmt"].items()
         except (ParseError, ValueError, KeyError, IndexError) as exc:
             why = f"the definition of view {relation.qualified} does not parse ({type(exc).__name__})"
-            outputs = [Output("*", Flow(opaque=why), star=True)]
-        else:
-            inner = _Analyzer(self.catalog, self.views, (*self.view_stack, relation.oid))
-            outputs = inner.statement_outputs(kind, body, [], {})
-            # What the view filters on is fixed by its owner, not chosen by the agent: not an oracle.
-            self.field_calls.update(inner.field_calls)
-            self.missing.update(inner.missing)
-        self.views[relation.oid] = outputs
-        return outputs
+            return _TracedView((Output("*", Flow(opaque=why), star=True),))
+        inner = _Analyzer(self.catalog, self.views, (*self.view_stack, relation.oid))
+        outputs = inner.statement_outputs(kind, body, [], {})
+        for node_id, names in _field_selections(body):
+            if node_id not in inner.resolved:
+                inner.field_calls.update(dict.fromkeys(names))
+        # What the view filters on is fixed by its owner, not chosen by the agent: not an oracle.
+        # Code in a view runs when the view is read, unseen by the classifier.
+        hidden = [*inner.hidden_code, *(f"function {n}" for n in inner.unsafe_calls)]
+        return _TracedView(
+            tuple(outputs),
+            field_calls=tuple(inner.field_calls),
+            missing=tuple(inner.missing),
+            hidden_code=tuple(f"view {relation.qualified} calls {code}" for code in hidden),
+            too_deep=inner.too_deep,
+        )
 
     def _range_function(self, body: Node, scope: _Scope) -> _Item:
         flows: list[Flow] = []
@@ -588,6 +661,8 @@ class _Analyzer:
         try:
             flow = self._expr(node, scope)
         except RecursionError:
+            # Untraceable is not merely masked: a call hidden past this depth would go unseen.
+            self.too_deep = True
             return Flow(opaque="the expression nests too deep to trace")
         self.referenced |= flow.sources
         return flow
@@ -610,9 +685,15 @@ class _Analyzer:
             return self._sublink(body, scope)
         if kind == "TypeCast":
             type_name = _type_name(body.get("typeName") or {})
+            if type_name in self.catalog.domains:
+                self.hidden_code[f"domain {type_name} (its CHECK constraints)"] = None
+            elif self.catalog.types and type_name not in self.catalog.types:
+                self.missing[f"type {type_name}"] = None  # created since the snapshot: read it again
             return self._expr(body.get("arg"), scope).derived(f"::{type_name}")
         if kind == "A_Expr":
             op = ".".join(str(n.get("String", {}).get("sval", "")) for n in body.get("name") or ())
+            if op.rsplit(".", 1)[-1] in self.catalog.operators:
+                self.hidden_code[f"operator {op}"] = None
             flows = [self._expr(body.get("lexpr"), scope), self._expr(body.get("rexpr"), scope)]
             return merge(flows, computed=True, how=op or "operator")
         if kind == "XmlExpr":
@@ -646,13 +727,17 @@ class _Analyzer:
         for split in range(len(names) - 1, 0, -1):
             item = self._find_item(names[:split], scope)
             if item is not None:
-                return self._fields(item, names[split:], scope)
+                before = self._calls_made
+                flow = self._fields(item, names[split:], scope)
+                if self._calls_made == before:
+                    self.resolved.add(id(body))
+                return flow
         # a.b where a is a column (of a composite type): field selection or the call b(a).
         flow = self._unqualified(names[0], scope)
         if flow is None:
             return Flow(opaque=f"{'.'.join(names)} is not in scope")
         for extra in names[1:]:
-            self.field_calls[extra] = None
+            self._call(extra)
             flow = flow.derived(f"{extra}()")
         return flow
 
@@ -662,16 +747,28 @@ class _Analyzer:
         if flow is None:
             # Not a column of the item: attribute notation, the call first(item). When the item's
             # columns are unknown this may also be a column; when in doubt it counts as a call.
-            self.field_calls[first] = None
+            self._call(first)
             flow = item.whole_row().derived(f"{first}()")
             if item.columns is None:
                 flow = merge([flow, item.unknown_flow])
         for extra in rest:
-            self.field_calls[extra] = None
+            self._call(extra)
             flow = flow.derived(f"{extra}()")
         return flow
 
     def _indirection(self, body: Node, scope: _Scope) -> Flow:
+        before = self._calls_made
+        flow = self._indirection_flow(body, scope)
+        if self._calls_made == before:
+            self.resolved.add(id(body))
+        return flow
+
+    def _call(self, name: str) -> None:
+        """A field name that is no column: attribute notation, a call of that function."""
+        self.field_calls[name] = None
+        self._calls_made += 1
+
+    def _indirection_flow(self, body: Node, scope: _Scope) -> Flow:
         arg = body.get("arg")
         kind, inner = _unwrap(arg)
         indirection = body.get("indirection") or ()
@@ -691,7 +788,7 @@ class _Analyzer:
                     base = None
                 else:
                     # (expr).name: a field of a composite value, or the call name(expr).
-                    self.field_calls[name] = None
+                    self._call(name)
                     flow = flow.derived(f"{name}()")
             elif "A_Indices" in step:
                 if base is not None:
@@ -754,6 +851,8 @@ class _Analyzer:
             self.filtered.extend(args)
         cls, _ = classify_function(parts)
         if cls is not StatementClass.READ:
+            # The classifier already counts it in the text itself; inside a view nothing else would.
+            self.unsafe_calls[name] = None
             # A function Gatehouse cannot see into may read any table: its value is untraceable.
             return Flow(opaque=f"function {name} is not a built-in Gatehouse can trace")
         return merge(args, computed=True, how=f"{parts[-1]}()")
@@ -777,7 +876,7 @@ class LineageEngine:
     """Traces statements against a catalog. One per process; holds a memo of traced views."""
 
     def __init__(self) -> None:
-        self._views: dict[int, list[Output]] = {}
+        self._views: dict[int, _TracedView] = {}
         self._views_of: Catalog | None = None
 
     def trace(self, text: str, catalog: Catalog) -> list[StatementLineage]:
@@ -807,7 +906,9 @@ class LineageEngine:
                 outputs = analyzer.select(body, [], {})
             elif kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
                 outputs = analyzer.statement_outputs(kind, body, [], {})
-                returns_rows = bool(body.get("returningList"))
+                returns_rows = bool(
+                    (body.get("returningClause") or {}).get("exprs") or body.get("returningList")
+                )
             elif kind == "ExplainStmt":
                 inner_kind, inner = _unwrap(body.get("query") or {})
                 inner_lineage = self._statement(inner_kind or "", inner, catalog, {})
@@ -816,6 +917,8 @@ class LineageEngine:
                 analyzer.filtered.append(Flow(inner_lineage.filtered))
                 analyzer.field_calls.update(dict.fromkeys(inner_lineage.field_calls))
                 analyzer.missing.update(dict.fromkeys(inner_lineage.missing))
+                analyzer.hidden_code.update(dict.fromkeys(inner_lineage.hidden_code))
+                analyzer.too_deep = analyzer.too_deep or bool(inner_lineage.untraceable)
                 outputs = [Output("QUERY PLAN", EMPTY, star=True)]
             elif kind == "VariableShowStmt":
                 outputs = [Output("*", EMPTY, star=True)]  # settings, not table data
@@ -828,6 +931,9 @@ class LineageEngine:
                     filtered_opaque=lineage.filtered_opaque,
                     field_calls=lineage.field_calls,
                     missing=lineage.missing,
+                    hidden_code=lineage.hidden_code,
+                    untraceable=lineage.untraceable,
+                    referenced=lineage.referenced,
                 )
             elif kind == "FetchStmt":
                 cursor = cursors.get(str(body.get("portalname", "")))
@@ -847,6 +953,13 @@ class LineageEngine:
                 opaque = f"{kind.removesuffix('Stmt')} returns rows Gatehouse cannot trace"
         except RecursionError:
             opaque = "the statement nests too deep to trace"
+            analyzer.too_deep = True
+        # Attribute notation anywhere lineage did not resolve to a column is a call: every field
+        # selection of the statement is found by a plain walk, whatever clause it sits in.
+        for node_id, names in _field_selections(body):
+            if node_id not in analyzer.resolved:
+                for name in names:
+                    analyzer.field_calls.setdefault(name, None)
         filtered = merge(analyzer.filtered)
         return StatementLineage(
             outputs=tuple(outputs),
@@ -857,6 +970,8 @@ class LineageEngine:
             missing=tuple(analyzer.missing),
             opaque=opaque,
             referenced=frozenset(analyzer.referenced | {src for o in outputs for src in o.flow.sources}),
+            hidden_code=tuple(analyzer.hidden_code),
+            untraceable="the statement nests too deep to trace" if analyzer.too_deep else "",
         )
 
 
@@ -903,6 +1018,38 @@ _KEYS_OF = frozenset(
     {"json_each", "json_each_text", "jsonb_each", "jsonb_each_text", "json_object_keys", "jsonb_object_keys"}
 )
 _ROW_TO_JSON = frozenset({"to_json", "to_jsonb", "row_to_json"})
+
+
+def _field_selections(root: Any) -> list[tuple[int, list[str]]]:
+    """Every field selection of a parse tree, by node identity: `t.f`, `s.t.f` (the names after
+    the first) and `(x).f` (its field names). Iterative: deep nesting cannot exhaust the stack."""
+    found: list[tuple[int, list[str]]] = []
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if type(node) is list:
+            stack.extend(node)
+            continue
+        if type(node) is not dict:
+            continue
+        column_ref = node.get("ColumnRef")
+        if type(column_ref) is dict:
+            names = [
+                str(f["String"].get("sval", "")) for f in column_ref.get("fields") or () if "String" in f
+            ]
+            if len(names) >= 2:
+                found.append((id(column_ref), names[1:]))
+        indirection = node.get("A_Indirection")
+        if type(indirection) is dict:
+            names = [
+                str(i["String"].get("sval", ""))
+                for i in indirection.get("indirection") or ()
+                if "String" in i
+            ]
+            if names:
+                found.append((id(indirection), names))
+        stack.extend(v for v in node.values() if type(v) is dict or type(v) is list)
+    return found
 
 
 def _count_is_fixed(name: str, args: list[Node], is_row: Callable[[str], bool]) -> bool:
