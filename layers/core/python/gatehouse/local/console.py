@@ -32,6 +32,7 @@ from typing import Any
 
 import requests
 
+from gatehouse.local.served import ServedOnLoopback
 from gatehouse.local.slack_signing import (
     APPROVE_ACTION_ID,
     DENY_ACTION_ID,
@@ -398,7 +399,7 @@ SECURITY_HEADERS = (
 )
 
 
-class ApprovalsConsole:
+class ApprovalsConsole(ServedOnLoopback):
     """The console's HTTP server on 127.0.0.1 (a free port unless told): `start()`, `stop()`."""
 
     def __init__(
@@ -443,23 +444,6 @@ class ApprovalsConsole:
         self._thread = threading.Thread(target=server.serve_forever, name="approvals-console", daemon=True)
         self._thread.start()
         return self.url
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        server.server_close()
-
-    def __enter__(self) -> ApprovalsConsole:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- requests -------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from gatehouse import names
+from gatehouse.local.served import ServedOnLoopback
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class _Disconnect(Exception):
     """Close the connection without an answer (an injected network failure)."""
 
 
-class SlackApiStandIn:
+class SlackApiStandIn(ServedOnLoopback):
     """`start()` serves on 127.0.0.1 (a free port) in its own thread; `stop()` joins it."""
 
     def __init__(self, token: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -173,23 +174,6 @@ class SlackApiStandIn:
             )
             self._thread.start()
         return self.url
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        server.server_close()
-
-    def __enter__(self) -> SlackApiStandIn:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- the read API (also over HTTP) ---------------------------------------------------------
 
