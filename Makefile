@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@bash scripts/ensure-postgres.sh
 	@bash scripts/ensure-chromium.sh
+	@bash scripts/ensure-pgbouncer.sh
 	@touch $@
 
 lint: install
