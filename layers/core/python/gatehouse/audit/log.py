@@ -449,6 +449,18 @@ class SessionLog:
         with self._lock:
             return self._flush()
 
+    def settle(self) -> int:
+        """After a failed flush, adopt its object if it landed after all; return how many events that was.
+
+        A caller that keeps its own copy of what a failed flush dropped, to stage it again, calls
+        this first and leaves out that many of its first events: they are stored already, and
+        staging them again would write them twice. Raises AuditWriteError if S3 cannot be read.
+        """
+        with self._lock:
+            before = self._chain.next_seq
+            self._settle_pending()
+            return self._chain.next_seq - before
+
     def append(self, kind: str, **fields: Any) -> dict[str, Any]:
         """`stage` + `flush`: record one event (with anything staged before it) and return it as stored."""
         cleaned = self._check(kind, fields)
@@ -524,9 +536,11 @@ class SessionLog:
         pending, self._staged = self._staged, []
         # Dropped on failure: a flush that raised is, to the caller, a record that does not
         # exist (the command does not run, or rolls back), so it must not surface later.
+        # Settle first: a close whose put landed although it failed is adopted here, and must
+        # stop this flush (a retried close would otherwise write a second session_closed).
+        self._settle_pending()
         if self._chain.closed_event is not None:
             raise SessionClosedError(f"session {self.session_id} is closed")
-        self._settle_pending()
         if (
             pending[0].event["seq"] != self._chain.next_seq
             or pending[0].event["prev_hash"] != self._chain.last_hash
