@@ -161,6 +161,11 @@ class ApprovalFlow:
         return {"request_id": request_id, "status": "failed"}
 
     def execute_approved(self, request_id: str) -> dict[str, Any]:
+        current = self._g._requests.get(request_id)
+        if current.origin == "proxy":
+            # The proxy runs it, once, when the agent sends the same statement again: the agent's
+            # own transaction, on its own connection. The approval is on record already.
+            return {"request_id": request_id, "status": current.status, "runs_on": "proxy"}
         try:
             # Claimed once: a second delivery of the approval finds the request executing already.
             self._g._requests.transition(request_id, expect=("approved",), status="executing")
@@ -243,6 +248,12 @@ class ApprovalFlow:
         session.stage("approved", outcome="approved", approvers=approvers)
         session.flush()
         self._workflow_resume(updated, "approved")
+        if updated.origin == "proxy":
+            return VoteResult(
+                True,
+                "approved",
+                "Approved: it runs once, exactly as shown, when the agent sends it again through the proxy.",
+            )
         return VoteResult(True, "approved", "Approved: the command runs now, exactly as shown.")
 
     def _vote_refusal(self, slack_user: str, record: RequestRecord) -> tuple[str | None, str, list[str]]:

@@ -75,6 +75,9 @@ class RequestRecord:
     decided_by: str | None = None
     decided_reason: str | None = None
     result: dict[str, Any] | None = None  # the masked result of a command run after approval
+    # Who runs it once approved: None (the API: the state machine runs it) or "proxy" (the
+    # Postgres proxy runs it when the same agent sends the same text on the same connection).
+    origin: str | None = None
 
     def public_view(self) -> dict[str, Any]:
         """What the agent that asked may read back."""

@@ -105,6 +105,10 @@ class Connection:
     secret_id: str
     attributes: Mapping[str, Any] = field(default_factory=dict)  # env, data_classification, ...
     masking_profile: str = "default"
+    # How the Postgres proxy records statements on this connection (gatehouse.proxy.postgres):
+    # "sync" (every decision durable before the statement is forwarded), "async" (chunked,
+    # at least every second), or "sync_writes" (sync for anything that is not a read).
+    recording: str = "sync_writes"
 
     def public_view(self) -> dict[str, Any]:
         """What an agent may see: no address, no secret."""

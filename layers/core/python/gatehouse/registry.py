@@ -49,6 +49,7 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         secret_id=item["secret_id"],
         attributes=dict(item.get("attributes") or {}),
         masking_profile=item.get("masking_profile") or "default",
+        recording=item.get("recording") or "sync_writes",
     )
 
 

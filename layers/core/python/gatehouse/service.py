@@ -90,6 +90,17 @@ class Traced:
 
 
 @dataclass(frozen=True)
+class Decided:
+    """A command decided but not run: what the Postgres proxy needs to forward, mask and record it."""
+
+    connection: Connection
+    classification: Classification
+    traced: Traced
+    decision: Decision
+    masker: Masker
+
+
+@dataclass(frozen=True)
 class Outcome:
     request_id: str
     status: str  # executed | pending_approval | denied
@@ -138,6 +149,22 @@ class Gatehouse:
         self._new_id = new_id
         self._sleep = sleep
         self._maskers: dict[str, Masker] = {}
+
+    @property
+    def policy(self) -> PolicyEngine:
+        return self._policy
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def secrets(self) -> SecretStore:
+        return self._secrets
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -190,6 +217,145 @@ class Gatehouse:
 
     def list_requests(self, principal: Principal, *, pending_only: bool = False) -> list[RequestRecord]:
         return self._requests.list_for(principal.name, pending_only=pending_only)
+
+    # -- the decision path, for a caller that runs the command itself (the Postgres proxy) ----
+
+    def decide(self, principal: Principal, connection: Connection, sql: str, reason: str = "") -> Decided:
+        """classify -> lineage -> authorize, exactly as for the API; nothing is run or recorded.
+
+        Raises ClassificationError for text that does not parse, and any error of lineage (the
+        catalog cannot be read) or policy: the caller refuses the command.
+        """
+        masker = self._masker(connection)
+        classification, traced, decision = self._decide(principal, connection, sql, reason, masker, {})
+        return Decided(connection, classification, traced, decision, masker)
+
+    def column_plans(
+        self,
+        decided: Decided,
+        columns: Sequence[str],
+        origins: Sequence[tuple[int, int] | None],
+        statement_index: int = -1,
+    ) -> list[Any]:
+        """The masking plan of a result the caller received itself (one entry per column)."""
+        traced = decided.traced
+        if not traced.lineage:
+            return [None] * len(columns)
+        return self._plan_for(traced, decided.masker, list(columns), list(origins), statement_index)
+
+    def hold_for_approval(
+        self, principal: Principal, decided: Decided, sql: str, *, origin: str, reason: str = ""
+    ) -> RequestRecord:
+        """Store a pending request for a command the caller will run itself once it is approved.
+
+        The same flow as the API's (preview, Slack, the state machine), with its own request id
+        and session log; `origin` ("proxy") tells the flow not to run it: the caller claims it with
+        `claim_approved` when the same principal sends the same text on the same connection.
+        """
+        request_id = self._new_id()
+        connection = decided.connection
+        masker = decided.masker
+        session = SessionLog.start(
+            self._s3,
+            self._settings.log_bucket,
+            session_id=request_id,
+            request_id=request_id,
+            principal_arn=principal.arn,
+            principal_name=principal.name,
+            connection=connection.name,
+            target_kind="postgres",
+            retention_days=self._settings.log_retention_days,
+        )
+        described: dict[str, Any] = {
+            "statement": masker.mask_text(sql),
+            "connection_env": _env(connection),
+            "statement_class": decided.classification.cls.value,
+            "relations": list(decided.classification.relations),
+        }
+        session.stage("received", reason=masker.mask_text(reason) if reason else None, **described)
+        session.stage(
+            "decision",
+            decision=decided.decision.effect.value,
+            policy_ids=list(decided.decision.policy_ids),
+            **described,
+        )
+        record = RequestRecord(
+            request_id=request_id,
+            status="",
+            principal_arn=principal.arn,
+            principal_name=principal.name,
+            connection=connection.name,
+            command=sql,
+            command_sha256=sql_sha256(sql),
+            statement_class=decided.classification.cls.value,
+            decision=decided.decision.effect.value,
+            policy_ids=list(decided.decision.policy_ids),
+            reason=reason,
+            origin=origin,
+        )
+        try:
+            self._request_approval(
+                session, record, principal, connection, decided.traced, masker, decided.decision, described
+            )
+        except GatehouseError as exc:
+            exc.request_id = request_id
+            raise
+        return record
+
+    def claim_approved(self, principal: Principal, connection: Connection, sql: str) -> RequestRecord | None:
+        """An approved request of `origin` proxy for exactly this text, claimed to run once (or None)."""
+        digest = sql_sha256(sql)
+        now = self._clock()
+        for record in self._requests.list_for(principal.name):
+            if (
+                record.status != "approved"
+                or record.origin != "proxy"
+                or record.connection != connection.name
+                or record.command_sha256 != digest
+                or record.command != sql
+                or (record.approval_expires_at and now > record.approval_expires_at)
+            ):
+                continue
+            try:
+                # Conditional: of two sessions sending it at once, one runs it.
+                self._requests.transition(record.request_id, expect=("approved",), status="executing")
+            except GatehouseError:
+                continue
+            record.status = "executing"
+            return record
+        return None
+
+    def finish_claimed(
+        self,
+        record: RequestRecord,
+        *,
+        ok: bool,
+        row_count: int | None = None,
+        duration_ms: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Close the story of an approved request the proxy ran: its record and its session log."""
+        self._finish(
+            record,
+            status="executed" if ok else "failed",
+            row_count=row_count,
+            duration_ms=duration_ms,
+            error=error,
+        )
+        try:
+            session = SessionLog.resume(
+                self._s3,
+                self._settings.log_bucket,
+                session_id=record.request_id,
+                retention_days=self._settings.log_retention_days,
+            )
+            if ok:
+                session.stage("executed", outcome="ok", row_count=row_count, duration_ms=duration_ms)
+            else:
+                session.stage("failed", outcome="error", error=error, duration_ms=duration_ms)
+            session.close()
+        except GatehouseError as exc:
+            log.error("request %s: could not record its outcome (%s)", record.request_id, exc.code)
 
     # -- the decision path -----------------------------------------------------------------
 
@@ -527,19 +693,29 @@ class Gatehouse:
             dataclasses.replace(classification, statements=tuple(out)), tuple(lineage), catalog, referenced
         )
 
-    @staticmethod
-    def _plan(traced: Traced, masker: Masker, raw: QueryResult) -> Sequence[Any]:
+    @classmethod
+    def _plan(cls, traced: Traced, masker: Masker, raw: QueryResult) -> Sequence[Any]:
         """The masking plan for the result (the text's last statement produced it)."""
-        flows = traced.lineage[-1].columns(len(raw.columns))
+        return cls._plan_for(traced, masker, list(raw.columns), list(raw.column_origins or ()))
+
+    @staticmethod
+    def _plan_for(
+        traced: Traced,
+        masker: Masker,
+        columns: list[str],
+        origins: list[tuple[int, int] | None],
+        statement_index: int = -1,
+    ) -> list[Any]:
+        flows = traced.lineage[statement_index].columns(len(columns))
         catalog = traced.catalog
-        if catalog is not None and raw.column_origins:
+        if catalog is not None and origins:
             # The server names the table and column of each plain column reference: whatever
             # lineage made of it, that source is in the value's flow too (defence in depth).
-            for index, origin in enumerate(raw.column_origins[: len(flows)]):
+            for index, origin in enumerate(origins[: len(flows)]):
                 source = catalog.origin(*origin) if origin else None
                 if source is not None and source not in flows[index].sources:
                     flows[index] = merge([flows[index], Flow(frozenset({source}))])
-        return plan_columns(masker.profile, raw.columns, flows)
+        return plan_columns(masker.profile, columns, flows)
 
     @staticmethod
     def _safe_error(exc: GatehouseError, traced: Traced, masker: Masker) -> str:
