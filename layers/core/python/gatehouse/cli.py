@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from collections.abc import Sequence
@@ -195,6 +196,12 @@ def cmd_proxy_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_proxy_serve(_args: argparse.Namespace) -> int:
+    from gatehouse.proxy.postgres.app import main as serve
+
+    return serve()
+
+
 def _agent_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--as",
@@ -206,8 +213,6 @@ def _agent_option(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from gatehouse.audit.cli import register as register_audit
-    from gatehouse.local.approve import register as register_approve
-    from gatehouse.local.cli import register as register_local
     from gatehouse.targets.privileges_cli import register as register_connections_check
 
     parser = argparse.ArgumentParser(
@@ -258,8 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     _agent_option(p)
     p.set_defaults(func=cmd_proxy_token)
 
-    register_local(sub)
-    register_approve(sub)
+    p = sub.add_parser("proxy", help="the Postgres wire-protocol proxy")
+    psub = p.add_subparsers(dest="proxy_command", required=True)
+    g = psub.add_parser("serve", help="serve until SIGTERM (configured by GATEHOUSE_* variables)")
+    g.set_defaults(func=cmd_proxy_serve)
+
+    # The local stack needs the `local` extra (moto); the proxy image installs the runtime
+    # dependencies only and must still run `gatehouse proxy serve`.
+    if importlib.util.find_spec("moto") is not None:
+        from gatehouse.local.approve import register as register_approve
+        from gatehouse.local.cli import register as register_local
+
+        register_local(sub)
+        register_approve(sub)
     register_audit(sub)
     return parser
 

@@ -29,6 +29,8 @@ SLACK_SECRET = f"{PREFIX}/slack"  # {"signing_secret", "bot_token", "channel"}
 # HMAC key (base64 text) that signs the Postgres proxy's short-lived passwords; not the masking
 # key: rotating one must not touch the other. AWSCURRENT signs, AWSCURRENT and AWSPREVIOUS verify.
 PROXY_TOKEN_KEY_SECRET = f"{PREFIX}/proxy-token-key"
+# The proxy's TLS certificate and key: {"certificate": PEM, "private_key": PEM}.
+PROXY_TLS_SECRET = f"{PREFIX}/proxy-tls"
 
 # Lambda
 API_FUNCTION = f"{PREFIX}-api"
@@ -64,6 +66,18 @@ ENV_SLACK_API_URL = "GATEHOUSE_SLACK_API_URL"  # local stack only: the Slack Web
 ENV_SLACK_REPLAY_TABLE = "GATEHOUSE_SLACK_REPLAY_TABLE"
 ENV_PROXY_TOKEN_KEY_SECRET = "GATEHOUSE_PROXY_TOKEN_KEY_SECRET"  # noqa: S105 (a variable name)
 ENV_PROXY_ENDPOINT = "GATEHOUSE_PROXY_ENDPOINT"  # host:port agents connect to; empty: no proxy yet
+# The proxy process (gatehouse proxy serve), see gatehouse.proxy.postgres.config.
+ENV_PROXY_LISTEN = "GATEHOUSE_PROXY_LISTEN"  # host:port it listens on (default 0.0.0.0:6432)
+ENV_PROXY_HEALTH = "GATEHOUSE_PROXY_HEALTH"  # host:port of GET /healthz (default 0.0.0.0:8080)
+ENV_PROXY_TLS_SECRET = "GATEHOUSE_PROXY_TLS_SECRET"  # noqa: S105 (a variable name)
+ENV_PROXY_ALLOW_PLAINTEXT = "GATEHOUSE_PROXY_ALLOW_PLAINTEXT"  # "1": plaintext off loopback too
+ENV_PROXY_MAX_SESSIONS = "GATEHOUSE_PROXY_MAX_SESSIONS"
+ENV_PROXY_IDLE_TIMEOUT_S = "GATEHOUSE_PROXY_IDLE_TIMEOUT_S"
+ENV_PROXY_DRAIN_S = "GATEHOUSE_PROXY_DRAIN_S"
+# The proxy's floor for recording: a connection records at least this strictly (sync > sync_writes > async).
+ENV_PROXY_RECORDING_MODE = "GATEHOUSE_PROXY_RECORDING_MODE"
+PROXY_PORT = 6432
+PROXY_HEALTH_PORT = 8080
 
 DEFAULT_LOG_RETENTION_DAYS = 365
 LOCAL_LOG_RETENTION_DAYS = 1

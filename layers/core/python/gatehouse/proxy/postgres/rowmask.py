@@ -1,0 +1,185 @@
+"""Masking result rows on the wire: the service's plan and the masker's rules, applied to DataRows.
+
+The plan (which columns lineage protects, and how) comes from `Gatehouse.column_plans`, with the
+RowDescription's table OID and attribute number as the server's own account of each column; the
+values are masked by the same `Masker` the API uses (plans, then content detectors on every text
+value). This module only decides which bytes to hand it and how to put the answer back:
+
+- a row with nothing to change is forwarded as the bytes the server sent (no copy);
+- only the columns that need work are decoded, in the connection's client encoding;
+- a column a rule protects is rewritten; a text value stays text, a value of any other type whose
+  mask would not be a valid value of that type (a keyed-hash token in an integer column) is sent
+  as NULL, the strictest answer the client can still read;
+- types Gatehouse reads in binary format are the text types (their binary form is the text) and
+  the plain scalar types (numbers, booleans, dates and times, uuid), which no detector looks at;
+  any other type asked for in binary format is refused (`BinaryFormatRefused`) unless the result
+  has nothing to mask and nothing to scan, because its values could not be checked.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from gatehouse.exceptions import GatehouseError
+from gatehouse.masking import Masker
+from gatehouse.masking.plan import ColumnPlan
+from gatehouse.proxy.postgres.messages import BINARY_FORMAT, DataRow, FieldDescription
+
+# pg_type OIDs. Text types: their text and binary forms are the characters in the client encoding.
+TEXT_TYPES = frozenset({25, 1043, 1042, 19, 18, 705, 114})  # text varchar bpchar name char unknown json
+# Values no content detector looks at (the API's masker skips numbers, booleans, dates, too).
+PLAIN_TYPES = frozenset(
+    {
+        16,  # bool
+        20,  # int8
+        21,  # int2
+        23,  # int4
+        26,  # oid
+        28,  # xid
+        700,  # float4
+        701,  # float8
+        1700,  # numeric
+        790,  # money
+        1082,  # date
+        1083,  # time
+        1114,  # timestamp
+        1184,  # timestamptz
+        1186,  # interval
+        1266,  # timetz
+        2950,  # uuid
+        3220,  # pg_lsn
+    }
+)
+COLUMN_LABEL = "[REDACTED]"
+
+# Client encodings (ParameterStatus client_encoding) as Python codecs. Anything else is read as
+# latin-1, which maps every byte to one character and back: ASCII patterns are still found and
+# the bytes come back unchanged where nothing matched.
+_ENCODINGS = {
+    "UTF8": "utf-8",
+    "UNICODE": "utf-8",
+    "SQLASCII": "latin-1",
+    "LATIN1": "latin-1",
+    "WIN1252": "cp1252",
+}
+
+
+class BinaryFormatRefused(GatehouseError):
+    code = "binary_format_refused"
+    status = 400
+    sqlstate = "0A000"
+
+
+def python_encoding(client_encoding: str) -> str:
+    return _ENCODINGS.get((client_encoding or "").upper().replace("-", "").replace("_", ""), "latin-1")
+
+
+class ResultMasker:
+    """The masking of one result shape (one RowDescription) with one plan."""
+
+    def __init__(
+        self,
+        masker: Masker,
+        fields: Sequence[FieldDescription],
+        plans: Sequence[ColumnPlan | None],
+        *,
+        encoding: str = "utf-8",
+    ) -> None:
+        self._masker = masker
+        self._encoding = encoding
+        self.names = tuple(f.name for f in fields)
+        self.masked_rules: set[str] = set()
+        self._null_columns: list[int] = []  # a rule on a value that cannot stay its type
+        self._work: list[int] = []  # columns handed to the masker (rules on text, detectors)
+        self._plans: list[ColumnPlan | None] = []
+        for index, (field, plan) in enumerate(zip(fields, plans, strict=True)):
+            text = field.type_oid in TEXT_TYPES
+            plain = field.type_oid in PLAIN_TYPES
+            binary = field.format == BINARY_FORMAT
+            if plan is not None:
+                if text:
+                    self._work.append(index)
+                    self._plans.append(plan)
+                else:
+                    self._null_columns.append(index)
+                self.masked_rules.add(plan.rule)
+                continue
+            if plain:
+                continue  # nothing to scan, in either format
+            if binary and not text:
+                raise BinaryFormatRefused(
+                    f"column {field.name!r} (type OID {field.type_oid}) was asked for in binary format, "
+                    "which Gatehouse cannot check for sensitive values; ask for text format"
+                )
+            self._work.append(index)
+            self._plans.append(None)
+
+    @property
+    def passthrough(self) -> bool:
+        """Nothing to mask or scan: every row is forwarded as received."""
+        return not self._work and not self._null_columns
+
+    def mask(self, rows: Sequence[DataRow]) -> list[Any]:
+        """The bytes to send for `rows`: each row's own `raw` unless a value changed."""
+        if self.passthrough or not rows:
+            return [r.raw for r in rows]
+        encoding = self._encoding
+        replacements: list[dict[int, bytes | None]] = [{} for _ in rows]
+        for index in self._null_columns:
+            for n, row in enumerate(rows):
+                if row.values[index] is not None:
+                    replacements[n][index] = None
+        if self._work:
+            columns = [self.names[i] for i in self._work]
+            decoded: list[list[str | None]] = []
+            for index in self._work:
+                decoded.append(
+                    [
+                        None
+                        if (v := row.values[index]) is None
+                        else bytes(v).decode(encoding, "surrogateescape")
+                        for row in rows
+                    ]
+                )
+            originals = list(zip(*decoded, strict=True))
+            out = self._masker.mask_rows(columns, originals, self._plans)
+            for rule in out.masked:
+                self.masked_rules.add(rule.rule)
+            for n, (before, after) in enumerate(zip(originals, out.rows, strict=True)):
+                if before == after:
+                    continue
+                for position, (old, new) in enumerate(zip(before, after, strict=True)):
+                    if old != new or type(old) is not type(new):
+                        replacements[n][self._work[position]] = (
+                            None if new is None else _text(new).encode(encoding, "surrogateescape")
+                        )
+        return [
+            _encode(row.values, replaced) if replaced else row.raw
+            for row, replaced in zip(rows, replacements, strict=True)
+        ]
+
+
+_NULL = b"\xff\xff\xff\xff"
+_I32 = struct.Struct("!i").pack
+_HEAD = struct.Struct("!cih").pack
+
+
+def _encode(values: Sequence[Any], replaced: dict[int, bytes | None]) -> bytes:
+    """A DataRow from the decoded values with `replaced` substituted (one join, no re-walk)."""
+    parts: list[Any] = []
+    for index, value in enumerate(values):
+        if index in replaced:
+            value = replaced[index]
+        if value is None:
+            parts.append(_NULL)
+        else:
+            parts.append(_I32(len(value)))
+            parts.append(value)
+    body = b"".join(parts)
+    return _HEAD(b"D", len(body) + 6, len(values)) + body
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
