@@ -375,6 +375,7 @@ def connection_item(
         "secret_id": secret_arn,
         "attributes": dict(spec.get("attributes") or {}),
         "masking_profile": str(spec.get("masking_profile") or "default"),
+        "recording": str(spec.get("recording") or "sync_writes"),
     }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import fcntl
 import importlib.util
 import json
@@ -46,6 +47,7 @@ from gatehouse.local.provision import (
     default_asl_cache_dir,
     provision,
 )
+from gatehouse.local.proxy import LocalProxy, proxy_environment, store_tls_secret
 from gatehouse.local.seed import seed
 from gatehouse.local.slack_api import SlackApiStandIn, create_slack_secret
 
@@ -65,7 +67,18 @@ STATE_DIR = Path(".gatehouse")
 STATE_FILE = "local.json"
 LOCK_FILE = "local.lock"
 LOG_FILE = "local.log"
-STATE_KEYS = ("api", "aws", "pg_proxy", "console", "slack_api", "region", "agents", "bucket", "pid")
+STATE_KEYS = (
+    "api",
+    "aws",
+    "pg_proxy",
+    "pg_proxy_pid",
+    "console",
+    "slack_api",
+    "region",
+    "agents",
+    "bucket",
+    "pid",
+)
 
 DETACH_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -225,6 +238,7 @@ class LocalStack:
         self._console: ApprovalsConsole | None = None
         self._slack: SlackApiStandIn | None = None
         self._slack_function: LambdaFunction | None = None
+        self._proxy: LocalProxy | None = None
         self._lock: IO[str] | None = None
         self._saved_env: dict[str, str | None] = {}
         self.provisioned: ProvisionResult | None = None
@@ -287,9 +301,19 @@ class LocalStack:
             secret = create_slack_secret(AwsClients.for_endpoint(endpoint, self.region).secretsmanager)
             self._slack = SlackApiStandIn(secret["bot_token"])
             self._slack.start()
+        # The proxy's address is known before the functions start: POST /v1/proxy-tokens names it.
+        self._proxy = LocalProxy({}, self.state_dir / "proxy.log")
+        self.provisioned = dataclasses.replace(
+            self.provisioned,
+            settings=dataclasses.replace(self.provisioned.settings, proxy_endpoint=self._proxy.endpoint),
+        )
         env = handler_environment(endpoint, self.region, self.provisioned)
         env[names.ENV_SLACK_API_URL] = self._slack.api_url
         self._set_env(env)
+        with self._timed("proxy"):
+            store_tls_secret(AwsClients.for_endpoint(endpoint, self.region).secretsmanager)
+            self._proxy._env = proxy_environment()
+            self._proxy.start()
         with self._timed("functions"):
             self._workflow_functions = WorkflowFunctions()
             self._workflow_functions.start()
@@ -317,7 +341,8 @@ class LocalStack:
         self.state = {
             "api": api_url,
             "aws": endpoint,
-            "pg_proxy": None,  # the Postgres proxy is not part of the local stack yet
+            "pg_proxy": self._proxy.endpoint,
+            "pg_proxy_pid": self._proxy.pid,
             "console": self._console.url if self._console is not None else None,
             # The stand-in's root URL (its read API is /_standin/...), not the WebClient base URL.
             "slack_api": self._console.standin.base_url if self._console is not None else None,
@@ -346,6 +371,8 @@ class LocalStack:
             steps.append(("functions", self._workflow_functions.stop))
         if self._slack is not None:
             steps.append(("slack", self._slack.stop))
+        if self._proxy is not None:
+            steps.append(("proxy", self._proxy.stop))
         if self._moto is not None:
             steps.append(("moto", self._moto.stop))
         if self._postgres is not None:
@@ -360,6 +387,7 @@ class LocalStack:
         self._console = None
         self._slack = None
         self._slack_function = None
+        self._proxy = None
         self._restore_env()
         if self.state is not None and _read_pid(self.state_path) == os.getpid():
             self.state_path.unlink(missing_ok=True)
