@@ -6,6 +6,8 @@ Both spellings are accepted; anything else stops the synth with the key's name.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -49,6 +51,14 @@ class ContextError(ValueError):
     """A context value is missing its expected shape: the synth must not go on."""
 
 
+class RecordingMode(Enum):
+    """How the proxy writes the session log (gatehouse.proxy.postgres): `sync` makes a statement's
+    decision durable before it is forwarded; `async` writes chunks at least every second."""
+
+    SYNC = "sync"
+    ASYNC = "async"
+
+
 class BundleDeps(Enum):
     """Whether the third-party dependency layer (built by `make layer`) goes into the template."""
 
@@ -66,6 +76,22 @@ class InfraContext:
     api_throttle_rate_limit: int = 50
     api_throttle_burst_limit: int = 100
     api_reserved_concurrency: int | None = None
+    # The proxy's network: a new VPC with this CIDR (no vpcId), or an existing one described by its
+    # id, CIDR, availability zones and private subnets (from_vpc_attributes: no lookup, no account).
+    vpc_id: str | None = None
+    vpc_cidr: str = "10.0.0.0/16"
+    vpc_availability_zones: tuple[str, ...] = ()
+    vpc_private_subnet_ids: tuple[str, ...] = ()
+    # Who may connect to the proxy's load balancer; None: the VPC's CIDR.
+    proxy_client_cidr: str | None = None
+    proxy_desired_count: int = 2
+    proxy_min_count: int = 2
+    proxy_max_count: int = 6
+    # Target tracking on client connections per running task.
+    proxy_connections_per_task: int = 100
+    proxy_drain_seconds: int = 30
+    # Sync by default: the security stance writes a decision's record before the command runs.
+    proxy_recording_mode: RecordingMode = RecordingMode.SYNC
 
     @classmethod
     def from_node(cls, scope: Construct) -> InfraContext:
@@ -79,6 +105,7 @@ class InfraContext:
             raise ContextError(f"functionLogRetentionDays must be one of {allowed}; got {function_log_days}")
         deps_dir = Path(str(get("depsLayerDir") or defaults.deps_layer_dir))
         raw_reserved = get("apiReservedConcurrency")
+        proxy = _proxy_values(get, defaults)
         return cls(
             log_retention_days=_positive_int(
                 "logRetentionDays", get("logRetentionDays"), defaults.log_retention_days
@@ -97,7 +124,94 @@ class InfraContext:
                 if raw_reserved in (None, "")
                 else _positive_int("apiReservedConcurrency", raw_reserved, 1)
             ),
+            **proxy,
         )
+
+    @property
+    def imports_vpc(self) -> bool:
+        return self.vpc_id is not None
+
+
+# Fargate sends SIGKILL at most 120 s after SIGTERM (stopTimeout); the proxy needs some of that
+# after its drain deadline to flush the session log and close.
+MAX_PROXY_DRAIN_SECONDS = 100
+
+
+def _proxy_values(get: Any, defaults: InfraContext) -> dict[str, Any]:
+    vpc_id = str(get("vpcId") or "") or None
+    vpc_cidr = _cidr("vpcCidr", get("vpcCidr") or defaults.vpc_cidr)
+    zones = _string_list("vpcAvailabilityZones", get("vpcAvailabilityZones"))
+    subnets = _string_list("vpcPrivateSubnetIds", get("vpcPrivateSubnetIds"))
+    if vpc_id is None and (zones or subnets):
+        raise ContextError("vpcAvailabilityZones and vpcPrivateSubnetIds describe an existing VPC: set vpcId")
+    if vpc_id is not None:
+        if get("vpcCidr") in (None, ""):
+            raise ContextError("vpcId needs vpcCidr (the existing VPC's CIDR block)")
+        if not subnets or len(subnets) != len(zones):
+            raise ContextError(
+                "vpcId needs vpcPrivateSubnetIds and vpcAvailabilityZones, one zone per subnet, in order"
+            )
+    raw_client = get("proxyClientCidr")
+    desired = _positive_int("proxyDesiredCount", get("proxyDesiredCount"), defaults.proxy_desired_count)
+    minimum = _positive_int("proxyMinCount", get("proxyMinCount"), defaults.proxy_min_count)
+    maximum = _positive_int("proxyMaxCount", get("proxyMaxCount"), defaults.proxy_max_count)
+    if not minimum <= desired <= maximum:
+        raise ContextError(
+            "proxyMinCount <= proxyDesiredCount <= proxyMaxCount must hold; "
+            f"got {minimum}, {desired}, {maximum}"
+        )
+    drain = _positive_int("proxyDrainSeconds", get("proxyDrainSeconds"), defaults.proxy_drain_seconds)
+    if drain > MAX_PROXY_DRAIN_SECONDS:
+        raise ContextError(f"proxyDrainSeconds must be at most {MAX_PROXY_DRAIN_SECONDS}; got {drain}")
+    raw_mode = get("proxyRecordingMode")
+    try:
+        mode = (
+            RecordingMode(str(raw_mode).lower())
+            if raw_mode not in (None, "")
+            else defaults.proxy_recording_mode
+        )
+    except ValueError as exc:
+        raise ContextError(f"proxyRecordingMode must be sync or async; got {raw_mode!r}") from exc
+    return {
+        "vpc_id": vpc_id,
+        "vpc_cidr": vpc_cidr,
+        "vpc_availability_zones": zones,
+        "vpc_private_subnet_ids": subnets,
+        "proxy_client_cidr": None if raw_client in (None, "") else _cidr("proxyClientCidr", raw_client),
+        "proxy_desired_count": desired,
+        "proxy_min_count": minimum,
+        "proxy_max_count": maximum,
+        "proxy_connections_per_task": _positive_int(
+            "proxyConnectionsPerTask", get("proxyConnectionsPerTask"), defaults.proxy_connections_per_task
+        ),
+        "proxy_drain_seconds": drain,
+        "proxy_recording_mode": mode,
+    }
+
+
+def _cidr(key: str, raw: Any) -> str:
+    try:
+        return str(ipaddress.IPv4Network(str(raw), strict=True))
+    except ValueError as exc:
+        raise ContextError(f"{key} must be an IPv4 CIDR block such as 10.0.0.0/16; got {raw!r}") from exc
+
+
+def _string_list(key: str, raw: Any) -> tuple[str, ...]:
+    """A JSON list (cdk.json, or `-c key='["a","b"]'`) or a comma-separated string (`-c key=a,b`)."""
+    if raw is None or raw == "":
+        return ()
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("["):
+            try:
+                raw = json.loads(text)
+            except ValueError as exc:
+                raise ContextError(f"{key} is not a JSON list: {raw!r}") from exc
+        else:
+            raw = text.split(",")
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
+        raise ContextError(f"{key} must be a list of non-empty strings; got {raw!r}")
+    return tuple(item.strip() for item in raw)
 
 
 def _positive_int(key: str, raw: Any, default: int) -> int:

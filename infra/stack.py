@@ -12,6 +12,7 @@ from infra.audit_analytics import AuditAnalytics
 from infra.audit_log import AccessLogsBucket, SessionLogBucket
 from infra.context import InfraContext
 from infra.core_layer import CoreLayers
+from infra.proxy import ProxyNetwork, ProxyService
 from infra.secrets import Secrets
 from infra.slack import SlackFunction, add_interactions_route
 from infra.tables import Tables
@@ -73,6 +74,21 @@ class GatehouseStack(Stack):
             state_machine=self.approvals.state_machine,
         )
         add_interactions_route(self.http_api.api, self.slack_function.function)
+        self.proxy_network = ProxyNetwork(self, "ProxyNetwork", context=context)
+        self.proxy = ProxyService(
+            self,
+            "Proxy",
+            context=context,
+            network=self.proxy_network,
+            tables=self.tables,
+            secrets=self.secrets,
+            log_bucket=self.session_log.bucket,
+            state_machine_arn=self.approvals.state_machine.state_machine_arn,
+        )
+        # A statement that needs approval starts its execution from the proxy, as from the API.
+        self.approvals.grant_start(self.proxy.task_role)
+        # POST /v1/proxy-tokens tells agents where the proxy listens.
+        self.api_function.function.add_environment(names.ENV_PROXY_ENDPOINT, self.proxy.endpoint)
         self.audit_analytics = AuditAnalytics(
             self,
             "AuditAnalytics",
@@ -86,6 +102,18 @@ class GatehouseStack(Stack):
             "SessionLogBucketName",
             value=self.session_log.bucket.bucket_name,
             description="The session log (Object Lock, COMPLIANCE).",
+        )
+        CfnOutput(
+            self,
+            "ProxyEndpoint",
+            value=self.proxy.endpoint,
+            description="host:port of the Postgres proxy (internal NLB) for agents' Postgres clients.",
+        )
+        CfnOutput(
+            self,
+            "ProxySecurityGroup",
+            value=self.proxy.security_group.security_group_id,
+            description="The proxy tasks' security group: admit it on each target database's port.",
         )
         CfnOutput(
             self,

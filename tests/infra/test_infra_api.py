@@ -132,6 +132,7 @@ def test_api_function_environment_is_what_settings_reads(synthesized: Synthesize
     bucket_key = _ref_of(synthesized, "AWS::S3::Bucket", ObjectLockEnabled=True)
 
     expected_keys = set(Settings(log_bucket="x").as_env()) | {"POWERTOOLS_SERVICE_NAME", "LOG_LEVEL"}
+    expected_keys |= {names.ENV_PROXY_ENDPOINT}  # the proxy's address, for POST /v1/proxy-tokens
     assert set(env) == expected_keys
     assert env[names.ENV_LOG_BUCKET] == {"Ref": bucket_key}
     assert env[names.ENV_REQUESTS_TABLE] == {
@@ -144,6 +145,8 @@ def test_api_function_environment_is_what_settings_reads(synthesized: Synthesize
     assert env["POWERTOOLS_SERVICE_NAME"] == names.API_FUNCTION
     # The settings round-trip: what the function will parse at cold start is valid.
     literal = {key: value if isinstance(value, str) else "token" for key, value in env.items()}
+    # The proxy's address is the NLB's DNS name and port (a token here): stand in a real one.
+    literal[names.ENV_PROXY_ENDPOINT] = "proxy.internal:5432"
     assert Settings.from_env(literal).max_rows > 0
 
 
