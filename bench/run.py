@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import bench_api, bench_decision, bench_lineage, bench_masking  # noqa: E402
+from bench import bench_api, bench_decision, bench_lineage, bench_masking, bench_proxy  # noqa: E402
 
 
 def main() -> int:
@@ -25,6 +25,7 @@ def main() -> int:
         ("lineage", bench_lineage),
         ("masking", bench_masking),
         ("api", bench_api),
+        ("proxy", bench_proxy),
     ):
         started = time.perf_counter()
         figures = module.run()
