@@ -258,3 +258,13 @@ def test_the_decided_effect_is_what_cedar_said():
     prod = dataclasses.replace(CONNECTION, name="demo-prod", attributes={"env": "prod"})
     denied = service.decide(PRINCIPAL, prod, "DROP TABLE customers")
     assert isinstance(denied.decision, Decision) and denied.decision.effect is Effect.DENY
+
+
+def test_a_masked_json_value_stays_json():
+    import json as _json
+
+    fields = [m.FieldDescription("j", type_oid=114)]
+    masker = _masker(fields, [Flow(frozenset({"public.customers.email"}), computed=True)])
+    out = masker.mask(_rows((b'"alice@example.com"',)))
+    value = _values(out[0])[0]
+    assert value is not None and "alice" not in _json.loads(value)

@@ -18,6 +18,7 @@ value). This module only decides which bytes to hand it and how to put the answe
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from gatehouse.masking.plan import ColumnPlan
 from gatehouse.proxy.postgres.messages import BINARY_FORMAT, DataRow, FieldDescription
 
 # pg_type OIDs. Text types: their text and binary forms are the characters in the client encoding.
+JSON_TYPE = 114
 TEXT_TYPES = frozenset({25, 1043, 1042, 19, 18, 705, 114})  # text varchar bpchar name char unknown json
 # Values no content detector looks at (the API's masker skips numbers, booleans, dates, too).
 PLAIN_TYPES = frozenset(
@@ -94,12 +96,17 @@ class ResultMasker:
         self._null_columns: list[int] = []  # a rule on a value that cannot stay its type
         self._work: list[int] = []  # columns handed to the masker (rules on text, detectors)
         self._plans: list[ColumnPlan | None] = []
+        # Positions (in _work) of json columns a rule replaces: the mask is written as a JSON
+        # string, so a client that parses json still can (a detector's edit stays inside one).
+        self._json: set[int] = set()
         for index, (field, plan) in enumerate(zip(fields, plans, strict=True)):
             text = field.type_oid in TEXT_TYPES
             plain = field.type_oid in PLAIN_TYPES
             binary = field.format == BINARY_FORMAT
             if plan is not None:
                 if text:
+                    if field.type_oid == JSON_TYPE:
+                        self._json.add(len(self._work))
                     self._work.append(index)
                     self._plans.append(plan)
                 else:
@@ -152,6 +159,8 @@ class ResultMasker:
                     continue
                 for position, (old, new) in enumerate(zip(before, after, strict=True)):
                     if old != new or type(old) is not type(new):
+                        if new is not None and position in self._json:
+                            new = json.dumps(_text(new))
                         replacements[n][self._work[position]] = (
                             None if new is None else _text(new).encode(encoding, "surrogateescape")
                         )
