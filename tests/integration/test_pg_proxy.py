@@ -358,6 +358,18 @@ def test_psql_ddl_on_prod_is_denied_naming_the_policy_and_nothing_changes(proxy:
     assert customer(proxy, "demo-prod", 1)["id"] == 1
 
 
+def test_copy_to_the_client_is_refused_because_it_would_pass_the_masker(proxy: Proxy) -> None:
+    login = proxy.login("demo-prod")
+    for command in ("-c", "COPY customers TO STDOUT"), ("-c", "\\copy (SELECT ssn FROM customers) TO STDOUT"):
+        result = psql(login, *command)
+        assert result.returncode != 0
+        assert "ERROR:  42501:" in result.stderr and "COPY" in result.stderr, result.stderr
+        assert "-" not in result.stdout  # no row of ssn values came through
+    # the session goes on: a SELECT of the same data is masked
+    after = psql(login, "-c", "SELECT ssn FROM customers WHERE id = 1")
+    assert after.returncode == 0 and "[REDACTED]" in after.stdout, after.stdout
+
+
 def test_psql_write_waits_for_approval_then_runs_once(
     proxy: Proxy, capsys: pytest.CaptureFixture[str]
 ) -> None:

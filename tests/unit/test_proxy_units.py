@@ -16,7 +16,12 @@ from gatehouse.policy import PolicyEngine
 from gatehouse.proxy.postgres import messages as m
 from gatehouse.proxy.postgres.codec import BackendParser
 from gatehouse.proxy.postgres.decisions import DecisionCache, fingerprintable
-from gatehouse.proxy.postgres.guard import StartupRefused, lifts_read_only, upstream_parameters
+from gatehouse.proxy.postgres.guard import (
+    StartupRefused,
+    copies_to_client,
+    lifts_read_only,
+    upstream_parameters,
+)
 from gatehouse.proxy.postgres.rowmask import BinaryFormatRefused, ResultMasker, python_encoding
 from gatehouse.service import Decided, Traced
 
@@ -268,3 +273,17 @@ def test_a_masked_json_value_stays_json():
     out = masker.mask(_rows((b'"alice@example.com"',)))
     value = _values(out[0])[0]
     assert value is not None and "alice" not in _json.loads(value)
+
+
+@pytest.mark.parametrize(
+    ("sql", "out"),
+    [
+        ("COPY customers TO STDOUT", True),
+        ("copy (select ssn from customers) to stdout with (format binary)", True),
+        ("SELECT 1; COPY customers (ssn) TO STDOUT", True),
+        ("COPY customers FROM STDIN", False),
+        ("SELECT 'COPY x TO STDOUT'", False),
+    ],
+)
+def test_copy_to_the_client_is_recognised(sql: str, out: bool):
+    assert copies_to_client(sql) is out

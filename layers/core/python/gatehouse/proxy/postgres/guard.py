@@ -175,3 +175,23 @@ def lifts_read_only(sql: str) -> str:
     found = _Lifts()
     found(tree)
     return found.reason
+
+
+def copies_to_client(sql: str) -> bool:
+    """`COPY ... TO STDOUT`: rows that would stream as CopyData, past the row masker.
+
+    Gatehouse masks DataRows by lineage; COPY's text or binary stream is not split into columns
+    the masker can plan, so the proxy refuses it (use SELECT, which is masked) rather than let
+    protected values out unmasked. COPY FROM STDIN is a write and decided as one.
+    """
+    try:
+        tree = parse_sql(sql)
+    except ParseError:
+        return False
+    return any(
+        isinstance(raw.stmt, ast.CopyStmt)
+        and not raw.stmt.is_from
+        and not raw.stmt.filename
+        and not raw.stmt.is_program
+        for raw in tree
+    )

@@ -46,7 +46,7 @@ from gatehouse.models import Connection, Effect, Principal, StatementClass
 from gatehouse.proxy.postgres import messages as m
 from gatehouse.proxy.postgres.codec import BackendParser, FrontendParser
 from gatehouse.proxy.postgres.exceptions import ProtocolError
-from gatehouse.proxy.postgres.guard import StartupRefused, upstream_parameters
+from gatehouse.proxy.postgres.guard import StartupRefused, copies_to_client, upstream_parameters
 from gatehouse.proxy.postgres.rowmask import BinaryFormatRefused, ResultMasker, python_encoding
 from gatehouse.service import Decided
 
@@ -470,6 +470,12 @@ class ProxySession:
         lift = self._ctx.lifts(sql, decided)
         if lift:
             raise _Refusal(SQLSTATE_DENIED, lift, decided=decided)
+        if any(s.command == "copy" for s in decided.classification.statements) and copies_to_client(sql):
+            raise _Refusal(
+                SQLSTATE_DENIED,
+                "COPY ... TO STDOUT is not masked by Gatehouse, so it is not allowed: use SELECT",
+                decided=decided,
+            )
         decision = decided.decision
         if decision.effect is Effect.DENY:
             why = "; ".join(decision.reasons) or "no policy allows it"
