@@ -13,11 +13,13 @@ Every test is bounded: subprocesses and sockets have timeouts, waits poll with d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -37,6 +39,7 @@ import pytest
 from gatehouse import cli, names
 from gatehouse.audit.verify import load_objects, verify_log
 from gatehouse.local.postgres import find_bindir
+from gatehouse.local.proxy import LocalProxy
 from gatehouse.models import Principal
 from gatehouse.proxy.postgres import messages as m
 from gatehouse.proxy.postgres.codec import BackendParser
@@ -880,3 +883,59 @@ def test_pgbench_select_only_through_the_proxy(proxy: Proxy, mode: str) -> None:
         )
         assert init.returncode != 0 and "needs approval" in init.stderr, init.stderr
         assert "drop table if exists pgbench_accounts" in init.stderr
+
+
+# -- a second proxy process of the same stack: drain and the plaintext rule -------------------------
+
+
+def _non_loopback_address() -> str:
+    """This machine's address on its first non-loopback interface (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.255.255.255", 1))
+        address = str(probe.getsockname()[0])
+    assert not address.startswith("127."), "the test needs a non-loopback IPv4 address"
+    return address
+
+
+@pytest.fixture
+def second_proxy(proxy: Proxy, tmp_path: Path) -> Iterator[LocalProxy]:
+    # The same command the stack runs, with the stack's environment, listening on every interface.
+    started = LocalProxy(dict(os.environ), tmp_path / "proxy.log", host="0.0.0.0")
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def test_sigterm_drains_open_sessions_and_refuses_new_ones(proxy: Proxy, second_proxy: LocalProxy) -> None:
+    token = proxy.login("demo-dev")
+    login = dataclasses.replace(token, host="127.0.0.1", port=second_proxy.port)
+    with login.psycopg() as conn:
+        conn.execute("SELECT count(*) FROM customers").fetchall()  # a transaction is open (psycopg)
+        process = second_proxy._proc
+        assert process is not None
+        process.send_signal(signal.SIGTERM)
+        # Draining: the health check says so at once and new clients are turned away...
+        wait_for(lambda: not second_proxy.healthy(), timeout_s=5)
+        with pytest.raises(psycopg.OperationalError):
+            login.psycopg().close()
+        # ...while the open session finishes its transaction.
+        rows = conn.execute("SELECT count(*) FROM customers").fetchall()
+        assert rows[0][0] > 0
+        conn.commit()
+    # With no session left the process exits well before its drain deadline (5 s in the stack).
+    process.wait(timeout=4)
+    assert process.returncode == 0
+
+
+def test_plaintext_is_refused_off_loopback_and_tls_is_accepted(
+    proxy: Proxy, second_proxy: LocalProxy
+) -> None:
+    token = proxy.login("demo-dev")
+    outside = dataclasses.replace(token, host=_non_loopback_address(), port=second_proxy.port)
+    plain = psql(outside, "-c", "SELECT 1")
+    assert plain.returncode != 0
+    assert "refuses unencrypted connections" in plain.stderr, plain.stderr
+    encrypted = psql(outside, "-c", "SELECT 1", env=outside.env(PGSSLMODE="require"))
+    assert encrypted.returncode == 0, encrypted.stderr

@@ -349,10 +349,19 @@ class Gatehouse:
                 session_id=record.request_id,
                 retention_days=self._settings.log_retention_days,
             )
+            connection = self._registry.get_connection(record.connection)
+            described = {
+                "statement": self._masker(connection).mask_text(record.command),
+                "statement_class": record.statement_class,
+                "relations": list(record.relations or ()),
+                "connection_env": _env(connection),
+            }
             if ok:
-                session.stage("executed", outcome="ok", row_count=row_count, duration_ms=duration_ms)
+                session.stage(
+                    "executed", outcome="ok", row_count=row_count, duration_ms=duration_ms, **described
+                )
             else:
-                session.stage("failed", outcome="error", error=error, duration_ms=duration_ms)
+                session.stage("failed", outcome="error", error=error, duration_ms=duration_ms, **described)
             session.close()
         except GatehouseError as exc:
             log.error("request %s: could not record its outcome (%s)", record.request_id, exc.code)

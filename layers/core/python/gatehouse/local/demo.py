@@ -10,11 +10,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import re
 import shlex
+import shutil
+import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -26,8 +31,15 @@ from gatehouse import cli
 from gatehouse.audit.events import parse_events, serialize_many
 from gatehouse.audit.verify import verify_log
 from gatehouse.local.stack import LocalStack
+from gatehouse.terminal import safe_json, safe_text
 
 WIDTH = 100
+# Debian's psql; the PostgreSQL server binaries the stack needs come with it.
+PSQL = "/usr/bin/psql"
+PSQL_TIMEOUT_S = 60.0
+# A login takes tens of milliseconds here; a stuck one fails the demo with libpq's own message.
+PSQL_CONNECT_TIMEOUT_S = 10
+REQUEST_ID = re.compile(r"request ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 
 
 class DemoError(RuntimeError):
@@ -43,14 +55,15 @@ def step(number: int, title: str) -> None:
     say(f"== {number}. {title} " + "=" * max(0, WIDTH - len(title) - 8))
 
 
-def run_cli(argv: Sequence[str], expect: int = 0) -> str:
+def run_cli(argv: Sequence[str], expect: int = 0, *, echo: bool = True) -> str:
     """Run `gatehouse ...` in-process and echo it as a user would see it in a terminal."""
     say("$ gatehouse " + " ".join(shlex.quote(a) for a in argv))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = cli.main(list(argv))
     text = out.getvalue().rstrip()
-    say(textwrap.indent(text, "  ") if text else "  (no output)")
+    if echo:
+        say(textwrap.indent(text, "  ") if text else "  (no output)")
     if code != expect:
         raise DemoError(f"`gatehouse {argv[0]}` exited {code}, expected {expect}")
     return text
@@ -81,6 +94,104 @@ def wait_for(condition: Any, what: str, timeout_s: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise DemoError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class ProxyLogin:
+    """What `gatehouse proxy-token` hands the agent: where the proxy is and a short-lived password."""
+
+    host: str
+    port: int
+    username: str
+    database: str
+    password: str
+
+    @property
+    def conninfo(self) -> str:
+        # The local proxy's certificate is self-signed: `require` encrypts without verifying it
+        # (against a deployed proxy, use verify-full with its CA as sslrootcert).
+        return (
+            f"host={self.host} port={self.port} dbname={self.database} user={self.username} sslmode=require"
+        )
+
+
+def proxy_login(connection: str = "demo-prod") -> ProxyLogin:
+    """`gatehouse proxy-token --json` as the agent; the transcript shows it with the password held back."""
+    text = run_cli(["proxy-token", "--as", "analyst", "--connection", connection, "--json"], echo=False)
+    body = json.loads(text)
+    if not body.get("host") or not body.get("password"):
+        raise DemoError(
+            f"no proxy login for {connection}: {body.get('message') or 'the proxy is not running'}"
+        )
+    shown = {key: body.get(key) for key in cli.PROXY_TOKEN_KEYS}
+    shown["password"] = "<held back>"  # noqa: S105 (a placeholder: transcripts get pasted and kept)
+    say("  " + safe_json(shown))
+    return ProxyLogin(
+        host=str(body["host"]),
+        port=int(body["port"]),
+        username=str(body["username"]),
+        database=str(body["database"]),
+        password=str(body["password"]),
+    )
+
+
+def psql_binary() -> str:
+    found = PSQL if os.access(PSQL, os.X_OK) else shutil.which("psql")
+    if found is None:
+        raise DemoError(f"psql is not installed (looked for {PSQL} and on PATH)")
+    return found
+
+
+def shown_sql(sql: str) -> str:
+    """SQL as a user would type it in a shell: double quotes read better around SQL's single quotes."""
+    if "'" in sql and not any(c in sql for c in '"$`\\!'):
+        return f'"{sql}"'
+    return shlex.quote(sql)
+
+
+def run_psql(login: ProxyLogin, sql: str, *, expect: int = 0) -> str:
+    """`psql -c SQL` through the proxy, echoed with its output as a user would see it."""
+    say(f'$ PGPASSWORD=<password> psql -X "{login.conninfo}" -c {shown_sql(sql)}')
+    # The password goes in the environment, never on the command line, where `ps` would show it.
+    # The user's own PG* settings (PGHOST, PGSERVICE, PGOPTIONS...) must not redirect the demo.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    env.update(PGPASSWORD=login.password, PGCONNECT_TIMEOUT=str(PSQL_CONNECT_TIMEOUT_S))
+    try:
+        proc = subprocess.run(
+            [psql_binary(), "-X", "-v", "VERBOSITY=verbose", login.conninfo, "-c", sql],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=PSQL_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise DemoError(f"psql did not finish in {PSQL_TIMEOUT_S:.0f} s") from exc
+    # Result values and error texts come from the proxy: shown escaped, never run by the terminal.
+    lines = [line.rstrip() for part in (proc.stdout, proc.stderr) for line in part.splitlines()]
+    text = "\n".join(lines).strip("\n")
+    say(textwrap.indent(safe_text(text, multiline=True), "  ") if text else "  (no output)")
+    if proc.returncode != expect:
+        raise DemoError(f"psql exited {proc.returncode}, expected {expect}")
+    return text
+
+
+def request_id_in(text: str) -> str:
+    found = REQUEST_ID.search(text)
+    if found is None:
+        raise DemoError("the proxy's answer names no approval request")
+    return found.group(1)
+
+
+def wait_for_record(state: dict[str, Any], request_id: str, status: str, timeout_s: float = 20.0) -> None:
+    client = agent_client(state)
+    wait_for(
+        lambda: client.get_request(request_id).body.get("status") == status,
+        f"{request_id} {status}",
+        timeout_s,
+    )
 
 
 def agent_client(state: dict[str, Any]) -> Any:
@@ -212,7 +323,9 @@ def play(state: dict[str, Any], stack: LocalStack) -> None:
     agent_exec("ALTER TABLE customers ADD COLUMN exported boolean", expect=cli.EXIT_DENIED)
     agent_exec("GRANT SELECT ON customers TO PUBLIC", expect=cli.EXIT_DENIED)
 
-    step(10, "Every step is in S3, under Object Lock in COMPLIANCE mode")
+    psql_steps(state, stack)
+
+    step(13, "Every step is in S3, under Object Lock in COMPLIANCE mode")
     keys_ = [
         o["Key"]
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/")
@@ -238,13 +351,13 @@ def play(state: dict[str, Any], stack: LocalStack) -> None:
         "received, decision, executed, session_closed",
     )
 
-    step(11, "The auditor's questions, in SQL (DuckDB here, Athena on AWS: the same SQL)")
+    step(14, "The auditor's questions, in SQL (DuckDB here, Athena on AWS: the same SQL)")
     run_cli(["audit", "query", "--named", "denied_attempts"])
     run_cli(["audit", "query", "--named", "activity_on_connection", "--param", "connection=demo-prod"])
     run_cli(["audit", "replay", read_id])
     run_cli(["audit", "replay", pending_id])  # the approval story: request, preview, votes, outcome
 
-    step(12, "The hash chains verify; a tampered copy does not")
+    step(15, "The hash chains verify; a tampered copy does not")
     run_cli(["audit", "verify"])
     tampered = f"{bucket}-tampered-copy"
     s3.create_bucket(Bucket=tampered)
@@ -262,11 +375,55 @@ def play(state: dict[str, Any], stack: LocalStack) -> None:
     check(not report.ok, "verify catches the altered and the missing event")
 
 
+def psql_steps(state: dict[str, Any], stack: LocalStack) -> None:
+    """Steps 10 to 12: any Postgres client, here psql, through the proxy, under the same rules."""
+    step(10, "Any Postgres client: psql through the Gatehouse proxy, masked the same way")
+    login = proxy_login("demo-prod")
+    out = run_psql(login, "SELECT id, name, email, card_number, ssn FROM customers LIMIT 3")
+    real = superuser_query(
+        stack,
+        "demo-prod",
+        "SELECT array_agg(v) FROM customers, LATERAL (VALUES (name), (email), (card_number), (ssn)) AS t(v)",
+    )
+    leaked = [value for value in real if value and value in out]
+    check(
+        "(3 rows)" in out and out.count("[REDACTED]") == 3 and out.count("hash:") == 6 and not leaked,
+        "SSNs redacted, names and emails keyed-hash tokens: no real value reached psql",
+    )
+    check(len(re.findall(r"\| \*{4}[ *-]*\d{4} +\|", out)) == 3, "card numbers keep only their last 4 digits")
+
+    step(11, "DDL through psql: refused with SQLSTATE 42501, naming the policy")
+    out = run_psql(login, "DROP TABLE customers", expect=1)
+    check(
+        "42501" in out and "prod-no-ddl-or-privilege" in out,
+        "an ERROR with SQLSTATE 42501 that names the policy",
+    )
+    exists = superuser_query(stack, "demo-prod", "SELECT to_regclass('customers') IS NOT NULL")
+    check(exists is True, "the table is still there")
+
+    step(12, "A write through psql waits for a dba; approved, the same statement runs once")
+    update = "UPDATE customers SET notes = 'Prefers email (via psql)' WHERE id = 3"
+    out = run_psql(login, update, expect=1)
+    held_id = request_id_in(out)
+    check("needs approval by dba" in out and "1 row would change" in out, "held, with its dry-run preview")
+    wait_for(lambda: slack_message_for(state, held_id) is not None, "the approval message to be posted")
+    run_cli(["approve", held_id, "--as", "U_ALICE"])
+    wait_for_record(state, held_id, "approved")
+    out = run_psql(login, update)
+    check("UPDATE 1" in out.splitlines(), "sent again, the approved statement ran: UPDATE 1")
+    db_note = superuser_query(stack, "demo-prod", "SELECT notes FROM customers WHERE id = 3")
+    check(db_note == "Prefers email (via psql)", "the database holds the approved change")
+    wait_for_record(state, held_id, "executed")
+    run_cli(["requests", "get", held_id, "--as", "analyst"])
+    out = run_psql(login, update, expect=1)
+    check(request_id_in(out) != held_id, "once: sent a third time, it is a new request for a dba")
+
+
 def main() -> int:
     started = time.perf_counter()
     say("Gatehouse demo: an agent's SQL through the gateway, on this machine (no AWS account)")
     say("Starting the local stack: Postgres, moto (S3, Secrets Manager, DynamoDB, Step Functions, IAM, STS),")
-    say("the API Gateway stand-in (SigV4) and the API Lambda handler ...")
+    say("the API Gateway stand-in (SigV4), the API Lambda handler and the Postgres proxy ...")
     stack = LocalStack()
     try:
         state = stack.up()
@@ -275,7 +432,9 @@ def main() -> int:
         return 1
     try:
         timings = ", ".join(f"{k} {v:.1f}s" for k, v in stack.timings.items())
-        say(f"up ({timings}); API {state['api']}, moto {state['aws']}")
+        say(
+            f"up ({timings}); API {state['api']}, moto {state['aws']}, Postgres proxy {state.get('pg_proxy')}"
+        )
         play(state, stack)
     except DemoError as exc:
         say(f"\nDEMO FAILED: {exc}")

@@ -713,6 +713,11 @@ class ProxySession:
         if refusal.request_id:
             fields["request_id"] = refusal.request_id
         try:
+            if decided is not None:
+                # As the API does: the decision is an event of its own (the auditor's queries of
+                # denied attempts read decisions), and the refusal follows it.
+                decision = {k: v for k, v in fields.items() if k not in ("outcome", "error")}
+                self._recorded.record("decision", **decision)
             self._recorded.record("refused", **fields)
         except GatehouseError:
             log.error("session %s: a refusal could not be recorded (the log is behind)", self.session_id)
