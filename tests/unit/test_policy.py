@@ -504,6 +504,7 @@ def test_the_packaged_policies_all_carry_ids_and_load(engine: PolicyEngine) -> N
         "common.cedar",
         "dev.cedar",
         "prod.cedar",
+        "targets.cedar",
     }
 
 
@@ -692,3 +693,46 @@ def test_a_schema_without_the_approve_action_is_refused_at_load(tmp_path: Path) 
     message = load_error(folder, schema)
 
     assert "the schema does not fit approve requests" in message
+
+
+# -- other target kinds: one action per kind and class ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls", "effect", "group"),
+    [
+        ("http", StatementClass.READ, ALLOW, None),
+        ("http", StatementClass.WRITE, APPROVAL, "dba"),
+        ("http", StatementClass.UNKNOWN, DENY, None),
+        ("kubernetes", StatementClass.READ, ALLOW, None),
+        ("kubernetes", StatementClass.WRITE, APPROVAL, "dba"),
+        ("kubernetes", StatementClass.EXEC, APPROVAL, "dba"),
+        ("kubernetes", StatementClass.SECRETS, APPROVAL, "dba"),
+        ("kubernetes", StatementClass.UNKNOWN, DENY, None),
+        ("ssh", StatementClass.READ, ALLOW, None),
+        ("ssh", StatementClass.WRITE, APPROVAL, "dba"),
+        ("ssh", StatementClass.UNKNOWN, DENY, None),
+        # a class outside the kind's own set is its kind's unknown: denied
+        ("http", StatementClass.DDL, DENY, None),
+        ("ssh", StatementClass.SECRETS, DENY, None),
+    ],
+)
+def test_each_target_kind_has_its_own_actions(
+    engine: PolicyEngine, kind: str, cls: StatementClass, effect: Effect, group: str | None
+) -> None:
+    target = Connection(name=f"demo-{kind}", kind=kind, host="h", port=1, database="", secret_id="s",
+                        attributes={"env": "prod"})  # fmt: skip
+    agent = Principal(arn="arn:aws:iam::1:user/a", name="analyst", kind="agent", attributes={"team": "data"})
+    decision = engine.authorize(agent, target, Classification(kind=kind, statements=(Statement("x", cls),)))
+    assert decision.effect is effect
+    if group is not None:
+        assert decision.approval is not None and decision.approval.group == group
+
+
+def test_a_sql_class_never_reaches_another_kinds_permit(engine: PolicyEngine) -> None:
+    from gatehouse.models import action_name
+
+    assert action_name("postgres", StatementClass.READ) == "sql:read"
+    assert action_name("kubernetes", StatementClass.SECRETS) == "k8s:secrets"
+    assert action_name("http", StatementClass.ADMIN) == "http:unknown"
+    assert action_name("nonsense", StatementClass.READ) == "sql:unknown"

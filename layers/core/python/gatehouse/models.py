@@ -22,6 +22,9 @@ class StatementClass(StrEnum):
     SESSION = "session"
     TRANSACTION = "transaction"
     ADMIN = "admin"
+    # Other target kinds (issue 11): a Kubernetes exec/attach/port-forward, anything on Secrets.
+    EXEC = "exec"
+    SECRETS = "secrets"
     UNKNOWN = "unknown"
 
 
@@ -35,8 +38,43 @@ CLASS_RISK: Mapping[StatementClass, int] = {
     StatementClass.DDL: 4,
     StatementClass.ADMIN: 5,
     StatementClass.PRIVILEGE: 6,
+    StatementClass.EXEC: 6,
+    StatementClass.SECRETS: 6,
     StatementClass.UNKNOWN: 7,
 }
+
+# The Cedar action of a class is `<prefix>:<class>`, the prefix by the connection's kind, and each
+# kind has its own closed set of classes (the schema declares exactly these actions).
+ACTION_PREFIX: Mapping[str, str] = {"postgres": "sql", "http": "http", "kubernetes": "k8s", "ssh": "ssh"}
+KIND_CLASSES: Mapping[str, tuple[StatementClass, ...]] = {
+    "postgres": (
+        StatementClass.READ,
+        StatementClass.WRITE,
+        StatementClass.DDL,
+        StatementClass.PRIVILEGE,
+        StatementClass.SESSION,
+        StatementClass.TRANSACTION,
+        StatementClass.ADMIN,
+        StatementClass.UNKNOWN,
+    ),
+    "http": (StatementClass.READ, StatementClass.WRITE, StatementClass.UNKNOWN),
+    "kubernetes": (
+        StatementClass.READ,
+        StatementClass.WRITE,
+        StatementClass.EXEC,
+        StatementClass.SECRETS,
+        StatementClass.UNKNOWN,
+    ),
+    "ssh": (StatementClass.READ, StatementClass.WRITE, StatementClass.UNKNOWN),
+}
+
+
+def action_name(kind: str, cls: StatementClass) -> str:
+    """`sql:read`, `http:write`, `k8s:secrets`, ...; a kind or class outside the sets is unknown."""
+    if kind not in ACTION_PREFIX:
+        return "sql:unknown"  # a kind Gatehouse does not know: the strictest action there is
+    classes = KIND_CLASSES[kind]
+    return f"{ACTION_PREFIX[kind]}:{cls.value if cls in classes else StatementClass.UNKNOWN.value}"
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from gatehouse.config import default_policy_dir
 from gatehouse.exceptions import PolicyError
 from gatehouse.models import (
     EFFECT_RISK,
+    KIND_CLASSES,
     ApprovalRequirement,
     Classification,
     Connection,
@@ -49,6 +50,7 @@ from gatehouse.models import (
     Principal,
     Statement,
     StatementClass,
+    action_name,
 )
 
 NAMESPACE = "Gatehouse"
@@ -182,21 +184,24 @@ class PolicyEngine:
         target = Connection(
             name="gatehouse-schema-probe", kind="", host="", port=0, database="", secret_id=""
         )
-        probe = Classification(
-            kind="postgres", statements=tuple(Statement(text="", cls=cls) for cls in StatementClass)
-        )
-        try:
-            entities = self._entity_set(principal, target)
-            requests = _requests(principal, target, probe, "", datetime.now(UTC))
-            results = cedarpy.is_authorized_batch(
-                requests, cedarpy.PolicySet.from_str(""), entities, self._schema
+        for kind, classes in KIND_CLASSES.items():
+            probe = Classification(
+                kind=kind, statements=tuple(Statement(text="", cls=cls) for cls in classes)
             )
-        except (PolicyError, ValueError) as exc:
-            raise PolicyError(f"the schema does not fit the requests Gatehouse sends: {exc}") from exc
-        for stmt, result in zip(probe.statements, results, strict=True):
-            if result.diagnostics.errors or result.decision is cedarpy.Decision.NoDecision:
-                detail = "; ".join(str(e) for e in result.diagnostics.errors) or "no decision"
-                raise PolicyError(f"the schema does not fit sql:{stmt.cls.value} requests: {detail}")
+            try:
+                entities = self._entity_set(principal, target)
+                requests = _requests(principal, target, probe, "", datetime.now(UTC))
+                results = cedarpy.is_authorized_batch(
+                    requests, cedarpy.PolicySet.from_str(""), entities, self._schema
+                )
+            except (PolicyError, ValueError) as exc:
+                raise PolicyError(f"the schema does not fit the requests Gatehouse sends: {exc}") from exc
+            for stmt, result in zip(probe.statements, results, strict=True):
+                if result.diagnostics.errors or result.decision is cedarpy.Decision.NoDecision:
+                    detail = "; ".join(str(e) for e in result.diagnostics.errors) or "no decision"
+                    action = action_name(kind, stmt.cls)
+                    raise PolicyError(f"the schema does not fit {action} requests: {detail}")
+        probe = Classification(kind="postgres", statements=(Statement(text="", cls=StatementClass.READ),))
         approver = Principal(name="gatehouse-schema-probe", kind="approver")
         try:
             entities = self._entity_set(approver, target, APPROVER_TYPE)
@@ -304,14 +309,20 @@ class PolicyEngine:
             raise PolicyError(f"the policy engine failed: {exc}") from exc
         total = len(statements)
         return [
-            self._decide(result, stmt, index, total, connection.name)
+            self._decide(result, stmt, index, total, connection.name, classification.kind)
             for index, (result, stmt) in enumerate(zip(results, statements, strict=True), start=1)
         ]
 
     def _decide(
-        self, result: cedarpy.AuthzResult, stmt: Statement, index: int, total: int, connection: str
+        self,
+        result: cedarpy.AuthzResult,
+        stmt: Statement,
+        index: int,
+        total: int,
+        connection: str,
+        kind: str = "postgres",
     ) -> _StatementDecision:
-        action = f"sql:{stmt.cls.value}"
+        action = action_name(kind, stmt.cls)
         errors = result.diagnostics.errors
         if errors or result.decision is cedarpy.Decision.NoDecision:
             detail = "; ".join(self._readable(str(e)) for e in errors) or "no decision"
@@ -516,7 +527,7 @@ def _requests(
     return [
         {
             "principal": principal_uid,
-            "action": {"type": ACTION_TYPE, "id": f"sql:{s.cls.value}"},
+            "action": {"type": ACTION_TYPE, "id": action_name(classification.kind, s.cls)},
             "resource": resource_uid,
             "context": {
                 "relations": list(s.relations),
