@@ -35,7 +35,6 @@ PASSED_ON = frozenset(
         "bytea_output",
         "statement_timeout",
         "lock_timeout",
-        "idle_in_transaction_session_timeout",
     }
 )
 # Refused outright (the connection is refused, naming it): identity, name resolution, safety.

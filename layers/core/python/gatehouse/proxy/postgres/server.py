@@ -146,7 +146,10 @@ class ProxyContext:
             tls=str(connection.attributes.get("tls") or self.config.upstream_tls),
         )
         # Every transaction is read-only unless the proxy lifts it for a write Cedar allowed.
-        options = "-c default_transaction_read_only=on"
+        # A client idle inside a transaction would hold its locks and snapshot: the server ends it
+        # after the proxy's own idle timeout.
+        idle_ms = int(self.config.idle_timeout_s * 1000)
+        options = f"-c default_transaction_read_only=on -c idle_in_transaction_session_timeout={idle_ms}"
         params = {**parameters, "options": options}
         params.setdefault("application_name", "gatehouse-proxy")
         return await connect_upstream(target, params)
