@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	@bash scripts/ensure-postgres.sh
 	@bash scripts/ensure-chromium.sh
 	@bash scripts/ensure-pgbouncer.sh
+	@bash scripts/ensure-sshd.sh
 	@touch $@
 
 lint: install
@@ -45,7 +46,7 @@ layer: install
 	$(BIN)/pip install -q --platform manylinux2014_x86_64 --implementation cp --python-version 3.12 \
 		--only-binary=:all: --target build/deps-layer/python \
 		boto3==1.44.5 aws-lambda-powertools[tracer]==3.37.0 pydantic==2.14.3 pg8000==1.31.6 requests-aws4auth==1.4.0 \
-		cedarpy==4.12.2 pglast==8.7
+		cedarpy==4.12.2 pglast==8.7 urllib3==2.8.* asyncssh==2.24.1 bashlex==0.18
 
 clean:
 	rm -rf $(VENV) cdk.out build .gatehouse .bench .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,703 @@
+"""A stand-in Kubernetes API server on loopback, for the local stack, the demo and the tests.
+
+No Kubernetes API server installs here (none is packaged for Debian, PyPI or npm), so this one
+serves the REST paths the gateway uses, with the real API's URLs, JSON shapes and status codes,
+over HTTPS with its own self-signed CA and bearer-token authentication. The official `kubernetes`
+Python client drives it in the tests, which keeps it honest.
+
+What is real: the paths (`/api/v1/...`, `/apis/apps/v1/...`), list/get/create/update/patch/delete,
+`limit`/`continue` paging, `watch=1` event streams (newline-delimited JSON), pod logs as text with
+`limitBytes`/`tailLines`, the deployment `scale` subresource (an `autoscaling/v1` Scale), `Status`
+objects for errors (401, 404, 409, 400), merge, strategic-merge and JSON patches.
+What is stood in: there is no etcd, scheduler or controller (pods never change phase, scaling a
+deployment creates no pods), strategic merge is applied as a JSON merge patch (lists are
+replaced), any valid token is allowed everything (no RBAC), and only pods, secrets, configmaps,
+services, namespaces and deployments exist.
+
+    with KubernetesStandIn() as k8s:
+        k8s.url, k8s.ca_pem, k8s.token   # api_server, pinned CA, service-account token
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+import hmac
+import http.server
+import ipaddress
+import json
+import secrets
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+# The biggest request body the stand-in reads; the real API server's limit is 3 MiB.
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+# A watch ends after the client's timeoutSeconds, and never later than this (the real default
+# is 30-60 minutes; a stand-in that holds a thread that long only slows tests down).
+MAX_WATCH_S = 10.0
+
+
+@dataclass(frozen=True)
+class _Kind:
+    api: str  # "/api/v1" or "/apis/<group>/<version>"
+    api_version: str  # the objects' apiVersion
+    kind: str
+    namespaced: bool
+
+
+_RESOURCES: dict[tuple[str, str], _Kind] = {
+    ("/api/v1", "pods"): _Kind("/api/v1", "v1", "Pod", True),
+    ("/api/v1", "secrets"): _Kind("/api/v1", "v1", "Secret", True),
+    ("/api/v1", "configmaps"): _Kind("/api/v1", "v1", "ConfigMap", True),
+    ("/api/v1", "services"): _Kind("/api/v1", "v1", "Service", True),
+    ("/api/v1", "namespaces"): _Kind("/api/v1", "v1", "Namespace", False),
+    ("/apis/apps/v1", "deployments"): _Kind("/apis/apps/v1", "apps/v1", "Deployment", True),
+}
+
+POD_LOGS = {
+    "web-1": [
+        "2026-12-01T09:00:00Z GET /healthz 200",
+        "2026-12-01T09:00:01Z GET /customers/42 200 user=ada@example.com",
+        "2026-12-01T09:00:02Z POST /refunds 201",
+    ],
+    "web-2": [
+        "2026-12-01T09:00:00Z GET /healthz 200",
+        "2026-12-01T09:00:03Z GET /customers/7 404",
+    ],
+}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _seed_objects() -> list[tuple[_Kind, str, dict[str, Any]]]:
+    """Pods web-1 and web-2 in `default`, their deployment `web`, one Secret, the namespaces."""
+    pods = _RESOURCES[("/api/v1", "pods")]
+    deployments = _RESOURCES[("/apis/apps/v1", "deployments")]
+    secrets_ = _RESOURCES[("/api/v1", "secrets")]
+    namespaces = _RESOURCES[("/api/v1", "namespaces")]
+    out: list[tuple[_Kind, str, dict[str, Any]]] = []
+    for ns in ("default", "kube-system"):
+        out.append((namespaces, "", {"metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}}))
+    for name in ("web-1", "web-2"):
+        pod = {
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+            "spec": {
+                "containers": [
+                    {"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}]},
+                ],
+                "nodeName": "node-1",
+            },
+            "status": {"phase": "Running", "podIP": f"10.1.0.{name[-1]}"},
+        }
+        out.append((pods, "default", pod))
+    deployment = {
+        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+            },
+        },
+        "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2},
+    }
+    out.append((deployments, "default", deployment))
+    secret = {
+        "metadata": {"name": "db-credentials", "namespace": "default"},
+        "type": "Opaque",
+        "data": {"username": _b64("app"), "password": _b64("s3cr3t-Pa55word")},
+    }
+    out.append((secrets_, "default", secret))
+    return out
+
+
+def generate_certificates() -> tuple[bytes, bytes, bytes]:
+    """A throwaway CA and a server certificate it signs for 127.0.0.1 and localhost (PEM)."""
+    # Imported here: cryptography is only needed when a stand-in starts.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gatehouse k8s stand-in CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
+
+
+class _ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details or {}
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge_patch(out.get(key), value)
+    return out
+
+
+def _json_patch(target: dict[str, Any], ops: list[Any]) -> dict[str, Any]:
+    """RFC 6902 add / replace / remove / test (enough for the client's list bodies)."""
+    doc = copy.deepcopy(target)
+    for op in ops:
+        if not isinstance(op, dict) or "path" not in op:
+            raise _ApiError(400, "BadRequest", "a JSON patch operation needs an op and a path")
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in str(op["path"]).split("/")[1:]]
+        if not parts:
+            raise _ApiError(422, "Invalid", "the JSON patch path must not be empty")
+        parent: Any = doc
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
+        last = parts[-1]
+        kind = op.get("op")
+        if kind in ("add", "replace"):
+            if isinstance(parent, list):
+                if last == "-":
+                    parent.append(op.get("value"))
+                elif kind == "add":
+                    parent.insert(int(last), op.get("value"))
+                else:
+                    parent[int(last)] = op.get("value")
+            else:
+                parent[last] = op.get("value")
+        elif kind == "remove":
+            if isinstance(parent, list):
+                del parent[int(last)]
+            else:
+                parent.pop(last, None)
+        elif kind == "test":
+            got = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+            if got != op.get("value"):
+                raise _ApiError(422, "Invalid", f"the JSON patch test at {op['path']} failed")
+        else:
+            raise _ApiError(400, "BadRequest", f"unsupported JSON patch op {kind!r}")
+    return doc
+
+
+class _Store:
+    """Objects keyed by (api, resource, namespace, name), with a cluster-wide resourceVersion."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self._version = 1000
+        for kind, ns, obj in _seed_objects():
+            resource = next(r for (a, r), k in _RESOURCES.items() if k is kind)
+            self._put(kind, resource, ns, obj, new=True)
+
+    def _put(self, kind: _Kind, resource: str, ns: str, obj: dict[str, Any], *, new: bool) -> dict[str, Any]:
+        self._version += 1
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        if kind.namespaced:
+            meta["namespace"] = ns
+        else:
+            meta.pop("namespace", None)
+        if new:
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = _now()
+            meta.setdefault("generation", 1)
+        else:
+            meta["generation"] = int(meta.get("generation", 1)) + 1
+        meta["resourceVersion"] = str(self._version)
+        obj["kind"] = kind.kind
+        obj["apiVersion"] = kind.api_version
+        if kind.kind == "Secret" and isinstance(obj.get("stringData"), dict):
+            # As the real API server does: stringData is write-only, folded into data as base64.
+            data = obj.setdefault("data", {})
+            for key, value in obj.pop("stringData").items():
+                data[key] = _b64(str(value))
+        self._objects[(kind.api, resource, ns, meta["name"])] = obj
+        return copy.deepcopy(obj)
+
+    def list(self, kind: _Kind, resource: str, ns: str) -> tuple[list[dict[str, Any]], str]:
+        with self._lock:
+            items = [
+                copy.deepcopy(o)
+                for (a, r, n, _), o in sorted(self._objects.items())
+                if a == kind.api and r == resource and n == ns
+            ]
+            return items, str(self._version)
+
+    def get(self, kind: _Kind, resource: str, ns: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            obj = self._objects.get((kind.api, resource, ns, name))
+            if obj is None:
+                raise _not_found(resource, name)
+            return copy.deepcopy(obj)
+
+    def create(self, kind: _Kind, resource: str, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
+        name = (obj.get("metadata") or {}).get("name")
+        if not isinstance(name, str) or not name:
+            raise _ApiError(422, "Invalid", f"{kind.kind} is invalid: metadata.name: Required value")
+        with self._lock:
+            if (kind.api, resource, ns, name) in self._objects:
+                raise _ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'{resource} "{name}" already exists',
+                    {"name": name, "kind": resource},
+                )
+            return self._put(kind, resource, ns, obj, new=True)
+
+    def replace(self, kind: _Kind, resource: str, ns: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            current = self._objects.get((kind.api, resource, ns, name))
+            if current is None:
+                raise _not_found(resource, name)
+            obj = copy.deepcopy(obj)
+            meta = obj.setdefault("metadata", {})
+            if meta.get("name", name) != name:
+                raise _ApiError(
+                    400, "BadRequest", "the name of the object does not match the name on the URL"
+                )
+            meta["name"] = name
+            for kept in ("uid", "creationTimestamp", "generation"):
+                meta[kept] = current["metadata"].get(kept)
+            return self._put(kind, resource, ns, obj, new=False)
+
+    def delete(self, kind: _Kind, resource: str, ns: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            obj = self._objects.pop((kind.api, resource, ns, name), None)
+            if obj is None:
+                raise _not_found(resource, name)
+            self._version += 1
+            return obj
+
+
+def _not_found(resource: str, name: str) -> _ApiError:
+    return _ApiError(404, "NotFound", f'{resource} "{name}" not found', {"name": name, "kind": resource})
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+    # HTTP/1.1 keeps the official client's pooled connections alive; every answer carries a
+    # Content-Length, except a watch, which closes the connection when it ends.
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a test run's output is not the place for an access log
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        try:
+            body = self._read_body()
+            if not self._authorized():
+                raise _ApiError(401, "Unauthorized", "Unauthorized")
+            self.server.requests.append((method, self.path))
+            self._route(method, body)
+        except _ApiError as err:
+            self._send_json(err.code, err.status())
+
+    def _authorized(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self.server.token.encode())
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_REQUEST_BYTES:
+            self.close_connection = True
+            raise _ApiError(413, "RequestEntityTooLarge", "the request body is too large")
+        return self.rfile.read(length) if length else b""
+
+    def _send_json(self, code: int, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_text(self, text: str) -> None:
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _route(self, method: str, raw: bytes) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        parts = [p for p in url.path.split("/") if p]
+        if parts == ["version"] and method == "GET":
+            self._send_json(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-gatehouse-standin"})
+            return
+        if parts[:2] == ["api", "v1"]:
+            api, rest = "/api/v1", parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            api, rest = f"/apis/{parts[1]}/{parts[2]}", parts[3:]
+        else:
+            raise _ApiError(404, "NotFound", "the server could not find the requested resource")
+        ns = ""
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        if not rest or (api, rest[0]) not in _RESOURCES or len(rest) > 3:
+            raise _ApiError(404, "NotFound", "the server could not find the requested resource")
+        resource = rest[0]
+        kind = _RESOURCES[(api, resource)]
+        if kind.namespaced != bool(ns):
+            raise _ApiError(404, "NotFound", "the server could not find the requested resource")
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        store = self.server.store
+        if name is None:
+            if method == "GET" and query.get("watch") in ("1", "true"):
+                self._watch(kind, resource, ns, query)
+            elif method == "GET":
+                self._send_json(200, self._list(kind, resource, ns, query))
+            elif method == "POST":
+                self._send_json(201, store.create(kind, resource, ns, self._object(raw)))
+            else:
+                raise _ApiError(405, "MethodNotAllowed", f"{method} is not supported on a collection")
+            return
+        if sub is None:
+            if method == "GET":
+                self._send_json(200, store.get(kind, resource, ns, name))
+            elif method == "PUT":
+                self._send_json(200, store.replace(kind, resource, ns, name, self._object(raw)))
+            elif method == "PATCH":
+                current = store.get(kind, resource, ns, name)
+                self._send_json(200, store.replace(kind, resource, ns, name, self._patched(current, raw)))
+            elif method == "DELETE":
+                self._send_json(200, store.delete(kind, resource, ns, name))
+            else:
+                raise _ApiError(405, "MethodNotAllowed", f"{method} is not supported on an object")
+            return
+        if resource == "pods" and sub == "log" and method == "GET":
+            store.get(kind, resource, ns, name)  # 404 for a pod that does not exist
+            self._send_text(self._log(name, query))
+        elif resource == "deployments" and sub == "scale" and method in ("GET", "PUT", "PATCH"):
+            self._scale(kind, resource, ns, name, method, raw)
+        else:
+            raise _ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    def _object(self, raw: bytes) -> dict[str, Any]:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            raise _ApiError(400, "BadRequest", "the request body is not JSON") from None
+        if not isinstance(obj, dict):
+            raise _ApiError(400, "BadRequest", "the request body must be a JSON object")
+        return obj
+
+    def _patched(self, current: dict[str, Any], raw: bytes) -> dict[str, Any]:
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        try:
+            patch = json.loads(raw)
+        except ValueError:
+            raise _ApiError(400, "BadRequest", "the patch is not JSON") from None
+        if content_type == "application/json-patch+json":
+            if not isinstance(patch, list):
+                raise _ApiError(400, "BadRequest", "a JSON patch must be a list of operations")
+            return _json_patch(current, patch)
+        if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            # Stood in: strategic merge is applied as a JSON merge patch (lists are replaced).
+            merged: dict[str, Any] = _merge_patch(current, patch)
+            return merged
+        raise _ApiError(
+            415, "UnsupportedMediaType", f"the patch content type {content_type!r} is not supported"
+        )
+
+    def _list(self, kind: _Kind, resource: str, ns: str, query: dict[str, str]) -> dict[str, Any]:
+        items, version = self.server.store.list(kind, resource, ns)
+        items = _select(items, query.get("labelSelector"))
+        start = int(query.get("continue") or 0)
+        limit = int(query.get("limit") or 0)
+        page = items[start : start + limit] if limit else items[start:]
+        meta: dict[str, Any] = {"resourceVersion": version}
+        if limit and start + limit < len(items):
+            meta["continue"] = str(start + limit)
+            meta["remainingItemCount"] = len(items) - start - limit
+        for item in page:
+            # As the real API server does, items of a list carry no kind or apiVersion.
+            item.pop("kind", None)
+            item.pop("apiVersion", None)
+        return {"kind": f"{kind.kind}List", "apiVersion": kind.api_version, "metadata": meta, "items": page}
+
+    def _watch(self, kind: _Kind, resource: str, ns: str, query: dict[str, str]) -> None:
+        items, _ = self.server.store.list(kind, resource, ns)
+        timeout_s = min(float(query.get("timeoutSeconds") or MAX_WATCH_S), MAX_WATCH_S)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for item in _select(items, query.get("labelSelector")):
+            line = json.dumps({"type": "ADDED", "object": item}).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            self.wfile.flush()
+        # Stood in: no object changes while a watch is open, so after the initial ADDED events
+        # the stream stays quiet until the client's timeoutSeconds, as a real one does.
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.server.stopping.is_set():
+            self.server.stopping.wait(0.05)
+        self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
+    def _log(self, name: str, query: dict[str, str]) -> str:
+        lines = POD_LOGS.get(name, [])
+        if "tailLines" in query:
+            lines = lines[-int(query["tailLines"]) :] if int(query["tailLines"]) else []
+        text = "".join(line + "\n" for line in lines)
+        if "limitBytes" in query:
+            text = text.encode()[: int(query["limitBytes"])].decode(errors="ignore")
+        return text
+
+    def _scale(self, kind: _Kind, resource: str, ns: str, name: str, method: str, raw: bytes) -> None:
+        store = self.server.store
+        deployment = store.get(kind, resource, ns, name)
+        if method != "GET":
+            scale = self._object(raw) if method == "PUT" else self._patched(_scale_of(deployment), raw)
+            replicas = (scale.get("spec") or {}).get("replicas")
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                raise _ApiError(
+                    422, "Invalid", "Scale.spec.replicas: Invalid value: must be a non-negative integer"
+                )
+            deployment["spec"]["replicas"] = replicas
+            deployment = store.replace(kind, resource, ns, name, deployment)
+        self._send_json(200, _scale_of(deployment))
+
+
+def _scale_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    meta = deployment["metadata"]
+    labels = deployment["spec"].get("selector", {}).get("matchLabels", {})
+    return {
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+        },
+        "spec": {"replicas": deployment["spec"].get("replicas", 1)},
+        "status": {
+            "replicas": deployment.get("status", {}).get("replicas", 0),
+            "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+        },
+    }
+
+
+def _select(items: list[dict[str, Any]], selector: str | None) -> list[dict[str, Any]]:
+    """Equality-based label selectors (`app=web,tier!=db`), the subset the demo uses."""
+    if not selector:
+        return items
+    out = items
+    for term in selector.split(","):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            out = [i for i in out if i.get("metadata", {}).get("labels", {}).get(key) != value]
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            value = value.lstrip("=")
+            out = [i for i in out if i.get("metadata", {}).get("labels", {}).get(key) == value]
+        else:
+            out = [i for i in out if term in i.get("metadata", {}).get("labels", {})]
+    return out
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], token: str, context: ssl.SSLContext) -> None:
+        super().__init__(address, _Handler)
+        self.token = token
+        self.store = _Store()
+        self.requests: list[tuple[str, str]] = []
+        self.stopping = threading.Event()
+        self._context = context
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        # Headers and body leave in separate writes: without this, Nagle's algorithm and the
+        # client's delayed ACK add about 40 ms to every answer.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The TLS handshake runs in the handler's thread (on first read), so one client that
+        # connects and stays silent cannot hold up the accept loop.
+        return self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+
+class KubernetesStandIn:
+    """The stand-in API server: start(), then `url`, `ca_pem` and `token`; stop() when done."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
+        self._address = (host, port)
+        self.token = token or secrets.token_urlsafe(32)
+        self.ca_pem = ""
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> KubernetesStandIn:
+        ca_pem, cert_pem, key_pem = generate_certificates()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # load_cert_chain reads files only; the key lives on disk for as long as the call takes.
+        with tempfile.TemporaryDirectory(prefix="gatehouse-k8s-") as tmp:
+            cert_file, key_file = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+            cert_file.write_bytes(cert_pem)
+            key_file.write_bytes(key_pem)
+            key_file.chmod(0o600)
+            context.load_cert_chain(cert_file, key_file)
+        self.ca_pem = ca_pem.decode()
+        self._server = _Server(self._address, self.token, context)
+        self._thread = threading.Thread(
+            # A short poll: stop() waits up to one interval for the loop to notice.
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="k8s-standin",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+
+    def __enter__(self) -> KubernetesStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        # The token is a credential: never in a repr.
+        return f"KubernetesStandIn(url={self.url if self._server else None!r})"
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the Kubernetes stand-in is not running")
+        return f"https://{self._address[0]}:{self._server.server_address[1]}"
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of every authenticated request served, oldest first."""
+        return list(self._server.requests) if self._server else []
+
+    def connection_attributes(self) -> dict[str, str]:
+        """The registry attributes of a connection to this server."""
+        return {"api_server": self.url, "ca_pem": self.ca_pem}
+
+    def credential(self) -> dict[str, str]:
+        """The secret value to store in Secrets Manager for that connection."""
+        return {"token": self.token}
+
+
+def running(**kwargs: Any) -> Iterator[KubernetesStandIn]:
+    """Generator form for fixtures: `yield from running()`."""
+    standin = KubernetesStandIn(**kwargs).start()
+    try:
+        yield standin
+    finally:
+        standin.stop()

@@ -1,0 +1,403 @@
+"""The Kubernetes executor against the stand-in API server on loopback, checked by the official client.
+
+Every path the executor uses is also driven by the official `kubernetes` Python client: what one
+writes the other reads, and both reach the same URLs on the server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client as k8s
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from gatehouse.exceptions import GatehouseError, StatementTimeoutError, TargetUnavailableError
+from gatehouse.local.k8s_standin import KubernetesStandIn, generate_certificates
+from gatehouse.masking import Masker, load_profile
+from gatehouse.models import Connection
+from gatehouse.targets.kubernetes import KubernetesCommand, classify, execute
+
+MASKER = Masker(load_profile("default"), b"k8s-integration-key" * 2)
+PASSWORD_B64 = "czNjcjN0LVBhNTV3b3Jk"  # base64 of the seeded Secret's password
+
+
+@pytest.fixture
+def standin() -> Iterator[KubernetesStandIn]:
+    with KubernetesStandIn() as server:
+        yield server
+
+
+def connection_to(server: KubernetesStandIn, **attributes: Any) -> Connection:
+    return Connection(
+        name="demo-k8s",
+        kind="kubernetes",
+        host="127.0.0.1",
+        port=0,
+        database="",
+        secret_id="gatehouse/demo-k8s",
+        attributes={**server.connection_attributes(), "env": "prod", **attributes},
+    )
+
+
+@pytest.fixture
+def official(standin: KubernetesStandIn, tmp_path: Path) -> k8s.ApiClient:
+    """The official client, configured as a kubeconfig would: host, pinned CA, bearer token."""
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(standin.ca_pem)
+    config = k8s.Configuration(
+        host=standin.url,
+        api_key={"BearerToken": standin.token},
+        api_key_prefix={"BearerToken": "Bearer"},
+    )
+    config.ssl_ca_cert = str(ca_file)
+    with k8s.ApiClient(config) as client:
+        yield client
+
+
+def run(
+    server: KubernetesStandIn, *, max_bytes: int = 1_000_000, timeout_s: float = 5.0, **fields: Any
+) -> Any:
+    return execute(
+        KubernetesCommand(**fields),
+        connection_to(server),
+        server.credential(),
+        timeout_s=timeout_s,
+        max_bytes=max_bytes,
+        masker=MASKER,
+    )
+
+
+def test_list_and_get_pods_as_the_official_client_sees_them(
+    standin: KubernetesStandIn, official: k8s.ApiClient
+) -> None:
+    listed = run(standin, verb="list", resource="pods")
+    assert listed.status == "ok" and listed.row_count == 2
+    assert listed.body["object"]["kind"] == "PodList"
+    names = [p["metadata"]["name"] for p in listed.body["object"]["items"]]
+    client_names = [p.metadata.name for p in k8s.CoreV1Api(official).list_namespaced_pod("default").items]
+    assert names == client_names == ["web-1", "web-2"]
+
+    got = run(standin, verb="get", resource="pods", name="web-2")
+    assert got.body["object"]["status"]["phase"] == "Running"
+    assert got.row_count == 1
+    # Both reached the same REST paths.
+    paths = {path.split("?")[0] for _, path in standin.requests}
+    assert paths == {"/api/v1/namespaces/default/pods", "/api/v1/namespaces/default/pods/web-2"}
+
+
+def test_a_missing_object_is_an_error_result_with_the_servers_status(standin: KubernetesStandIn) -> None:
+    result = run(standin, verb="get", resource="deployments", name="nope")
+    assert result.status == "error"
+    assert result.body["http_status"] == 404
+    assert result.body["reason"] == "NotFound"
+    assert result.body["status"]["kind"] == "Status"
+
+
+def test_secret_values_are_redacted_in_every_answer(
+    standin: KubernetesStandIn, official: k8s.ApiClient
+) -> None:
+    core = k8s.CoreV1Api(official)
+    # The official client sees the real value: the stand-in really holds it.
+    assert core.read_namespaced_secret("db-credentials", "default").data["password"] == PASSWORD_B64
+
+    got = run(standin, verb="get", resource="secrets", name="db-credentials")
+    assert got.status == "ok"
+    assert got.body["object"]["data"] == {"username": "[REDACTED]", "password": "[REDACTED]"}
+    listed = run(standin, verb="list", resource="secrets")
+    assert listed.body["object"]["items"][0]["data"]["password"] == "[REDACTED]"
+    watched = run(standin, verb="watch", resource="secrets", timeout_s=2)
+    assert watched.body["events"][0]["object"]["data"]["password"] == "[REDACTED]"
+
+    annotation = {
+        "kubectl.kubernetes.io/last-applied-configuration": json.dumps({"stringData": {"k": "hunter2"}})
+    }
+    created = run(
+        standin,
+        verb="create",
+        resource="secrets",
+        body={"metadata": {"name": "api-key", "annotations": annotation}, "stringData": {"key": "hunter2"}},
+    )
+    assert created.status == "ok"
+    for result in (got, listed, watched, created):
+        dumped = json.dumps(result.body)
+        assert PASSWORD_B64 not in dumped and "hunter2" not in dumped and "aHVudGVyMg" not in dumped
+    # It was really written: the official client reads the value back.
+    assert core.read_namespaced_secret("api-key", "default").data["key"] == "aHVudGVyMg=="
+
+
+def test_logs_are_masked_and_cut_at_the_byte_cap(standin: KubernetesStandIn, official: k8s.ApiClient) -> None:
+    full = k8s.CoreV1Api(official).read_namespaced_pod_log("web-1", "default")
+    assert "ada@example.com" in full
+
+    logs = run(standin, verb="logs", resource="pods", name="web-1")
+    assert logs.status == "ok" and not logs.truncated
+    assert "ada@example.com" not in logs.body["log"]
+    assert "user=[EMAIL]" in logs.body["log"]
+    assert logs.body["log"].count("\n") == full.count("\n")
+
+    cut = run(standin, verb="logs", resource="pods", name="web-1", max_bytes=40)
+    assert cut.truncated
+    assert len(cut.body["log"].encode()) <= 40
+    tail = run(standin, verb="logs", resource="pods", name="web-1", body={"tailLines": 1})
+    assert tail.body["log"] == "2026-12-01T09:00:02Z POST /refunds 201\n"
+
+
+def test_a_list_over_the_byte_cap_is_cut_at_a_page(
+    standin: KubernetesStandIn, official: k8s.ApiClient
+) -> None:
+    core = k8s.CoreV1Api(official)
+    for i in range(150):
+        core.create_namespaced_config_map(
+            "default", {"metadata": {"name": f"cm-{i:03d}"}, "data": {"value": "x" * 100}}
+        )
+    everything = run(standin, verb="list", resource="configmaps")
+    # Two pages of LIST_PAGE_ITEMS, put together: the agent gets the whole list.
+    assert everything.row_count == 150 and not everything.truncated
+    assert "continue" not in everything.body["object"]["metadata"]
+
+    first_page = core.list_namespaced_config_map("default", limit=100, _preload_content=False).data
+    # Room for the first page and a little more, not for the second.
+    cut = run(standin, verb="list", resource="configmaps", max_bytes=len(first_page) + 4096)
+    assert cut.truncated and cut.row_count == 100
+    assert "continue" not in cut.body["object"]["metadata"]
+
+
+def test_scale_and_patch_are_written_where_the_official_client_reads(
+    standin: KubernetesStandIn, official: k8s.ApiClient
+) -> None:
+    apps = k8s.AppsV1Api(official)
+    scaled = run(standin, verb="scale", resource="deployments", name="web", body={"replicas": 4})
+    assert scaled.status == "ok"
+    assert scaled.body["object"]["kind"] == "Scale" and scaled.body["object"]["spec"]["replicas"] == 4
+    assert apps.read_namespaced_deployment_scale("web", "default").spec.replicas == 4
+
+    read_scale = run(standin, verb="get", resource="deployments", name="web", subresource="scale")
+    assert read_scale.body["object"]["spec"]["replicas"] == 4
+
+    patched = run(
+        standin,
+        verb="patch",
+        resource="deployments",
+        name="web",
+        body={"metadata": {"labels": {"release": "canary"}}},
+    )
+    assert patched.body["object"]["metadata"]["labels"] == {"app": "web", "release": "canary"}
+    assert apps.read_namespaced_deployment("web", "default").metadata.labels["release"] == "canary"
+
+    # The official client's own writes go to the same subresource path.
+    apps.patch_namespaced_deployment_scale("web", "default", {"spec": {"replicas": 1}})
+    assert (
+        run(standin, verb="get", resource="deployments", name="web").body["object"]["spec"]["replicas"] == 1
+    )
+    scale_paths = {(m, p) for m, p in standin.requests if p.endswith("/scale")}
+    assert ("PATCH", "/apis/apps/v1/namespaces/default/deployments/web/scale") in scale_paths
+    assert ("GET", "/apis/apps/v1/namespaces/default/deployments/web/scale") in scale_paths
+
+
+def test_create_update_delete_round_trip(standin: KubernetesStandIn, official: k8s.ApiClient) -> None:
+    core = k8s.CoreV1Api(official)
+    created = run(
+        standin, verb="create", resource="configmaps", name="feature-flags", body={"data": {"a": "1"}}
+    )
+    assert created.status == "ok" and created.body["http_status"] == 201
+    assert core.read_namespaced_config_map("feature-flags", "default").data == {"a": "1"}
+
+    again = run(standin, verb="create", resource="configmaps", name="feature-flags", body={"data": {}})
+    assert again.status == "error" and again.body["reason"] == "AlreadyExists"
+
+    updated = run(
+        standin,
+        verb="update",
+        resource="configmaps",
+        name="feature-flags",
+        body={"metadata": {"name": "feature-flags"}, "data": {"a": "2"}},
+    )
+    assert updated.status == "ok"
+    assert core.read_namespaced_config_map("feature-flags", "default").data == {"a": "2"}
+
+    deleted = run(standin, verb="delete", resource="configmaps", name="feature-flags")
+    assert deleted.status == "ok"
+    with pytest.raises(ApiException) as gone:
+        core.read_namespaced_config_map("feature-flags", "default")
+    assert gone.value.status == 404
+
+
+def test_watch_returns_the_events_until_its_timeout(standin: KubernetesStandIn) -> None:
+    started = time.monotonic()
+    watched = run(standin, verb="watch", resource="pods", body={"labelSelector": "app=web"}, timeout_s=2)
+    assert watched.status == "ok"
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in watched.body["events"]] == [
+        ("ADDED", "web-1"),
+        ("ADDED", "web-2"),
+    ]
+    assert time.monotonic() - started < 4
+
+
+def test_cluster_scoped_resources_use_cluster_paths(
+    standin: KubernetesStandIn, official: k8s.ApiClient
+) -> None:
+    namespaces = run(standin, verb="list", resource="namespaces")
+    client_view = [n.metadata.name for n in k8s.CoreV1Api(official).list_namespace().items]
+    assert [n["metadata"]["name"] for n in namespaces.body["object"]["items"]] == client_view
+    assert ("GET", "/api/v1/namespaces?limit=100") in standin.requests
+
+
+def test_a_server_whose_certificate_is_not_from_the_pinned_ca_gets_nothing(
+    standin: KubernetesStandIn,
+) -> None:
+    with KubernetesStandIn() as impostor:
+        # The impostor's address, but the real server's CA pinned: its certificate must not verify.
+        connection = Connection(
+            **{
+                **connection_to(standin).__dict__,
+                "attributes": {"api_server": impostor.url, "ca_pem": standin.ca_pem},
+            }
+        )
+        with pytest.raises(TargetUnavailableError) as refused:
+            execute(
+                KubernetesCommand(verb="list", resource="secrets"),
+                connection,
+                impostor.credential(),
+                timeout_s=5,
+                max_bytes=10_000,
+                masker=MASKER,
+            )
+        assert "pinned CA" in refused.value.message
+        assert impostor.requests == []  # not even the request line reached it
+
+
+def test_a_wrong_token_is_the_servers_401_and_is_never_echoed(standin: KubernetesStandIn) -> None:
+    wrong = "wrong-token-value-0123456789"
+    result = execute(
+        KubernetesCommand(verb="list", resource="pods"),
+        connection_to(standin),
+        {"token": wrong},
+        timeout_s=5,
+        max_bytes=10_000,
+        masker=MASKER,
+    )
+    assert result.status == "error" and result.body["http_status"] == 401
+    assert wrong not in json.dumps(result.body) and standin.token not in json.dumps(result.body)
+
+
+def test_a_server_that_never_answers_times_out(standin: KubernetesStandIn) -> None:
+    # A listener that accepts and then says nothing: the TLS handshake never completes.
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    accepting = threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True)
+    accepting.start()
+    try:
+        port = silent.getsockname()[1]
+        connection = connection_to(standin, api_server=f"https://127.0.0.1:{port}")
+        started = time.monotonic()
+        with pytest.raises(StatementTimeoutError):
+            execute(
+                KubernetesCommand(verb="get", resource="pods", name="web-1"),
+                connection,
+                standin.credential(),
+                timeout_s=0.5,
+                max_bytes=10_000,
+                masker=MASKER,
+            )
+        assert time.monotonic() - started < 4
+    finally:
+        for conn in held:
+            conn.close()
+        silent.close()
+
+
+def test_no_answer_or_error_ever_carries_the_token(standin: KubernetesStandIn) -> None:
+    results: list[str] = []
+    for fields in (
+        {"verb": "list", "resource": "pods"},
+        {"verb": "get", "resource": "secrets", "name": "db-credentials"},
+        {"verb": "logs", "resource": "pods", "name": "web-2"},
+        {"verb": "get", "resource": "pods", "name": "missing"},
+    ):
+        results.append(repr(run(standin, **fields)))
+    try:
+        execute(
+            KubernetesCommand(verb="list", resource="pods"),
+            connection_to(standin, api_server="https://127.0.0.1:1"),
+            standin.credential(),
+            timeout_s=2,
+            max_bytes=10_000,
+            masker=MASKER,
+        )
+    except GatehouseError as err:
+        results.append(f"{err!r} {err.message} {err.__cause__!r}")
+    assert len(results) == 5
+    assert all(standin.token not in r for r in results)
+    assert standin.token not in repr(standin)
+
+
+def test_classified_text_matches_what_was_sent(standin: KubernetesStandIn) -> None:
+    command = KubernetesCommand(verb="scale", resource="deployments", name="web", body={"replicas": 3})
+    classified = classify(command, connection_to(standin))
+    assert classified.cls == "write"
+    assert classified.text == 'scale deployments/web -n default --body={"replicas":3}'
+    run(standin, verb="scale", resource="deployments", name="web", body={"replicas": 3})
+    assert standin.requests == [("PATCH", "/apis/apps/v1/namespaces/default/deployments/web/scale")]
+
+
+def test_a_server_that_drips_its_answer_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
+    # Each byte arrives well within the read timeout, the whole answer never within the deadline.
+    ca_pem, cert_pem, key_pem = generate_certificates()
+    (tmp_path / "tls.crt").write_bytes(cert_pem)
+    (tmp_path / "tls.key").write_bytes(key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(65536)
+            tls.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+            )
+            while not stop.wait(0.05):
+                try:
+                    tls.sendall(b" ")
+                except OSError:
+                    return
+
+    server = threading.Thread(target=drip, daemon=True)
+    server.start()
+    connection = Connection(
+        name="drip",
+        kind="kubernetes",
+        host="127.0.0.1",
+        port=0,
+        database="",
+        secret_id="s",
+        attributes={
+            "api_server": f"https://127.0.0.1:{listener.getsockname()[1]}",
+            "ca_pem": ca_pem.decode(),
+        },
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(StatementTimeoutError):
+            execute(
+                KubernetesCommand(verb="get", resource="pods", name="web-1"),
+                connection,
+                {"token": "t0ken"},
+                timeout_s=1.0,
+                max_bytes=1_000_000,
+                masker=MASKER,
+            )
+        assert time.monotonic() - started < 4
+    finally:
+        stop.set()
+        listener.close()
+        server.join(timeout=5)
