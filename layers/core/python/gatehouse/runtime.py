@@ -14,6 +14,7 @@ from gatehouse.policy import PolicyEngine
 from gatehouse.registry import CACHE_SECONDS, Registry
 from gatehouse.secrets import SecretStore
 from gatehouse.service import Gatehouse
+from gatehouse.targets.postgres import PostgresExecutor, TargetPool
 
 _BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=3, read_timeout=10)
 # The session log retries with its own backoff and time budget (gatehouse.audit.log.RetryPolicy);
@@ -44,6 +45,10 @@ def build_runtime(settings: Settings, session: Any = None) -> Runtime:
         # Parsed and validated once per process; an invalid policy set stops startup here.
         policy=PolicyEngine.from_dir(settings.policy_dir),
         secrets=secrets,
+        # A warm process reuses its target sessions (reset between requests, one request at a
+        # time each; gatehouse.targets.postgres.TargetPool says why that is safe): a login costs
+        # more than a short read.
+        executor=PostgresExecutor(secrets, pool=TargetPool()),
         requests=RequestStore(ddb, settings.requests_table),
         s3_client=session.client("s3", config=_LOG_CONFIG),
     )

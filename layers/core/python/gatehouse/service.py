@@ -13,6 +13,7 @@ value derives from. A catalog that cannot be read means the command does not run
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -448,11 +449,11 @@ class Gatehouse:
         # The record exists before the command runs, so GET /v1/requests/{id} never loses one;
         # it is written while the decision is flushed, and both must land before anything runs.
         record.status = "executing"
-        self._durable_before_run(session, record)
+        self._durable_before_run(session, record, connection)
         try:
-            result = self._execute(session, connection, traced, masker, described)
+            result = self._execute(session, connection, traced, masker, described, record=record)
         except GatehouseError as exc:
-            self._finish(record, status="failed", error=f"{exc.code}: {exc.message}")
+            self._fail(record, f"{exc.code}: {exc.message}")
             raise
         except Exception as exc:
             # A bug after the command may have been sent: say so, finish the record and the
@@ -464,10 +465,14 @@ class Gatehouse:
                 code="outcome_unknown",
             )
             failure.command_sent = True
-            self._finish(record, status="failed", error=f"{failure.code}: {type(exc).__name__}")
+            self._fail(record, f"{failure.code}: {type(exc).__name__}")
             self._record_failure(session, failure, described)
             raise failure from exc
-        self._finish(record, status="executed", row_count=result.row_count, duration_ms=result.duration_ms)
+        if record.status != "executed":
+            # Finished alongside the closing object unless that update failed: try once more.
+            self._finish(
+                record, status="executed", row_count=result.row_count, duration_ms=result.duration_ms
+            )
         return Outcome(request_id, "executed", classification, decision, record, result)
 
     def _request_approval(
@@ -564,16 +569,30 @@ class Gatehouse:
         decision = self._policy.authorize(principal, connection, classification, reason=reason)
         return classification, traced, decision
 
-    def _durable_before_run(self, session: SessionLog, record: RequestRecord) -> None:
-        """Flush received+decision and put the request record, overlapped; both or nothing runs."""
+    def _durable_before_run(self, session: SessionLog, record: RequestRecord, connection: Connection) -> None:
+        """Flush received+decision and put the request record, overlapped; both or nothing runs.
+
+        The executor logs in to the target meanwhile (a warm session makes that a no-op): a login
+        runs nothing, and the command itself waits for both writes.
+        """
+
+        def log_in() -> None:
+            try:
+                self._executor.warm(connection, self._settings.statement_timeout_ms)
+            except Exception:  # noqa: BLE001 - not ours to report: `run` logs in again and says why
+                log.info("request %s: the early login to %s failed", record.request_id, connection.name)
+
         pending = _Background(self._requests.put_new, record)
+        login = _Background(log_in)
         try:
             session.flush()
         except GatehouseError as exc:
             if pending.wait() is None:
                 self._finish(record, status="failed", error=f"{exc.code}: {exc.message}")
+            login.wait()
             raise
         failure = pending.wait()
+        login.wait()
         if failure is not None:
             # The decision is on record; the refusal closes the session (nothing ran).
             self._refuse(session, failure)
@@ -588,6 +607,46 @@ class Gatehouse:
         for key, value in fields.items():
             setattr(record, key, value)
 
+    def _fail(self, record: RequestRecord, error: str) -> None:
+        """Finish the record as failed, correcting it if it was already finished as executed.
+
+        A read's record is finished with its outcome while the closing object is written
+        (`_execute`); when that object, or what follows it, fails after all, the record says so.
+        """
+        if record.status != "executed":
+            self._finish(record, status="failed", error=error)
+            return
+        try:
+            self._requests.transition(record.request_id, expect=("executed",), status="failed", error=error)
+        except GatehouseError:
+            log.error("could not mark request record %s failed", record.request_id)
+        record.status, record.error = "failed", error
+
+    def _finish_overlapped(self, record: RequestRecord, result: QueryResult) -> _Background:
+        """Start finishing the record as executed, beside the session's closing write."""
+        finish = functools.partial(
+            self._requests.finish,
+            record.request_id,
+            status="executed",
+            row_count=result.row_count,
+            duration_ms=result.duration_ms,
+        )
+        return _Background(finish)
+
+    @staticmethod
+    def _joined(
+        finishing: list[_Background], record: RequestRecord | None, result: QueryResult | None
+    ) -> None:
+        """Wait for an overlapped finish; on success the record in hand says executed."""
+        if not finishing or record is None:
+            return
+        if finishing[0].wait() is not None:
+            log.error("could not update request record %s", record.request_id)
+            return  # still `executing` here: `_submit` tries once more
+        record.status = "executed"
+        if result is not None:
+            record.row_count, record.duration_ms = result.row_count, result.duration_ms
+
     def _execute(
         self,
         session: SessionLog,
@@ -597,8 +656,17 @@ class Gatehouse:
         described: dict[str, Any],
         *,
         check: Callable[[QueryResult], None] | None = None,
+        record: RequestRecord | None = None,
     ) -> QueryResult:
+        """Run, mask, record. With `record`, it is finished as executed beside the closing write.
+
+        Both the record's update and the closing object come after the command ran, so they are
+        written side by side: for a read inside its transaction (there is nothing to commit that
+        could fail), for a write after COMMIT. If the closing object fails, `_fail` corrects the
+        record.
+        """
         masked: list[QueryResult] = []
+        finishing: list[_Background] = []
         classification = traced.classification
         read_only = all(st.cls is StatementClass.READ for st in classification.statements)
 
@@ -615,6 +683,8 @@ class Gatehouse:
             if read_only:
                 # Nothing to commit that could fail: the outcome, the close and the manifest
                 # are one object, written before the (read-only) transaction ends.
+                if record is not None:
+                    finishing.append(self._finish_overlapped(record, raw))
                 session.close()
             else:
                 # A write's COMMIT can still fail (a deferred constraint): the session stays
@@ -623,7 +693,7 @@ class Gatehouse:
 
         started = time.perf_counter()
         try:
-            self._executor.run(
+            raw = self._executor.run(
                 connection,
                 classification.statements,
                 timeout_ms=self._settings.statement_timeout_ms,
@@ -632,17 +702,25 @@ class Gatehouse:
                 before_commit=mask_and_record,
             )
         except AuditWriteError:
+            self._joined(finishing, record, None)
             raise
         except GatehouseError as exc:
+            self._joined(finishing, record, None)
             duration = round((time.perf_counter() - started) * 1000, 3)
             exc.message = self._safe_error(exc, traced, masker)
             exc.args = (exc.message,)
             self._record_failure(session, exc, described, duration_ms=duration)
             raise
+        except BaseException:
+            self._joined(finishing, record, None)
+            raise
         # The command has committed and its `executed` event is stored: a failure to write the
         # closing event must not turn a command that ran into an error the agent would retry.
         if not session.closed:
+            if record is not None:
+                finishing.append(self._finish_overlapped(record, raw))
             self._close(session)
+        self._joined(finishing, record, raw)
         return masked[0]
 
     def _record_failure(

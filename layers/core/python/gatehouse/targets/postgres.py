@@ -12,14 +12,26 @@ than what is left of the budget before a byte of it is read; `_RowSink` replaces
 DataRow handler, so rows past the row limit are dropped as they arrive and values the driver
 cannot decode come back as the server's text. SELECTs and FETCHes read through a cursor in
 batches with explicit counts, so the server never sends much more than the limit allows.
+
+Logging in costs more than a short read (a backend forked, SCRAM, TLS negotiated): `TargetPool`
+keeps a few warm connections for the executor, per connection and credential, reset with
+`DISCARD ALL` before reuse and used by one request at a time (see its docstring for why that is
+safe).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import logging
 import secrets
+import socket
+import ssl
 import struct
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -38,7 +50,9 @@ from gatehouse.exceptions import (
     TargetUnavailableError,
 )
 from gatehouse.models import Connection, QueryResult, Statement, StatementClass
-from gatehouse.secrets import SecretStore
+from gatehouse.secrets import DatabaseCredential, SecretStore
+
+log = logging.getLogger(__name__)
 
 QUERY_CANCELED = "57014"  # statement_timeout fired
 # Extra seconds the socket waits beyond the statement timeout before giving up on the server.
@@ -61,6 +75,18 @@ _INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
 FETCH_ALL = 2**63 - 1  # what the parser stores for FETCH ALL (LONG_MAX)
 BINARY_FORMAT = 1
+# PostgreSQL protocol 3.0, "SSLRequest": the length (8), then the code 1234.5679.
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+# Warm connections: one idle per connection and credential is what a Lambda environment (one
+# request at a time) can reuse; a few more serve a process that runs requests side by side.
+POOL_IDLE_PER_KEY = 2
+POOL_IDLE_TOTAL = 8
+# An idle connection older than this is closed rather than reused: a server or NAT that drops
+# idle TCP sessions would otherwise cost a failed first statement.
+POOL_MAX_IDLE_S = 60.0
+# A session is logged in again at least this often: a role's changed settings and a rotated
+# password (the credential is part of the key) take effect within this bound.
+POOL_MAX_AGE_S = 300.0
 
 
 def _sqlstate(exc: DatabaseError) -> str | None:
@@ -265,6 +291,8 @@ class _Wire:
         self.max_bytes = max_bytes
         self.broken = False  # True once a read stopped mid-message: only closing is left
         self.sink = _RowSink(max_rows, max_bytes)
+        self._stream = con._sock
+        self._handlers = {code: handlers[code] for code in (ROW_DESCRIPTION, DATA_ROW, NOTICE_RESPONSE)}
         con._sock = _MessageGate(con._sock, lambda code: self.sink.limit(code))
         describe = handlers[ROW_DESCRIPTION]
 
@@ -279,6 +307,12 @@ class _Wire:
     def new_sink(self) -> _RowSink:
         self.sink = _RowSink(self.max_rows, self.max_bytes)
         return self.sink
+
+    def detach(self) -> pg8000.native.Connection:
+        """The driver's own stream and handlers back (at a message boundary), for the next request."""
+        self.con._sock = self._stream
+        self.con.message_types.update(self._handlers)
+        return self.con
 
     def run(self, sql: str) -> None:
         self.con.run(sql)
@@ -360,9 +394,176 @@ class _Progress:
     sent: bool = False  # the first statement of the command has gone to the server
 
 
+@dataclass
+class _Lease:
+    """One request's hold on a target session: exclusive from checkout to checkin."""
+
+    key: tuple[Any, ...]
+    con: pg8000.native.Connection
+    opened: float  # when the session logged in (the pool's clock)
+    reused: bool  # it came from the pool: the server may have dropped it since
+
+
+@dataclass
+class _Idle:
+    con: pg8000.native.Connection
+    opened: float
+    since: float
+
+
+class TargetPool:
+    """Warm target sessions for the executor, per connection and credential.
+
+    Why reuse is safe. A target session's privileges are its login role's, and that role is the
+    connection's own (one credential in Secrets Manager per connection), never the agent's: a
+    fresh login for the next request, whoever sends it, would be the same role with the same
+    rights. What a session can carry from one request to the next is its state, and the pool
+    removes it before any reuse:
+    - a session is taken by one request at a time (checkout removes it from the pool), so two
+      requests, of one agent or two, never share a session concurrently;
+    - it is given back only after the request's transaction ended cleanly (COMMIT or a READ
+      ONLY transaction closed) and `DISCARD ALL` succeeded: that resets every setting and
+      `SET ROLE`/`SESSION AUTHORIZATION` (RESET ALL), closes cursors, drops temporary tables,
+      prepared statements and cached plans, releases session advisory locks, stops LISTENs and
+      forgets sequence state, so an idle session holds nothing (no lock waits for the next use);
+    - anything else (an error, a statement cut mid-message by the byte budget, a failed reset)
+      closes the session instead;
+    - the key holds the credential (its SHA-256, not the password): a rotated password or a
+      changed address logs in afresh; sessions older than `max_age_s` are not reused.
+    A session the server dropped while idle fails on the request's first statement, before any
+    of the command is sent; the executor then logs in afresh, once.
+    """
+
+    def __init__(
+        self,
+        *,
+        idle_per_key: int = POOL_IDLE_PER_KEY,
+        idle_total: int = POOL_IDLE_TOTAL,
+        max_idle_s: float = POOL_MAX_IDLE_S,
+        max_age_s: float = POOL_MAX_AGE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._idle_per_key = idle_per_key
+        self._idle_total = idle_total
+        self._max_idle_s = max_idle_s
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[Any, ...], list[_Idle]] = {}
+        # A pool dropped (a test's runtime) or left at exit logs its idle sessions out.
+        weakref.finalize(self, _close_all, self._idle)
+
+    @property
+    def idle_count(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._idle.values())
+
+    def now(self) -> float:
+        return self._clock()
+
+    def has_idle(self, key: tuple[Any, ...]) -> bool:
+        with self._lock:
+            return bool(self._idle.get(key))
+
+    def take(self, key: tuple[Any, ...]) -> _Lease | None:
+        """The most recently used idle session for `key` that is young enough, or None."""
+        now = self._clock()
+        expired: list[_Idle] = []
+        found: _Idle | None = None
+        with self._lock:
+            idle = self._idle.get(key, [])
+            while idle and found is None:
+                entry = idle.pop()
+                if now - entry.since > self._max_idle_s or now - entry.opened > self._max_age_s:
+                    expired.append(entry)
+                else:
+                    found = entry
+            if not idle:
+                self._idle.pop(key, None)
+        for entry in expired:
+            _close_quietly(entry.con)
+        return _Lease(key, found.con, found.opened, reused=True) if found is not None else None
+
+    def give(self, lease: _Lease, *, fresh: bool = False) -> None:
+        """Keep a session whose transaction has ended; `fresh`: it never ran anything (no reset)."""
+        now = self._clock()
+        if now - lease.opened > self._max_age_s:
+            _close_quietly(lease.con)
+            return
+        if not fresh:
+            try:
+                lease.con.run("DISCARD ALL")
+            except (DatabaseError, InterfaceError, OSError):
+                _close_quietly(lease.con)
+                return
+            lease.con.notices.clear()
+            lease.con.notifications.clear()
+        with self._lock:
+            # Sessions nobody took in time (a key no longer used: a rotated password) give up
+            # their places first.
+            stale = self._sweep(now)
+            idle = self._idle.setdefault(lease.key, [])
+            total = sum(len(v) for v in self._idle.values())
+            kept = len(idle) < self._idle_per_key and total < self._idle_total
+            if kept:
+                idle.append(_Idle(lease.con, lease.opened, now))
+        for entry in stale:
+            _close_quietly(entry.con)
+        if not kept:
+            _close_quietly(lease.con)
+
+    def _sweep(self, now: float) -> list[_Idle]:
+        stale: list[_Idle] = []
+        for key in list(self._idle):
+            fresh: list[_Idle] = []
+            for entry in self._idle[key]:
+                too_old = now - entry.since > self._max_idle_s or now - entry.opened > self._max_age_s
+                (stale if too_old else fresh).append(entry)
+            if fresh:
+                self._idle[key] = fresh
+            else:
+                del self._idle[key]
+        return stale
+
+    def close(self) -> None:
+        with self._lock:
+            entries = {key: self._idle.pop(key) for key in list(self._idle)}
+        _close_all(entries)
+
+
+def _close_all(idle: dict[tuple[Any, ...], list[_Idle]]) -> None:
+    for entries in idle.values():
+        for entry in entries:
+            _close_quietly(entry.con)
+    idle.clear()
+
+
+def _close_quietly(con: pg8000.native.Connection) -> None:
+    try:
+        con.close()
+    except (InterfaceError, OSError):
+        pass  # the connection is already gone; closing it rolls back on the server
+
+
 class PostgresExecutor:
-    def __init__(self, secrets: SecretStore) -> None:
+    def __init__(self, secrets: SecretStore, pool: TargetPool | None = None) -> None:
         self._secrets = secrets
+        self._pool = pool
+
+    def warm(self, connection: Connection, timeout_ms: int) -> None:
+        """Log in ahead of `run` (while the decision is being written), unless a session is idle.
+
+        Logging in runs nothing, so it may start before the decision is durable. Without a pool
+        this does nothing; a failure is left for `run` to meet and report.
+        """
+        if self._pool is None:
+            return
+        cred, key = self._identify(connection, timeout_ms)
+        if self._pool.has_idle(key):
+            return
+        opened = self._pool.now()
+        con = _login(connection, cred, timeout_s=_socket_timeout(timeout_ms))
+        self._pool.give(_Lease(key, con, opened, reused=False), fresh=True)
 
     def run(
         self,
@@ -387,15 +588,14 @@ class PostgresExecutor:
         """
         _refuse_unsupported(statements)
         read_only = all(s.cls is StatementClass.READ for s in statements)
-        con = self._connect(connection, timeout_ms)
+        lease = self._checkout(connection, timeout_ms)
         progress = _Progress()
         started = time.perf_counter()
+        wire: _Wire | None = None
+        ended = False  # the transaction ended cleanly: the session may serve another request
         try:
             with _target_errors(connection.name, progress):
-                wire = _Wire(con, max_rows, max_bytes)
-                wire.run("START TRANSACTION READ ONLY" if read_only else "START TRANSACTION READ WRITE")
-                # SET LOCAL: the limit dies with the transaction; the value is an integer we formatted.
-                wire.run(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+                wire = self._begin(lease, connection, read_only, timeout_ms, max_rows, max_bytes)
                 result = QueryResult(columns=(), rows=(), row_count=0)
                 for i, stmt in enumerate(statements):
                     progress.sent = True
@@ -415,12 +615,64 @@ class PostgresExecutor:
                 # closing it rolls back a transaction that could not have changed anything.
                 with _target_errors(connection.name, progress):
                     wire.run("COMMIT")
+                ended = True
             return result
         finally:
+            if ended and wire is not None and self._pool is not None:
+                self._pool.give(replace(lease, con=wire.detach()))
+            else:
+                _close_quietly(lease.con)
+
+    def _identify(
+        self, connection: Connection, timeout_ms: int
+    ) -> tuple[DatabaseCredential, tuple[Any, ...]]:
+        cred = self._secrets.database_credential(connection.secret_id)
+        # The password enters the key as a digest: the pool's keys never hold a credential.
+        digest = hashlib.sha256(cred.password.encode("utf-8")).hexdigest()
+        key = (connection.name, connection.host, connection.port, connection.database, cred.username)
+        return cred, (*key, digest, timeout_ms)
+
+    def _checkout(self, connection: Connection, timeout_ms: int) -> _Lease:
+        if self._pool is None:
+            cred = self._secrets.database_credential(connection.secret_id)
+            return _Lease((), _login(connection, cred, timeout_s=_socket_timeout(timeout_ms)), 0.0, False)
+        cred, key = self._identify(connection, timeout_ms)
+        lease = self._pool.take(key)
+        if lease is None:
+            opened = self._pool.now()
+            lease = _Lease(
+                key, _login(connection, cred, timeout_s=_socket_timeout(timeout_ms)), opened, False
+            )
+        return lease
+
+    def _begin(
+        self,
+        lease: _Lease,
+        connection: Connection,
+        read_only: bool,
+        timeout_ms: int,
+        max_rows: int,
+        max_bytes: int,
+    ) -> _Wire:
+        """Open the request's transaction; a pooled session found dropped is replaced, once."""
+        while True:
+            wire = _Wire(lease.con, max_rows, max_bytes)
             try:
-                con.close()
-            except (InterfaceError, OSError):
-                pass  # the connection is already gone; closing it rolls back on the server
+                wire.run("START TRANSACTION READ ONLY" if read_only else "START TRANSACTION READ WRITE")
+                # SET LOCAL: the limit dies with the transaction; the value is an integer we formatted.
+                wire.run(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+                return wire
+            except (DatabaseError, InterfaceError, OSError):
+                if not lease.reused:
+                    raise
+                # Restarted server, idle timeout, terminated backend: nothing of the command has
+                # been sent, so a fresh login is the same request, not a retry of it.
+                log.info("a pooled session to %s was gone; logging in again", connection.name)
+                _close_quietly(lease.con)
+                cred = self._secrets.database_credential(connection.secret_id)
+                lease.con = _login(connection, cred, timeout_s=_socket_timeout(timeout_ms))
+                lease.opened = self._pool.now() if self._pool is not None else 0.0
+                lease.reused = False
 
     def _run_one(self, wire: _Wire, stmt: Statement, *, answer: bool) -> QueryResult:
         """Run one statement; `answer`: its rows are the request's read-only answer, and may be cut."""
@@ -460,10 +712,38 @@ class PostgresExecutor:
         _fetch_in_batches(wire, _FetchPlan(portal=name, forward=True, wanted=None))
         wire.run(f"CLOSE {name}")
 
-    def _connect(self, connection: Connection, timeout_ms: int) -> pg8000.native.Connection:
-        # One socket timeout for connect and every read: the statement timeout plus a grace
-        # period, so a server that stops answering cannot hold the request forever.
-        return connect(connection, self._secrets, timeout_s=timeout_ms / 1000 + SOCKET_GRACE_S)
+
+def _socket_timeout(timeout_ms: int) -> float:
+    # One socket timeout for connect and every read: the statement timeout plus a grace period,
+    # so a server that stops answering cannot hold the request forever.
+    return timeout_ms / 1000 + SOCKET_GRACE_S
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """What pg8000 builds for every connection when given none, built once per process.
+
+    Building it loads the system's CA store (about 19 ms here, more than the login itself), and
+    pg8000 then turns verification off: the same context, reused, negotiates the same TLS.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _open_socket(host: str, port: int, timeout_s: float) -> socket.socket:
+    """TCP, then TLS if the server offers it: pg8000's default negotiation ("prefer")."""
+    sock = socket.create_connection((host, port), timeout_s)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.sendall(SSL_REQUEST)
+        if sock.recv(1) == b"S":
+            return _tls_context().wrap_socket(sock, server_hostname=host)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 def connect(
@@ -471,19 +751,34 @@ def connect(
 ) -> pg8000.native.Connection:
     """Log in to a Postgres target with the connection's own credential from Secrets Manager."""
     cred = secrets.database_credential(connection.secret_id)
+    return _login(connection, cred, timeout_s=timeout_s, application_name=application_name)
+
+
+def _login(
+    connection: Connection,
+    cred: DatabaseCredential,
+    *,
+    timeout_s: float,
+    application_name: str = "gatehouse",
+) -> pg8000.native.Connection:
+    sock: socket.socket | None = None
     try:
+        sock = _open_socket(connection.host, connection.port, timeout_s)
         return pg8000.native.Connection(
             cred.username,
             host=connection.host,
             port=connection.port,
             database=connection.database,
             password=cred.password,
-            timeout=timeout_s,
             application_name=application_name,
             # Rows are decoded as UTF-8: ask the server to convert whatever the database uses.
             startup_params={"client_encoding": "UTF8"},
+            # The socket is ours, TLS already negotiated on it (see _open_socket).
+            sock=sock,
+            ssl_context=False,
         )
     except DatabaseError as exc:
+        _close_socket(sock)
         # Authentication and "database does not exist" land here. The server's message can
         # name the role: keep it out of what the agent sees.
         raise TargetUnavailableError(
@@ -491,9 +786,18 @@ def connect(
             code="target_unavailable",
         ) from exc
     except (InterfaceError, OSError) as exc:
+        _close_socket(sock)
         raise TargetUnavailableError(
             f"{connection.name} is not reachable", code="target_unavailable"
         ) from exc
+
+
+def _close_socket(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 def _refuse_unsupported(statements: Sequence[Statement]) -> None:
