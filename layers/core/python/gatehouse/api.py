@@ -22,7 +22,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gatehouse import __version__, names
 from gatehouse.exceptions import (
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from gatehouse.proxy_tokens import ProxyTokenGrants
     from gatehouse.service import Gatehouse, Outcome
+from gatehouse.targets.commands import HttpCommand, KubernetesCommand, SshCommand
 from gatehouse.values import jsonable, result_view
 
 log = logging.getLogger(__name__)
@@ -109,22 +110,56 @@ class IdempotencyUnavailableError(GatehouseError):
 
 
 class SubmitRequest(BaseModel):
-    """An agent's request to run one command on a connection."""
+    """An agent's request to run one command on a connection: exactly one of sql, http, kubernetes, ssh."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        # The document says what the validator checks: one command field, of the connection's kind.
+        json_schema_extra={
+            "oneOf": [
+                {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                for name in ("sql", "http", "kubernetes", "ssh")
+            ]
+        },
+    )
 
     connection: str = Field(
         min_length=1, max_length=128, pattern=NO_NUL, description="Registered connection name"
     )
-    sql: str = Field(
+    sql: str | None = Field(
         # No NUL pattern here: a NUL in SQL is refused by the classifier, on record (see _check_strings).
+        default=None,
         min_length=1,
         max_length=MAX_SQL_CHARS,
-        description="The SQL text to run",
+        description="The SQL text to run (a connection of kind postgres)",
+    )
+    http: HttpCommand | None = Field(
+        default=None, strict=False, description="An HTTP request (a connection of kind http)"
+    )
+    kubernetes: KubernetesCommand | None = Field(
+        default=None, strict=False, description="A Kubernetes API request (a connection of kind kubernetes)"
+    )
+    ssh: SshCommand | None = Field(
+        default=None, strict=False, description="One shell command (a connection of kind ssh)"
     )
     reason: str = Field(
         default="", max_length=2_000, pattern=NO_NUL, description="Why the agent runs it (audited)"
     )
+
+    @model_validator(mode="after")
+    def _one_command(self) -> SubmitRequest:
+        given = [name for name in COMMAND_FIELDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(COMMAND_FIELDS)} (got {len(given)})")
+        return self
+
+    @property
+    def command_field(self) -> str:
+        return next(name for name in COMMAND_FIELDS if getattr(self, name) is not None)
+
+
+COMMAND_FIELDS = ("sql", "http", "kubernetes", "ssh")
 
 
 # Response models only describe answers in the OpenAPI document (bodies are built as dicts):
@@ -372,6 +407,26 @@ def _not_json_constant(name: str) -> Any:
     raise BadRequestError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)", code="malformed_json")
 
 
+TARGET_FIELDS = ("http", "kubernetes", "ssh")
+
+
+def _check_encodable(value: Any) -> None:
+    """No lone surrogate anywhere in `value` (it cannot be encoded, logged or hashed)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise BadRequestError("a string holds a lone surrogate escape", code="invalid_text") from exc
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def _check_strings(value: Any) -> None:
     """Strings must be Unicode text the database accepts: no lone surrogates, no NUL.
 
@@ -380,12 +435,15 @@ def _check_strings(value: Any) -> None:
     session log as the hostile attempt it is.
     """
     stack: list[Any] = [value]
-    if isinstance(value, dict) and isinstance(value.get("sql"), str):
-        stack = [
-            *value.keys(),
-            *(v for k, v in value.items() if k != "sql"),
-            value["sql"].replace("\x00", ""),
-        ]
+    if isinstance(value, dict):
+        # NUL is checked where it matters past the API: the SQL classifier refuses it on record,
+        # and each target kind refuses control characters in paths, headers and commands (a NUL
+        # inside an HTTP body's JSON is content, not an attack). Lone surrogates are refused here.
+        own = {k: v for k, v in value.items() if k not in ("sql", *TARGET_FIELDS)}
+        stack = [*value.keys(), *own.values()]
+        for name in ("sql", *TARGET_FIELDS):
+            if name in value:
+                _check_encodable(value[name])
     while stack:
         item = stack.pop()
         if isinstance(item, str):
@@ -520,6 +578,10 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
     }
     if outcome.result is not None:
         body.update(result_view(outcome.result))
+    if outcome.target_result is not None:
+        from gatehouse.target_requests import target_result_view
+
+        body.update(jsonable(target_result_view(outcome.target_result)))
     if outcome.record.preview is not None:
         body["preview"] = outcome.record.preview
     if outcome.status == "pending_approval" and outcome.record.approval_expires_at:
@@ -773,7 +835,14 @@ def build_app(
         # From here on the command may reach the target: no handler may say "nothing was run".
         app.append_context(command_may_have_run=True)
         try:
-            outcome = service.submit(principal, request.connection, request.sql, request.reason)
+            if request.sql is not None:
+                outcome = service.submit(principal, request.connection, request.sql, request.reason)
+            else:
+                from gatehouse.target_requests import FIELD_KIND, TargetCommand
+
+                field_name = request.command_field
+                command = TargetCommand(FIELD_KIND[field_name], getattr(request, field_name))
+                outcome = service.submit_command(principal, request.connection, command, request.reason)
         except GatehouseError as exc:
             if not is_final(exc):
                 raise

@@ -295,6 +295,13 @@ class ApprovalFlow:
         request_id = record.request_id
         if sql_sha256(record.command) != record.command_sha256:
             raise GatehouseError("the stored command does not match its SHA-256", code="command_tampered")
+        if record.kind not in (None, "postgres"):
+            if record.approval_expires_at and self._g._clock() > record.approval_expires_at:
+                self._g._finish(record, status="expired", error="approved after the request expired")
+                session.stage("approval_expired", outcome="expired", reason="approved too late")
+                session.close()
+                return "expired"
+            return self._g._targets.run_approved(record, session)
         if record.approval_expires_at and self._g._clock() > record.approval_expires_at:
             self._g._finish(record, status="expired", error="approved after the request expired")
             session.stage("approval_expired", outcome="expired", reason="approved too late")

@@ -78,6 +78,8 @@ class RequestRecord:
     # Who runs it once approved: None (the API: the state machine runs it) or "proxy" (the
     # Postgres proxy runs it when the same agent sends the same text on the same connection).
     origin: str | None = None
+    # The target kind of the command (None: SQL). Its text is then a canonical JSON object.
+    kind: str | None = None
 
     def public_view(self) -> dict[str, Any]:
         """What the agent that asked may read back."""

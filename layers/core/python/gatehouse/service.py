@@ -63,6 +63,7 @@ from gatehouse.models import (
 from gatehouse.policy import PolicyEngine
 from gatehouse.registry import Registry
 from gatehouse.secrets import SecretStore
+from gatehouse.target_requests import TargetCommand, TargetRequests
 from gatehouse.targets.postgres import PostgresExecutor
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Outcome:
     decision: Decision
     record: RequestRecord
     result: QueryResult | None = None
+    target_result: Any = None  # a KindResult (gatehouse.targets.kinds) for HTTP, Kubernetes, SSH
 
 
 class Gatehouse:
@@ -146,6 +148,7 @@ class Gatehouse:
         self._notifier_client = notifier
         self._aws_session = aws_session
         self._approvals = ApprovalFlow(self)
+        self._targets = TargetRequests(self)
         self._clock = clock
         self._new_id = new_id
         self._sleep = sleep
@@ -369,6 +372,17 @@ class Gatehouse:
 
     # -- the decision path -----------------------------------------------------------------
 
+    def submit_command(
+        self, principal: Principal, connection_name: str, command: TargetCommand, reason: str = ""
+    ) -> Outcome:
+        """An HTTP request, a Kubernetes API request or an SSH command (gatehouse.target_requests)."""
+        request_id = self._new_id()
+        try:
+            return self._targets.submit(request_id, principal, connection_name, command, reason)
+        except GatehouseError as exc:
+            exc.request_id = request_id
+            raise
+
     def submit(self, principal: Principal, connection_name: str, sql: str, reason: str = "") -> Outcome:
         request_id = self._new_id()
         try:
@@ -393,6 +407,14 @@ class Gatehouse:
         )
         try:
             connection = self._registry.get_connection(connection_name)
+            if connection.kind != "postgres":
+                from gatehouse.target_requests import KINDS, KindMismatchError
+
+                expected = KINDS[connection.kind][1] if connection.kind in KINDS else "?"
+                raise KindMismatchError(
+                    f"connection {connection_name!r} is of kind {connection.kind!r}: "
+                    f"send {expected!r}, not 'sql'"
+                )
             masker = self._masker(connection)
         except GatehouseError as exc:
             self._refuse(session, exc, statement=None, reason=reason)
@@ -501,7 +523,18 @@ class Gatehouse:
         owner = principal.attributes.get("owner")
         record.owner = str(owner) if owner else None
         mode = requirement.preview
-        record.preview = self._approvals.preview(connection, traced, masker, mode)
+        if connection.kind == "postgres":
+            record.preview = self._approvals.preview(connection, traced, masker, mode)
+        else:
+            # No dry run of an HTTP call, a Kubernetes write or a shell command: the approver sees
+            # the exact command and its class.
+            record.preview = {
+                "mode": "none",
+                "statements": [
+                    {"text": masker.mask_text(s.text), "class": s.cls.value, "reason": s.reason}
+                    for s in traced.classification.statements
+                ],
+            }
         self._requests.put_new(record)
         session.stage("approval_requested", outcome="pending", **described)
         session.flush()
@@ -577,6 +610,8 @@ class Gatehouse:
         """
 
         def log_in() -> None:
+            if connection.kind != "postgres":
+                return  # other kinds log in when they run
             try:
                 self._executor.warm(connection, self._settings.statement_timeout_ms)
             except Exception:  # noqa: BLE001 - not ours to report: `run` logs in again and says why
