@@ -54,3 +54,12 @@ def test_the_demo_plays_through_and_leaves_nothing_running(tmp_path, monkeypatch
         f"request {held[0]}: executed (class write, decision approval, policies prod-write-needs-dba)" in psql
     )
     assert "ok: the database holds the approved change" in psql.split("UPDATE 1", 1)[1]
+
+    # And the other target kinds: a masked HTTP read, then a change of each kind held and approved
+    targets = _between(out, 13, 14)
+    assert targets.count("-> 202 ") == 4 and "-> 200 " in targets
+    assert '"name": "[REDACTED]"' in targets and '"email": "[EMAIL]"' in targets
+    for connection in ("demo-http", "demo-k8s", "demo-ssh"):
+        assert f"ok: {connection}: approved by U_ALICE, it ran once" in targets
+    assert "ok: the cluster holds the approved change (3 replicas)" in targets
+    assert '"statement_class": "secrets"' in targets

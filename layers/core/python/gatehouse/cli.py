@@ -202,6 +202,13 @@ def cmd_proxy_serve(_args: argparse.Namespace) -> int:
     return serve()
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    # Imported here: the MCP package (starlette, uvicorn) is only needed by this command.
+    from gatehouse.mcp_server import run
+
+    return run(_client(args), http=args.http, port=args.port)
+
+
 def _agent_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--as",
@@ -267,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     psub = p.add_subparsers(dest="proxy_command", required=True)
     g = psub.add_parser("serve", help="serve until SIGTERM (configured by GATEHOUSE_* variables)")
     g.set_defaults(func=cmd_proxy_serve)
+
+    p = sub.add_parser("mcp", help="serve the agent API as MCP tools (stdio, or streamable HTTP)")
+    p.add_argument("--http", action="store_true", help="serve streamable HTTP on 127.0.0.1 instead of stdio")
+    p.add_argument("--port", type=int, default=8790, help="the --http port (default 8790)")
+    _agent_option(p)
+    p.set_defaults(func=cmd_mcp)
 
     # The local stack needs the `local` extra (moto); the proxy image installs the runtime
     # dependencies only and must still run `gatehouse proxy serve`.

@@ -89,6 +89,10 @@ class GatehouseClient:
     def submit(self, connection: str, sql: str, reason: str = "") -> ApiAnswer:
         return self._call("POST", "/v1/requests", {"connection": connection, "sql": sql, "reason": reason})
 
+    def submit_command(self, connection: str, command: dict[str, Any], reason: str = "") -> ApiAnswer:
+        """One command of any kind: `command` is `{"sql": ...}`, `{"http": {...}}`, `{"ssh": {...}}`..."""
+        return self._call("POST", "/v1/requests", {"connection": connection, **command, "reason": reason})
+
     def get_request(self, request_id: str, wait: int = 0) -> ApiAnswer:
         return self._call("GET", f"/v1/requests/{request_id}", params={"wait": wait} if wait else None)
 

@@ -51,6 +51,7 @@ from gatehouse.masking.errors import redact_error_text
 from gatehouse.masking.plan import UNDETERMINED, plan_columns, protected_names
 from gatehouse.models import (
     CLASS_RISK,
+    KIND_CLASSES,
     Classification,
     Connection,
     Decision,
@@ -177,7 +178,10 @@ class Gatehouse:
         out = []
         for conn in self._registry.list_connections():
             actions = {}
-            for cls in PROBED_CLASSES:
+            probed = PROBED_CLASSES if conn.kind == "postgres" else KIND_CLASSES.get(conn.kind, ())
+            for cls in probed:
+                if cls is StatementClass.UNKNOWN:
+                    continue
                 probe = Classification(kind=conn.kind, statements=(Statement(text="", cls=cls),))
                 actions[cls.value] = self._policy.authorize(principal, conn, probe).effect.value
             if any(effect != Effect.DENY.value for effect in actions.values()):

@@ -324,8 +324,9 @@ def play(state: dict[str, Any], stack: LocalStack) -> None:
     agent_exec("GRANT SELECT ON customers TO PUBLIC", expect=cli.EXIT_DENIED)
 
     psql_steps(state, stack)
+    target_steps(state, stack)
 
-    step(13, "Every step is in S3, under Object Lock in COMPLIANCE mode")
+    step(14, "Every step is in S3, under Object Lock in COMPLIANCE mode")
     keys_ = [
         o["Key"]
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/")
@@ -351,13 +352,13 @@ def play(state: dict[str, Any], stack: LocalStack) -> None:
         "received, decision, executed, session_closed",
     )
 
-    step(14, "The auditor's questions, in SQL (DuckDB here, Athena on AWS: the same SQL)")
+    step(15, "The auditor's questions, in SQL (DuckDB here, Athena on AWS: the same SQL)")
     run_cli(["audit", "query", "--named", "denied_attempts"])
     run_cli(["audit", "query", "--named", "activity_on_connection", "--param", "connection=demo-prod"])
     run_cli(["audit", "replay", read_id])
     run_cli(["audit", "replay", pending_id])  # the approval story: request, preview, votes, outcome
 
-    step(15, "The hash chains verify; a tampered copy does not")
+    step(16, "The hash chains verify; a tampered copy does not")
     run_cli(["audit", "verify"])
     tampered = f"{bucket}-tampered-copy"
     s3.create_bucket(Bucket=tampered)
@@ -417,6 +418,68 @@ def psql_steps(state: dict[str, Any], stack: LocalStack) -> None:
     run_cli(["requests", "get", held_id, "--as", "analyst"])
     out = run_psql(login, update, expect=1)
     check(request_id_in(out) != held_id, "once: sent a third time, it is a new request for a dba")
+
+
+def agent_command(state: dict[str, Any], connection: str, command: dict[str, Any], reason: str) -> Any:
+    """POST /v1/requests with a command of another kind, shown as the agent sends it."""
+    body = {"connection": connection, **command, "reason": reason}
+    say(f"  $ POST /v1/requests {safe_json(body)}")
+    answer = agent_client(state)._call("POST", "/v1/requests", body)
+    shown = {k: answer.body.get(k) for k in ("status", "statement_class", "request_id") if k in answer.body}
+    say(f"    -> {answer.status_code} {safe_json(shown)}")
+    return answer
+
+
+def target_steps(state: dict[str, Any], stack: LocalStack) -> None:
+    """Step 13: an HTTP service, a Kubernetes cluster and an SSH host, under the same decision path."""
+    step(13, "HTTP, Kubernetes and SSH: reads run masked, changes wait for a dba, then run once")
+    read = agent_command(
+        state, "demo-http", {"http": {"method": "GET", "path": "/customers/3"}}, "support ticket 118"
+    )
+    customer = (read.body.get("result") or {}).get("body") or {}
+    say(f"    body: {safe_json(customer)}")
+    real = stack_customer(stack)
+    check(
+        read.status_code == 200 and not any(v and str(v) in json.dumps(customer) for v in real),
+        "the service's answer reached the agent masked (JSON path for the name, detectors for the rest)",
+    )
+    refund = {"customer_id": 3, "cents": 1500}
+    scale = {"verb": "scale", "resource": "deployments", "name": "web", "namespace": "default"}
+    changes: list[tuple[str, dict[str, Any]]] = [
+        ("demo-http", {"http": {"method": "POST", "path": "/refunds", "body": refund}}),
+        ("demo-k8s", {"kubernetes": {**scale, "body": {"replicas": 3}}}),
+        ("demo-ssh", {"ssh": {"command": "touch /tmp/gatehouse-demo-ran"}}),
+    ]
+    for connection, command in changes:
+        answer = agent_command(state, connection, command, "demo")
+        request_id = str(answer.body.get("request_id"))
+        check(
+            answer.status_code == 202,
+            f"{connection}: the change waits for a dba ({answer.body.get('statement_class')})",
+        )
+        wait_for(lambda rid=request_id: slack_message_for(state, rid) is not None, "the approval message")
+        run_cli(["approve", request_id, "--as", "U_ALICE"], echo=False)
+        record = wait_for_status(state, request_id)
+        check(record.get("status") == "executed", f"{connection}: approved by U_ALICE, it ran once")
+    web = {"verb": "get", "resource": "deployments", "name": "web", "namespace": "default"}
+    pods = agent_command(state, "demo-k8s", {"kubernetes": web}, "check")
+    replicas = (((pods.body.get("result") or {}).get("object") or {}).get("spec") or {}).get("replicas")
+    check(replicas == 3, "the cluster holds the approved change (3 replicas)")
+    secret = agent_command(
+        state,
+        "demo-k8s",
+        {"kubernetes": {"verb": "get", "resource": "secrets", "name": "db-credentials"}},
+        "why",
+    )
+    check(secret.status_code == 202, "anything on a Secret is its own class, and waits for a dba")
+
+
+def stack_customer(stack: LocalStack) -> list[Any]:
+    """The demo HTTP service's own record of customer 3 (what must not reach the agent)."""
+    targets = stack._targets
+    service = targets.customers if targets is not None else None
+    person = service.customers.get(3, {}) if service is not None else {}
+    return [person.get(k) for k in ("name", "email", "phone", "card_number", "ssn")]
 
 
 def main() -> int:

@@ -36,6 +36,7 @@ from gatehouse import names
 from gatehouse.local.apigw import ApiGateway, Handler, IamCredential
 from gatehouse.local.approve import INTERACTIONS_PATH, local_slack_secret
 from gatehouse.local.console import ApprovalsConsole
+from gatehouse.local.demo_targets import DemoTargets
 from gatehouse.local.moto_server import LambdaDispatcher, MotoServer
 from gatehouse.local.postgres import PostgresInfo, ThrowawayPostgres
 from gatehouse.local.provision import (
@@ -67,6 +68,7 @@ STATE_DIR = Path(".gatehouse")
 STATE_FILE = "local.json"
 LOCK_FILE = "local.lock"
 LOG_FILE = "local.log"
+TARGET_KINDS = ("http", "kubernetes", "ssh")
 STATE_KEYS = (
     "api",
     "aws",
@@ -239,6 +241,7 @@ class LocalStack:
         self._slack: SlackApiStandIn | None = None
         self._slack_function: LambdaFunction | None = None
         self._proxy: LocalProxy | None = None
+        self._targets: DemoTargets | None = None
         self._lock: IO[str] | None = None
         self._saved_env: dict[str, str | None] = {}
         self.provisioned: ProvisionResult | None = None
@@ -296,6 +299,19 @@ class LocalStack:
                 region=self.region,
                 asl_cache_dir=default_asl_cache_dir(),
             )
+        with self._timed("targets"):
+            # demo-http, demo-k8s, demo-ssh: real servers on loopback, registered like any connection.
+            specs = {n: s for n, s in config.connections.items() if s.get("kind") in TARGET_KINDS}
+            if specs:
+                self._targets = DemoTargets()
+                self._targets.start(specs)
+                clients = AwsClients.for_endpoint(endpoint, self.region)
+                self._targets.register(
+                    clients.secretsmanager,
+                    clients.dynamodb,
+                    self.provisioned.settings.connections_table,
+                    specs,
+                )
         with self._timed("slack"):
             # The Slack Web API stand-in, and the Slack app's secret as a deployed stack holds it.
             secret = create_slack_secret(AwsClients.for_endpoint(endpoint, self.region).secretsmanager)
@@ -373,6 +389,8 @@ class LocalStack:
             steps.append(("slack", self._slack.stop))
         if self._proxy is not None:
             steps.append(("proxy", self._proxy.stop))
+        if self._targets is not None:
+            steps.append(("targets", self._targets.stop))
         if self._moto is not None:
             steps.append(("moto", self._moto.stop))
         if self._postgres is not None:
@@ -388,6 +406,7 @@ class LocalStack:
         self._slack = None
         self._slack_function = None
         self._proxy = None
+        self._targets = None
         self._restore_env()
         if self.state is not None and _read_pid(self.state_path) == os.getpid():
             self.state_path.unlink(missing_ok=True)
