@@ -212,3 +212,32 @@ def test_each_kinds_command_is_in_the_session_log(local_stack: RunningStack, tar
     assert kinds == ["received", "decision", "executed", "session_closed"], kinds
     assert {e["target_kind"] for e in events} == {"http"}
     assert events[0]["statement"].startswith("GET /customers/1")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        {"http": {"method": "GET", "path": "/../../etc/passwd"}},
+        {"http": {"method": "GET", "path": "/x", "headers": {"Cookie": "session=stolen"}}},
+    ],
+)
+def test_a_refused_command_is_on_record_and_never_reaches_the_service(
+    local_stack: RunningStack, targets: dict[str, Any], command: dict[str, Any]
+) -> None:
+    sent_before = len(_Service.seen_auth)
+    answer = _submit(local_stack, {"connection": "t-http", **command})
+    assert 400 <= answer.status_code < 500, answer.body
+    request_id = answer.body["request_id"]
+    s3 = local_stack.aws("s3")
+    bucket = local_stack.state["bucket"]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="events/").get("Contents", [])
+            if f"session={request_id}/" in o["Key"]]  # fmt: skip
+    events = [
+        json.loads(line)
+        for k in keys
+        for line in s3.get_object(Bucket=bucket, Key=k)["Body"].read().splitlines()
+    ]
+    assert [e["kind"] for e in events] == ["received", "refused", "session_closed"]
+    assert events[1]["error"].startswith("http_")
+    assert "stolen" not in json.dumps(events)  # an agent's cookie never reaches the log
+    assert len(_Service.seen_auth) == sent_before  # nothing was sent

@@ -149,7 +149,7 @@ class TargetRequests:
             # The log holds the classifier's text (a Secret's values already redacted by the
             # Kubernetes classifier), through the detectors; the record keeps the exact command.
             classification = self.classify(command, connection)
-            described["statement"] = masker.mask_text(classification.statements[0].text)
+            described["statement"] = masker.mask_text(log_text(command, classification.statements[0].text))
             described["statement_class"] = classification.cls.value
         except GatehouseError as exc:
             described["statement"] = masker.mask_text(_unclassified_text(command))
@@ -207,7 +207,7 @@ class TargetRequests:
         masker = g._masker(connection)
         classification = self.classify(command, connection)
         described: dict[str, Any] = {
-            "statement": masker.mask_text(classification.statements[0].text),
+            "statement": masker.mask_text(log_text(command, classification.statements[0].text)),
             "statement_class": classification.cls.value,
             "connection_env": _env(connection),
         }
@@ -285,12 +285,22 @@ class TargetRequests:
 
 def _unclassified_text(command: TargetCommand) -> str:
     """What the log keeps of a command its classifier refused: a Kubernetes body (which may hold a
-    Secret's values) is left out, anything else is kept and goes through the detectors."""
+    Secret's values) is left out, HTTP header values (an agent's cookie or token) are redacted,
+    anything else is kept and goes through the detectors."""
+    fields = command.model.model_dump(mode="json", exclude_none=True)
     if command.kind == "kubernetes":
-        fields = command.model.model_dump(mode="json", exclude_none=True)
         fields.pop("body", None)
-        return json.dumps({command.kind: fields}, sort_keys=True, separators=(",", ":"))
-    return command.text
+    if command.kind == "http":
+        fields["headers"] = {name: "[REDACTED]" for name in fields.get("headers") or {}}
+    return json.dumps({command.kind: fields}, sort_keys=True, separators=(",", ":"))
+
+
+def log_text(command: TargetCommand, classified: str) -> str:
+    """What the log keeps of a classified command: the classifier's one line, except that HTTP
+    header values never reach the log (a custom header can carry a token)."""
+    if command.kind == "http" and getattr(command.model, "headers", None):
+        return _unclassified_text(command)
+    return classified
 
 
 def _still_allowed(decision: Decision, record: RequestRecord, quorum_reached: Any) -> bool:
