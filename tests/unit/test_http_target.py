@@ -271,3 +271,13 @@ def test_json_path_redacts_exactly_what_it_selects(path: str, where: list[tuple[
             node = node[step]
         node[location[-1]] = "[REDACTED]"
     assert redacted == expected
+
+
+def test_private_addresses_are_refused_unless_the_connection_opts_in() -> None:
+    # A name that resolves into the VPC is the classic SSRF: reaching it is a registered decision.
+    default = parse_target(connection())
+    assert default.allow_private is False
+    assert address_refusal("10.0.0.5", local=default.local, allow_private=default.allow_private)
+    opted = parse_target(connection(allow_private=True))
+    assert address_refusal("10.0.0.5", local=opted.local, allow_private=opted.allow_private) is None
+    assert address_refusal("169.254.169.254", local=True, allow_private=True)  # never, whatever it says

@@ -9,7 +9,8 @@ extra headers and a body. Before anything is sent:
   sizes. Anything else raises `HttpRefusedError` (400) with a stable code;
 - the host is resolved once and every address it resolves to is checked (`address_refusal`):
   link-local and cloud metadata addresses are always refused, loopback unless the connection is
-  marked `local`, private ranges only when the connection says `allow_private: false`;
+  marked `local`, private ranges (RFC 1918, unique-local, CGNAT) unless the connection says
+  `allow_private: true` (a service inside the VPC);
 - the connection is made to the checked address itself (urllib3 with the IP as the pool host and
   the name as Host header, SNI and certificate name), so a second DNS answer cannot move it.
 
@@ -55,7 +56,7 @@ from gatehouse.exceptions import (
 from gatehouse.masking import Masker
 from gatehouse.masking.strategies import COLUMN_LABEL
 from gatehouse.models import Connection
-from gatehouse.targets.commands import HttpCommand
+from gatehouse.targets.commands import MAX_HTTP_BODY_BYTES, MAX_HTTP_PATH, HttpCommand
 from gatehouse.targets.kinds import Classified, KindResult
 
 # RFC 9110 section 9.2.1: the safe methods. The rest change state unless the connection says so.
@@ -68,11 +69,11 @@ AUTH_KINDS = frozenset({"bearer", "basic", "api_key", "sigv4"})
 
 # Request limits: an API request is at most a few kilobytes of path and headers (most servers
 # refuse more than 8 KiB of request line), and the gateway's own API body is bounded too.
-MAX_PATH = 2048
+MAX_PATH = MAX_HTTP_PATH  # the API model's own bound (gatehouse.targets.commands)
 MAX_QUERY = 8192
 MAX_HEADERS = 32
 MAX_HEADER_BYTES = 16 * 1024
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = MAX_HTTP_BODY_BYTES
 READ_CHUNK = 64 * 1024
 
 # Headers an agent may not send. Credentials: the gateway injects its own, and an agent-supplied
@@ -256,7 +257,9 @@ def parse_target(connection: Connection) -> HttpTarget:
         aws_service=aws_service if auth == "sigv4" else None,
         aws_region=aws_region if auth == "sigv4" else None,
         local=local,
-        allow_private=_flag(attrs, "allow_private", default=True, name=connection.name),
+        # Refused unless the connection opts in: a name that resolves into the VPC is the classic
+        # server-side request forgery, so reaching a private service is a registered decision.
+        allow_private=_flag(attrs, "allow_private", default=False, name=connection.name),
         ca_pem=ca_pem,
         path_rules=_path_rules(attrs.get("path_classes", ()), connection.name),
         mask_paths=tuple(

@@ -43,13 +43,17 @@ from gatehouse.exceptions import (
 from gatehouse.masking import Masker
 from gatehouse.masking.strategies import COLUMN_LABEL
 from gatehouse.models import Connection
-from gatehouse.targets.commands import KubernetesCommand
+from gatehouse.targets.commands import (
+    K8S_EXEC_VERBS,
+    K8S_READ_VERBS,
+    K8S_VERBS,
+    K8S_WRITE_VERBS,
+    KubernetesCommand,
+)
 from gatehouse.targets.kinds import Classified, KindResult
 
-READ_VERBS = ("get", "list", "watch", "logs")
-WRITE_VERBS = ("create", "update", "patch", "delete", "scale")
-EXEC_VERBS = ("exec", "attach", "port-forward")
-VERBS = READ_VERBS + WRITE_VERBS + EXEC_VERBS
+READ_VERBS, WRITE_VERBS, EXEC_VERBS = K8S_READ_VERBS, K8S_WRITE_VERBS, K8S_EXEC_VERBS
+VERBS = K8S_VERBS
 
 # A request body (an object to create, a patch) larger than this is refused before it is sent;
 # the API server's own limit is 3 MiB, and etcd stores objects of at most 1.5 MiB.

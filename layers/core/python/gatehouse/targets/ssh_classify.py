@@ -22,6 +22,7 @@ from typing import Any
 import bashlex
 
 from gatehouse.exceptions import GatehouseError
+from gatehouse.targets.commands import MAX_SSH_COMMAND_CHARS
 from gatehouse.targets.kinds import Classified
 
 READ = "read"
@@ -31,7 +32,7 @@ _RISK = {READ: 0, WRITE: 1, UNKNOWN: 2}
 
 # Longer lines are not commands an agent types; the bound also keeps bashlex's recursive parser
 # (and a reviewer reading an approval) out of trouble.
-MAX_COMMAND_CHARS = 8192
+MAX_COMMAND_CHARS = MAX_SSH_COMMAND_CHARS  # the API model's own bound
 # `sh -c 'sh -c "..."'` is parsed again at each level; beyond this the line is "unknown".
 MAX_SHELL_DEPTH = 3
 
