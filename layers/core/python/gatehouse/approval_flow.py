@@ -31,7 +31,7 @@ from gatehouse.audit.log import SessionClosedError, SessionLog
 from gatehouse.exceptions import GatehouseError, NotFoundError, UnknownPrincipalError
 from gatehouse.lineage import Flow, merge
 from gatehouse.masking.plan import plan_columns
-from gatehouse.models import Effect, QueryResult
+from gatehouse.models import Decision, Effect, QueryResult
 from gatehouse.values import result_view
 
 if TYPE_CHECKING:
@@ -80,6 +80,22 @@ def quorum_reached(votes: Sequence[Mapping[str, Any]], groups: Sequence[str], qu
     for a in range(len(approvers)):
         assign(a, set())
     return len(owner_of) == len(slots)
+
+
+def still_allowed(decision: Decision, record: RequestRecord) -> bool:
+    """Whether an approved command may still run: allowed outright now, or still needing approval
+    and the votes it has meet what the policies in force now ask."""
+    if decision.effect is Effect.ALLOW:
+        return True
+    return (
+        decision.effect is Effect.APPROVAL
+        and decision.approval is not None
+        and quorum_reached(
+            record.votes or (),
+            decision.approval.groups or (decision.approval.group,),
+            decision.approval.quorum,
+        )
+    )
 
 
 class ApprovalFlow:
@@ -317,29 +333,8 @@ class ApprovalFlow:
         _classification, traced, decision = self._g._decide(
             principal, connection, record.command, record.reason, masker, described
         )
-        still = decision.effect is Effect.ALLOW or (
-            decision.effect is Effect.APPROVAL
-            and decision.approval is not None
-            and quorum_reached(
-                record.votes or (),
-                decision.approval.groups or (decision.approval.group,),
-                decision.approval.quorum,
-            )
-        )
-        if not still:
-            # A policy change since the request: what is in force now decides.
-            why = "; ".join(decision.reasons) or "the policies in force now do not allow it"
-            self._g._finish(record, status="denied", error=f"policy_changed: {why}")
-            session.stage(
-                "refused",
-                outcome="denied",
-                decision=decision.effect.value,
-                policy_ids=list(decision.policy_ids),
-                error=f"policy_changed: {why}",
-                **described,
-            )
-            session.close()
-            return "denied"
+        if not still_allowed(decision, record):
+            return self.policy_changed(record, session, decision, described)
         expected = _dry_run_count(record.preview)
 
         def check(raw: QueryResult) -> None:
@@ -368,6 +363,23 @@ class ApprovalFlow:
         )
         log.info("request %s executed after approval", request_id)
         return "executed"
+
+    def policy_changed(
+        self, record: RequestRecord, session: SessionLog, decision: Decision, described: dict[str, Any]
+    ) -> str:
+        """A policy change since the request: what is in force now decides, and it refused."""
+        why = "; ".join(decision.reasons) or "the policies in force now do not allow it"
+        self._g._finish(record, status="denied", error=f"policy_changed: {why}")
+        session.stage(
+            "refused",
+            outcome="denied",
+            decision=decision.effect.value,
+            policy_ids=list(decision.policy_ids),
+            error=f"policy_changed: {why}",
+            **described,
+        )
+        session.close()
+        return "denied"
 
     def preview(self, connection: Any, traced: Any, masker: Any, mode: str) -> dict[str, Any]:
         """What the write would do, computed before anyone is asked. Never raises."""

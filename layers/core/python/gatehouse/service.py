@@ -448,25 +448,9 @@ class Gatehouse:
             policy_ids=list(decision.policy_ids),
             **described,
         )
-        record = RequestRecord(
-            request_id=request_id,
-            status="",
-            principal_arn=principal.arn,
-            principal_name=principal.name,
-            connection=connection.name,
-            command=sql,
-            command_sha256=sql_sha256(sql),
-            statement_class=classification.cls.value,
-            decision=decision.effect.value,
-            policy_ids=list(decision.policy_ids),
-            reason=reason,
-        )
+        record = self._new_record(request_id, principal, connection, sql, classification, decision, reason)
         if decision.effect is Effect.DENY:
-            record.status = "denied"
-            session.stage("refused", outcome="denied", error="; ".join(decision.reasons) or None, **described)
-            session.close()  # one object: received, decision, refused, session_closed
-            self._requests.put_new(record)
-            return Outcome(request_id, "denied", classification, decision, record)
+            return self._deny(session, record, classification, decision, described)
         if decision.effect is Effect.APPROVAL:
             return self._request_approval(
                 session, record, principal, connection, traced, masker, decision, described
@@ -482,24 +466,70 @@ class Gatehouse:
             self._fail(record, f"{exc.code}: {exc.message}")
             raise
         except Exception as exc:
-            # A bug after the command may have been sent: say so, finish the record and the
-            # session honestly, and never claim that nothing ran.
-            log.exception("request %s failed while running", request_id)
-            failure = GatehouseError(
-                "Gatehouse failed while running the command; it may have run. "
-                f"Look the request up by its id ({request_id}).",
-                code="outcome_unknown",
-            )
-            failure.command_sent = True
-            self._fail(record, f"{failure.code}: {type(exc).__name__}")
-            self._record_failure(session, failure, described)
-            raise failure from exc
+            raise self._outcome_unknown(session, record, described, exc) from exc
         if record.status != "executed":
             # Finished alongside the closing object unless that update failed: try once more.
             self._finish(
                 record, status="executed", row_count=result.row_count, duration_ms=result.duration_ms
             )
         return Outcome(request_id, "executed", classification, decision, record, result)
+
+    def _new_record(
+        self,
+        request_id: str,
+        principal: Principal,
+        connection: Connection,
+        command: str,
+        classification: Classification,
+        decision: Decision,
+        reason: str,
+        **extra: Any,
+    ) -> RequestRecord:
+        """The request record of a decided command (its status is set by what happens next)."""
+        return RequestRecord(
+            request_id=request_id,
+            status="",
+            principal_arn=principal.arn,
+            principal_name=principal.name,
+            connection=connection.name,
+            command=command,
+            command_sha256=sql_sha256(command),
+            statement_class=classification.cls.value,
+            decision=decision.effect.value,
+            policy_ids=list(decision.policy_ids),
+            reason=reason,
+            **extra,
+        )
+
+    def _deny(
+        self,
+        session: SessionLog,
+        record: RequestRecord,
+        classification: Classification,
+        decision: Decision,
+        described: dict[str, Any],
+    ) -> Outcome:
+        record.status = "denied"
+        session.stage("refused", outcome="denied", error="; ".join(decision.reasons) or None, **described)
+        session.close()  # one object: received, decision, refused, session_closed
+        self._requests.put_new(record)
+        return Outcome(record.request_id, "denied", classification, decision, record)
+
+    def _outcome_unknown(
+        self, session: SessionLog, record: RequestRecord, described: dict[str, Any], exc: BaseException
+    ) -> GatehouseError:
+        """A bug after the command may have been sent: say so, finish the record and the session
+        honestly, and never claim that nothing ran."""
+        log.exception("request %s failed while running", record.request_id)
+        failure = GatehouseError(
+            "Gatehouse failed while running the command; it may have run. "
+            f"Look the request up by its id ({record.request_id}).",
+            code="outcome_unknown",
+        )
+        failure.command_sent = True
+        self._fail(record, f"{failure.code}: {type(exc).__name__}")
+        self._record_failure(session, failure, described)
+        return failure
 
     def _request_approval(
         self,

@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from gatehouse.approvals import RequestRecord, sql_sha256
+from gatehouse.approvals import RequestRecord
 from gatehouse.audit.log import SessionLog
 from gatehouse.exceptions import BadRequestError, GatehouseError
 from gatehouse.models import (
     Classification,
     Connection,
-    Decision,
     Effect,
     Principal,
     Statement,
@@ -165,26 +164,11 @@ class TargetRequests:
         session.stage(
             "decision", decision=decision.effect.value, policy_ids=list(decision.policy_ids), **described
         )
-        record = RequestRecord(
-            request_id=request_id,
-            status="",
-            principal_arn=principal.arn,
-            principal_name=principal.name,
-            connection=connection.name,
-            command=text,
-            command_sha256=sql_sha256(text),
-            statement_class=classification.cls.value,
-            decision=decision.effect.value,
-            policy_ids=list(decision.policy_ids),
-            reason=reason,
-            kind=command.kind,
+        record = g._new_record(
+            request_id, principal, connection, text, classification, decision, reason, kind=command.kind
         )
         if decision.effect is Effect.DENY:
-            record.status = "denied"
-            session.stage("refused", outcome="denied", error="; ".join(decision.reasons) or None, **described)
-            session.close()
-            g._requests.put_new(record)
-            return Outcome(request_id, "denied", classification, decision, record)
+            return g._deny(session, record, classification, decision, described)
         if decision.effect is Effect.APPROVAL:
             return g._request_approval(
                 session, record, principal, connection, Traced(classification), masker, decision, described
@@ -197,7 +181,7 @@ class TargetRequests:
 
     def run_approved(self, record: RequestRecord, session: SessionLog) -> str:
         """The approval flow's step for a command of another kind: re-decide, then run it once."""
-        from gatehouse.approval_flow import quorum_reached
+        from gatehouse.approval_flow import still_allowed
         from gatehouse.service import _env
 
         g = self._g
@@ -212,19 +196,8 @@ class TargetRequests:
             "connection_env": _env(connection),
         }
         decision = g._policy.authorize(principal, connection, classification, reason=record.reason)
-        if not _still_allowed(decision, record, quorum_reached):
-            why = "; ".join(decision.reasons) or "the policies in force now do not allow it"
-            g._finish(record, status="denied", error=f"policy_changed: {why}")
-            session.stage(
-                "refused",
-                outcome="denied",
-                decision=decision.effect.value,
-                policy_ids=list(decision.policy_ids),
-                error=f"policy_changed: {why}",
-                **described,
-            )
-            session.close()
-            return "denied"
+        if not still_allowed(decision, record):
+            return g._approvals.policy_changed(record, session, decision, described)
         result = self._run(session, record, command, connection, masker, described)
         g._finish(
             record,
@@ -262,16 +235,7 @@ class TargetRequests:
             g._record_failure(session, exc, described)
             raise
         except Exception as exc:
-            log.exception("request %s failed while running", record.request_id)
-            failure = GatehouseError(
-                "Gatehouse failed while running the command; it may have run. "
-                f"Look the request up by its id ({record.request_id}).",
-                code="outcome_unknown",
-            )
-            failure.command_sent = True
-            g._finish(record, status="failed", error=f"{failure.code}: {type(exc).__name__}")
-            g._record_failure(session, failure, described)
-            raise failure from exc
+            raise g._outcome_unknown(session, record, described, exc) from exc
         session.stage(
             "executed",
             outcome="ok" if result.status == "ok" else "error",
@@ -301,20 +265,6 @@ def log_text(command: TargetCommand, classified: str) -> str:
     if command.kind == "http" and getattr(command.model, "headers", None):
         return _unclassified_text(command)
     return classified
-
-
-def _still_allowed(decision: Decision, record: RequestRecord, quorum_reached: Any) -> bool:
-    if decision.effect is Effect.ALLOW:
-        return True
-    return (
-        decision.effect is Effect.APPROVAL
-        and decision.approval is not None
-        and quorum_reached(
-            record.votes or (),
-            decision.approval.groups or (decision.approval.group,),
-            decision.approval.quorum,
-        )
-    )
 
 
 def target_result_view(result: KindResult) -> dict[str, Any]:
