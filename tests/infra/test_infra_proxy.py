@@ -392,7 +392,13 @@ def test_the_tls_secret_is_a_placeholder_for_the_operators_certificate(synthesiz
 def _image_context(synthesized: Synthesized) -> Path:
     image = json.dumps(_container(synthesized)["Image"])
     [asset_hash] = re.findall(r":([0-9a-f]{64})\"", image)
-    return synthesized.template_path.parent / f"asset.{asset_hash}"
+    # The staged directory is named by the assets manifest: CDK appends the source directory's
+    # "extension", so a checkout in /tmp/tmp.Ab12 stages asset.<hash>.Ab12.
+    outdir = synthesized.template_path.parent
+    manifest = json.loads(
+        (outdir / synthesized.template_path.name.replace(".template.json", ".assets.json")).read_text()
+    )
+    return outdir / manifest["dockerImages"][asset_hash]["source"]["directory"]
 
 
 def test_the_image_is_built_from_the_package_and_nothing_else(synthesized: Synthesized):

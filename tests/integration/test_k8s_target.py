@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes.client as k8s
+import kubernetes.stream
 import pytest
 from kubernetes.client.exceptions import ApiException
 
@@ -401,3 +402,178 @@ def test_a_server_that_drips_its_answer_is_cut_off_at_the_deadline(tmp_path: Pat
         stop.set()
         listener.close()
         server.join(timeout=5)
+
+
+# --- exec: one command over the v4.channel.k8s.io WebSocket -------------------------------------
+
+
+def exec_in(
+    server: KubernetesStandIn, argv: list[str], *, pod: str = "web-1", container: str | None = None, **kw: Any
+) -> Any:
+    body: dict[str, Any] = {"command": argv}
+    if container is not None:
+        body["container"] = container
+    return run(server, verb="exec", resource="pods", name=pod, body=body, **kw)
+
+
+def official_exec(official: k8s.ApiClient, argv: list[str]) -> tuple[str, str, int]:
+    """stdout, stderr and exit code of the argv run by the official client's exec stream."""
+    ws = kubernetes.stream.stream(
+        k8s.CoreV1Api(official).connect_get_namespaced_pod_exec,
+        "web-1",
+        "default",
+        command=argv,
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+        _preload_content=False,
+    )
+    try:
+        ws.run_forever(timeout=10)
+        return ws.read_stdout(), ws.read_stderr(), ws.returncode
+    finally:
+        ws.close()
+
+
+def test_exec_returns_the_commands_output_and_exit_status_as_the_official_client_sees_them(
+    standin: KubernetesStandIn, official: k8s.ApiClient
+) -> None:
+    ok = exec_in(standin, ["uname", "-s"], container="web")
+    assert ok.status == "ok" and not ok.truncated
+    assert ok.body == {"exit_status": 0, "stdout": "Linux\n", "stderr": "", "truncated": False}
+    assert official_exec(official, ["uname", "-s"]) == ("Linux\n", "", 0)
+
+    failed = exec_in(standin, ["cat", "index.html", "missing.txt"])
+    assert failed.status == "error"
+    assert failed.body["exit_status"] == 1
+    # stdout and stderr come back apart, as they left the process.
+    assert failed.body["stdout"] == "<h1>web-1</h1>\n"
+    assert failed.body["stderr"] == "cat: missing.txt: No such file or directory\n"
+    assert official_exec(official, ["cat", "index.html", "missing.txt"]) == (
+        failed.body["stdout"],
+        failed.body["stderr"],
+        1,
+    )
+    assert exec_in(standin, ["false"]).body["exit_status"] == 1
+    # Both reached the same exec path, the argv one `command` parameter per argument.
+    exec_paths = [p for _, p in standin.requests if "/exec?" in p]
+    assert exec_paths[0] == (
+        "/api/v1/namespaces/default/pods/web-1/exec?command=uname&command=-s&container=web"
+        "&stdin=false&stdout=true&stderr=true&tty=false"
+    )
+    assert len(exec_paths) == 5
+
+
+def test_exec_output_is_masked(standin: KubernetesStandIn, official: k8s.ApiClient) -> None:
+    argv = ["echo", "contact ada@example.com, card 4111 1111 1111 1111"]
+    # The command really printed them: the official client, which masks nothing, sees them.
+    assert "ada@example.com" in official_exec(official, argv)[0]
+    result = exec_in(standin, argv)
+    assert result.status == "ok"
+    assert "ada@example.com" not in result.body["stdout"] and "4111" not in result.body["stdout"]
+    assert "[EMAIL]" in result.body["stdout"]
+    # The agent's argv travels only in the URL, and the token never comes back.
+    assert standin.token not in json.dumps(result.body)
+
+
+def test_exec_output_is_capped_and_says_so(standin: KubernetesStandIn) -> None:
+    # Output far past the cap: the stream is closed early, not read to its end.
+    started = time.monotonic()
+    endless = exec_in(standin, ["seq", "1", "5000000"], max_bytes=1000)
+    assert endless.truncated and endless.body["truncated"]
+    assert endless.body["exit_status"] is None  # cut before the command ended
+    assert len((endless.body["stdout"] + endless.body["stderr"]).encode()) <= 1000
+    assert endless.body["stdout"].startswith("1\n2\n3\n")
+    assert time.monotonic() - started < 3
+
+    # Output just past the cap: the command ends, its output is cut to the cap.
+    long_line = exec_in(standin, ["echo", "x" * 3000], max_bytes=100)
+    assert long_line.truncated and long_line.body["exit_status"] == 0
+    assert long_line.body["stdout"] == "x" * 100
+    whole = exec_in(standin, ["echo", "x" * 3000], max_bytes=3001)
+    assert not whole.truncated and whole.body["stdout"] == "x" * 3000 + "\n"
+
+
+def test_an_exec_that_runs_too_long_times_out_and_is_stopped(standin: KubernetesStandIn) -> None:
+    started = time.monotonic()
+    with pytest.raises(StatementTimeoutError) as timed_out:
+        exec_in(standin, ["sleep", "20"], timeout_s=1.0)
+    assert 0.9 < time.monotonic() - started < 3
+    assert timed_out.value.command_sent  # it may have run: the record must say so
+    # The stream was closed, the stand-in's process killed: the server still answers at once.
+    assert exec_in(standin, ["echo", "after"]).body["stdout"] == "after\n"
+
+
+def test_exec_refusals_come_back_as_the_servers_answers(standin: KubernetesStandIn) -> None:
+    missing_pod = exec_in(standin, ["ls"], pod="web-9")
+    assert missing_pod.status == "error" and missing_pod.body["http_status"] == 404
+    assert missing_pod.body["reason"] == "NotFound"
+    wrong_container = exec_in(standin, ["ls"], container="db")
+    assert wrong_container.body["http_status"] == 400
+    assert "container db is not valid" in wrong_container.body["message"]
+    # No shell in the stand-in's container: the runtime's answer, as a real one gives it.
+    shell = exec_in(standin, ["sh", "-c", "id"])
+    assert shell.status == "error" and shell.body["exit_status"] == 126
+    assert "cannot run" in shell.body["stderr"]
+
+
+def test_exec_on_a_server_not_from_the_pinned_ca_sends_nothing(standin: KubernetesStandIn) -> None:
+    with KubernetesStandIn() as impostor:
+        connection = Connection(
+            **{
+                **connection_to(standin).__dict__,
+                "attributes": {"api_server": impostor.url, "ca_pem": standin.ca_pem},
+            }
+        )
+        with pytest.raises(TargetUnavailableError) as refused:
+            execute(
+                KubernetesCommand(verb="exec", resource="pods", name="web-1", body={"command": ["id"]}),
+                connection,
+                impostor.credential(),
+                timeout_s=5,
+                max_bytes=10_000,
+                masker=MASKER,
+            )
+        assert "pinned CA" in refused.value.message
+        assert not refused.value.command_sent
+        assert impostor.requests == []
+
+
+def test_exec_with_a_wrong_token_is_the_servers_401(standin: KubernetesStandIn) -> None:
+    result = execute(
+        KubernetesCommand(verb="exec", resource="pods", name="web-1", body={"command": ["id"]}),
+        connection_to(standin),
+        {"token": "wrong-token-value-0123456789"},
+        timeout_s=5,
+        max_bytes=10_000,
+        masker=MASKER,
+    )
+    assert result.status == "error" and result.body["http_status"] == 401
+    assert "wrong-token-value" not in json.dumps(result.body)
+    assert not [p for _, p in standin.requests if "/exec" in p]  # never authenticated, never run
+
+
+def test_an_exec_to_a_server_that_never_answers_times_out_unsent(standin: KubernetesStandIn) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    accepting = threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True)
+    accepting.start()
+    try:
+        connection = connection_to(standin, api_server=f"https://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
+        with pytest.raises(StatementTimeoutError) as timed_out:
+            execute(
+                KubernetesCommand(verb="exec", resource="pods", name="web-1", body={"command": ["id"]}),
+                connection,
+                standin.credential(),
+                timeout_s=0.5,
+                max_bytes=10_000,
+                masker=MASKER,
+            )
+        assert time.monotonic() - started < 3
+        assert not timed_out.value.command_sent  # the TLS handshake never finished
+    finally:
+        for conn in held:
+            conn.close()
+        silent.close()

@@ -78,7 +78,10 @@ def test_up_writes_the_contract_and_down_stops_everything(in_tmp):
         # The contract keys, and nothing else.
         assert on_disk == state
         assert tuple(on_disk) == STATE_KEYS
-        assert on_disk["pg_proxy"] is None and on_disk["console"].startswith("http://127.0.0.1:")
+        assert on_disk["pg_proxy"].startswith("127.0.0.1:") and on_disk["console"].startswith(
+            "http://127.0.0.1:"
+        )
+        assert isinstance(on_disk["pg_proxy_pid"], int) and on_disk["pg_proxy_pid"] != os.getpid()
         assert on_disk["region"] == "us-east-1" and on_disk["pid"] == os.getpid()
         assert on_disk["bucket"] == names.session_log_bucket("123456789012", "us-east-1")
         assert set(on_disk["agents"]["analyst"]) == {"access_key_id", "secret_access_key"}

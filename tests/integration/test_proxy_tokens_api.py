@@ -86,11 +86,12 @@ def test_an_agent_gets_a_password_the_proxy_accepts(local_stack, verifier):
     assert caught.value.sqlstate == "28P01"
 
 
-def test_until_the_proxy_runs_the_answer_says_so(local_stack):
+def test_the_answer_names_the_running_proxy(local_stack):
     body = post(local_stack, {"connection": "demo-dev"}).json()
 
-    assert body["host"] is None and body["port"] is None
-    assert body["proxy_running"] is False and "not running" in body["message"]
+    host, _, port = local_stack.state["pg_proxy"].rpartition(":")
+    assert body["host"] == host and body["port"] == int(port)
+    assert body["proxy_running"] is True and "message" not in body
 
 
 def test_the_agent_may_ask_for_a_lifetime_up_to_12_hours(local_stack, verifier):
@@ -159,7 +160,7 @@ def test_the_cli_prints_readable_lines_and_fails_on_an_unknown_connection(in_sta
     out = capsys.readouterr().out
     for key in CONTRACT_KEYS:
         assert f"\n{key}: " in f"\n{out}", out
-    assert "password: gh1." in out and "not running" in out
+    assert "password: gh1." in out and 'PGPASSWORD=<password> psql "host=127.0.0.1 port=' in out
 
     assert cli.main(["proxy-token", "--connection", "no-such-db", "--as", "analyst"]) == 1
     assert "unknown_connection" in capsys.readouterr().out

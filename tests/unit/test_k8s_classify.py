@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 import pydantic
@@ -57,8 +58,17 @@ CLASSES: list[tuple[dict[str, Any], str]] = [
     ({"verb": "delete", "resource": "pods", "name": "web-1", "body": {"gracePeriodSeconds": 0}}, "write"),
     ({"verb": "scale", "resource": "deployments", "name": "web", "body": {"replicas": 0}}, "write"),
     ({"verb": "create", "resource": "clusterrolebindings", "body": {"metadata": {"name": "x"}}}, "write"),
-    ({"verb": "exec", "resource": "pods", "name": "web-1"}, "exec"),
-    ({"verb": "exec", "resource": "pods", "name": "web-1", "subresource": "exec"}, "exec"),
+    ({"verb": "exec", "resource": "pods", "name": "web-1", "body": {"command": ["ls"]}}, "exec"),
+    (
+        {
+            "verb": "exec",
+            "resource": "pods",
+            "name": "web-1",
+            "subresource": "exec",
+            "body": {"command": ["cat", "/etc/hostname"], "container": "web"},
+        },
+        "exec",
+    ),
     ({"verb": "attach", "resource": "pods", "name": "web-1"}, "exec"),
     ({"verb": "port-forward", "resource": "pods", "name": "web-1"}, "exec"),
     # Anything on Secrets is its own class, whatever the verb.
@@ -158,8 +168,41 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"verb": "scale", "resource": "deployments", "name": "web"}, "k8s_body_required"),
     ({"verb": "get", "resource": "pods", "name": "web-1", "body": {"x": 1}}, "k8s_body_not_allowed"),
     (
-        {"verb": "exec", "resource": "pods", "name": "web-1", "body": {"command": ["sh"]}},
+        {"verb": "attach", "resource": "pods", "name": "web-1", "body": {"command": ["sh"]}},
         "k8s_body_not_allowed",
+    ),
+    # exec takes an argv, and nothing else.
+    ({"verb": "exec", "resource": "pods", "name": "web-1"}, "k8s_body_required"),
+    ({"verb": "exec", "resource": "pods", "body": {"command": ["ls"]}}, "k8s_name_required"),
+    ({"verb": "exec", "resource": "pods", "name": "web-1", "body": {"command": "ls -l"}}, "k8s_bad_body"),
+    ({"verb": "exec", "resource": "pods", "name": "web-1", "body": {"command": []}}, "k8s_bad_body"),
+    ({"verb": "exec", "resource": "pods", "name": "web-1", "body": {"command": [""]}}, "k8s_bad_body"),
+    ({"verb": "exec", "resource": "pods", "name": "web-1", "body": {"command": ["ls", 1]}}, "k8s_bad_body"),
+    ({"verb": "exec", "resource": "pods", "name": "web-1", "body": {"container": "web"}}, "k8s_bad_body"),
+    (
+        {"verb": "exec", "resource": "pods", "name": "web-1", "body": {"command": ["cat"], "stdin": True}},
+        "k8s_bad_body",
+    ),
+    (
+        {"verb": "exec", "resource": "pods", "name": "web-1", "body": {"command": ["echo", "a\nrm -rf /"]}},
+        "k8s_bad_body",
+    ),
+    (
+        {
+            "verb": "exec",
+            "resource": "pods",
+            "name": "web-1",
+            "body": {"command": ["ls"], "container": "../x"},
+        },
+        "k8s_bad_body",
+    ),
+    (
+        {"verb": "exec", "resource": "pods", "name": "web-1", "body": {"command": ["echo"] + ["x"] * 64}},
+        "k8s_bad_body",
+    ),
+    (
+        {"verb": "exec", "resource": "pods", "name": "web-1", "body": {"command": ["echo", "x" * 8192]}},
+        "k8s_bad_body",
     ),
     ({"verb": "scale", "resource": "deployments", "name": "web", "body": {"replicas": "3"}}, "k8s_bad_body"),
     ({"verb": "scale", "resource": "deployments", "name": "web", "body": {"replicas": -1}}, "k8s_bad_body"),
@@ -252,6 +295,23 @@ def test_the_text_is_one_canonical_line() -> None:
     assert nodes.text == "get nodes/node-1"
 
 
+def test_an_exec_reads_as_kubectl_writes_it_and_quotes_its_argv() -> None:
+    argv = ["echo", "x; rm -rf /", "$(id)", "it's"]
+    command = KubernetesCommand(
+        verb="exec", resource="pods", name="web-1", body={"command": argv, "container": "web"}
+    )
+    classified = classify(command, CONNECTION)
+    assert classified.cls == "exec"
+    assert classified.text == "exec pods/web-1 -n default -c web -- echo 'x; rm -rf /' '$(id)' 'it'\"'\"'s'"
+    # What the approver reads splits back into exactly the argv that runs.
+    assert shlex.split(classified.text.split(" -- ", 1)[1]) == argv
+    plain = classify(
+        KubernetesCommand(verb="exec", resource="pods", name="web-1", body={"command": ["ls", "-l"]}),
+        CONNECTION,
+    )
+    assert plain.text == "exec pods/web-1 -n default -- ls -l"
+
+
 def test_a_secrets_values_never_reach_the_text() -> None:
     command = KubernetesCommand(
         verb="create",
@@ -291,15 +351,15 @@ def test_a_connection_may_name_its_own_resources() -> None:
         classify(command, broken)
 
 
-@pytest.mark.parametrize("verb", ["exec", "attach", "port-forward"])
-def test_streaming_verbs_are_classified_but_never_executed(verb: str) -> None:
+@pytest.mark.parametrize("verb", ["attach", "port-forward"])
+def test_interactive_streams_are_classified_but_never_executed(verb: str) -> None:
     command = KubernetesCommand(verb=verb, resource="pods", name="web-1")
     assert classify(command, CONNECTION).cls == "exec"
     with pytest.raises(KubernetesRefusedError) as refused:
         execute(command, CONNECTION, {"token": "t"}, timeout_s=1, max_bytes=1000, masker=MASKER)
-    assert refused.value.code == "k8s_exec_not_supported"
+    assert refused.value.code == "k8s_interactive_not_supported"
     assert refused.value.status == 501
-    assert "websocket" in refused.value.message
+    assert "interactive" in refused.value.message and "exec" in refused.value.message
 
 
 def test_unknown_resources_are_not_executed() -> None:

@@ -131,6 +131,10 @@ class Principal:
     groups: tuple[str, ...] = ()
 
 
+# The connection attributes an agent may read (the Cedar schema's Connection attributes).
+PUBLIC_ATTRIBUTES = frozenset({"env", "data_classification"})
+
+
 @dataclass(frozen=True)
 class Connection:
     """A registered target. The secret is named, never held."""
@@ -149,8 +153,10 @@ class Connection:
     recording: str = "sync_writes"
 
     def public_view(self) -> dict[str, Any]:
-        """What an agent may see: no address, no secret."""
-        return {"name": self.name, "kind": self.kind, "attributes": dict(self.attributes)}
+        """What an agent may see: no address, no secret, none of a kind's own settings (a base
+        URL, a pinned CA or host key, a login name): only the attributes policies describe."""
+        shown = {k: v for k, v in self.attributes.items() if k in PUBLIC_ATTRIBUTES}
+        return {"name": self.name, "kind": self.kind, "attributes": shown}
 
 
 class Effect(StrEnum):
