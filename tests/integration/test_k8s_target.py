@@ -7,11 +7,12 @@ writes the other reads, and both reach the same URLs on the server.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from gatehouse.exceptions import GatehouseError, StatementTimeoutError, TargetUnavailableError
-from gatehouse.local.k8s_standin import KubernetesStandIn, generate_certificates
+from gatehouse.local.k8s_standin import KubernetesStandIn, generate_certificates, websocket_accept
 from gatehouse.masking import Masker, load_profile
 from gatehouse.models import Connection
 from gatehouse.targets.kubernetes import KubernetesCommand, classify, execute
@@ -434,6 +435,8 @@ def official_exec(official: k8s.ApiClient, argv: list[str]) -> tuple[str, str, i
         return ws.read_stdout(), ws.read_stderr(), ws.returncode
     finally:
         ws.close()
+        # websocket-client leaves its socket open when the server closed the stream first.
+        ws.sock.shutdown()
 
 
 def test_exec_returns_the_commands_output_and_exit_status_as_the_official_client_sees_them(
@@ -501,8 +504,124 @@ def test_an_exec_that_runs_too_long_times_out_and_is_stopped(standin: Kubernetes
         exec_in(standin, ["sleep", "20"], timeout_s=1.0)
     assert 0.9 < time.monotonic() - started < 3
     assert timed_out.value.command_sent  # it may have run: the record must say so
-    # The stream was closed, the stand-in's process killed: the server still answers at once.
+    # The stream was closed, so the stand-in killed the process; the server still answers at once.
+    deadline = time.monotonic() + 3
+    while _children_named("sleep") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _children_named("sleep") == []
     assert exec_in(standin, ["echo", "after"]).body["stdout"] == "after\n"
+
+
+def _children_named(comm: str) -> list[int]:
+    """Live child processes of this test process (the stand-in runs in it) with that name."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it ended while we looked
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if name == comm and rest[0] != "Z" and int(rest[1]) == os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def _scripted_exec_server(
+    tmp_path: Path, answer: Callable[[bytes], bytes]
+) -> tuple[Connection, Callable[[], None]]:
+    """A TLS listener that answers one exec upgrade with `answer(key)` and then holds the line."""
+    ca_pem, cert_pem, key_pem = generate_certificates()
+    (tmp_path / "tls.crt").write_bytes(cert_pem)
+    (tmp_path / "tls.key").write_bytes(key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += tls.recv(65536)
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            )
+            tls.sendall(answer(key))
+            stop.wait(10)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    connection = Connection(
+        name="scripted",
+        kind="kubernetes",
+        host="127.0.0.1",
+        port=0,
+        database="",
+        secret_id="s",
+        attributes={
+            "api_server": f"https://127.0.0.1:{listener.getsockname()[1]}",
+            "ca_pem": ca_pem.decode(),
+        },
+    )
+
+    def close() -> None:
+        stop.set()
+        listener.close()
+        thread.join(timeout=5)
+
+    return connection, close
+
+
+def _upgrade(accept: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Protocol: v4.channel.k8s.io\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+
+
+def _exec_on(connection: Connection, *, max_bytes: int = 1000, timeout_s: float = 3.0) -> Any:
+    return execute(
+        KubernetesCommand(verb="exec", resource="pods", name="web-1", body={"command": ["id"]}),
+        connection,
+        {"token": "t0ken"},
+        timeout_s=timeout_s,
+        max_bytes=max_bytes,
+        masker=MASKER,
+    )
+
+
+def test_a_server_that_fakes_the_websocket_handshake_is_refused(tmp_path: Path) -> None:
+    connection, close = _scripted_exec_server(tmp_path, lambda key: _upgrade(b"bm90IHRoZSBoYXNo"))
+    try:
+        with pytest.raises(TargetUnavailableError) as refused:
+            _exec_on(connection)
+        assert refused.value.code == "k8s_exec_protocol_error"
+        assert refused.value.command_sent
+    finally:
+        close()
+
+
+def test_a_frame_announced_past_the_cap_is_read_only_to_the_cap(tmp_path: Path) -> None:
+    def answer(key: bytes) -> bytes:
+        accept = websocket_accept(key.decode()).encode()
+        # One stdout frame announcing 2**40 bytes, of which a few KiB ever arrive.
+        frame = bytes([0x82, 127]) + (2**40).to_bytes(8, "big") + b"\x01" + b"line\n" * 2000
+        return _upgrade(accept) + frame
+
+    connection, close = _scripted_exec_server(tmp_path, answer)
+    try:
+        started = time.monotonic()
+        result = _exec_on(connection, max_bytes=100)
+        assert time.monotonic() - started < 2  # it did not wait for the rest of the frame
+        assert result.truncated and result.body["exit_status"] is None
+        assert result.body["stdout"] == "line\n" * 20
+    finally:
+        close()
 
 
 def test_exec_refusals_come_back_as_the_servers_answers(standin: KubernetesStandIn) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gatehouse import cli
+from gatehouse.local.demo import slack_message_for
 from gatehouse.local.k8s_standin import KubernetesStandIn
 from gatehouse.local.provision import put_item
 from gatehouse.local.sshd import ThrowawaySshd
@@ -127,6 +128,8 @@ def test_an_http_write_waits_for_a_dba_then_runs_once(
     request_id = answer.body["request_id"]
     assert answer.body["preview"]["mode"] == "none"
     assert len(_Service.refunds) == before  # nothing sent yet
+    # The vote resumes the approval workflow: it must have posted its message (holding its task token).
+    assert _wait(lambda: slack_message_for(local_stack.state, request_id)), "no approval message"
     code = cli.main(["approve", request_id, "--as", "U_ALICE", "--state", str(local_stack.stack.state_path)])
     capsys.readouterr()
     assert code == 0
@@ -184,6 +187,39 @@ def test_kubernetes_reads_run_and_secrets_wait_for_approval(
         },
     )
     assert secret.status_code == 202 and secret.body["statement_class"] == "secrets", secret.body
+
+
+def test_a_kubernetes_exec_waits_for_a_dba_then_runs_once_masked(
+    local_stack: RunningStack, targets: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    k8s: KubernetesStandIn = targets["k8s"]
+    argv = ["echo", "owner ada@example.com"]
+    answer = _submit(
+        local_stack,
+        {"connection": "t-k8s", "kubernetes": {"verb": "exec", "resource": "pods", "name": "web-1",
+                                               "body": {"command": argv, "container": "web"}}},
+    )  # fmt: skip
+    assert answer.status_code == 202, answer.body
+    assert answer.body["statement_class"] == "exec"
+    request_id = answer.body["request_id"]
+    assert not [p for _, p in k8s.requests if "/exec?" in p]  # nothing ran before the approval
+    # The vote resumes the approval workflow: it must have posted its message (holding its task token).
+    assert _wait(lambda: slack_message_for(local_stack.state, request_id)), "no approval message"
+    code = cli.main(["approve", request_id, "--as", "U_ALICE", "--state", str(local_stack.stack.state_path)])
+    capsys.readouterr()
+    assert code == 0
+    record = _wait(
+        lambda: (
+            (r := local_stack.client("analyst").get_request(request_id).body).get("status") == "executed"
+            and r
+        )
+    )
+    assert record and record["status"] == "executed", record
+    result = record["result"]
+    assert result["exit_status"] == 0 and result["stderr"] == ""
+    assert result["stdout"] == "owner [EMAIL]\n"
+    assert "ada@example.com" not in json.dumps(result)  # the output masked (the agent's own argv is kept)
+    assert len([p for _, p in k8s.requests if "/exec?" in p]) == 1  # run once
 
 
 def test_ssh_reads_run_and_writes_wait_for_approval(

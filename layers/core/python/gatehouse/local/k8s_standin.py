@@ -8,11 +8,18 @@ Python client drives it in the tests, which keeps it honest.
 What is real: the paths (`/api/v1/...`, `/apis/apps/v1/...`), list/get/create/update/patch/delete,
 `limit`/`continue` paging, `watch=1` event streams (newline-delimited JSON), pod logs as text with
 `limitBytes`/`tailLines`, the deployment `scale` subresource (an `autoscaling/v1` Scale), `Status`
-objects for errors (401, 404, 409, 400), merge, strategic-merge and JSON patches.
+objects for errors (401, 404, 409, 400), merge, strategic-merge and JSON patches, and pod `exec`
+as a real WebSocket (RFC 6455 handshake, the `v4.channel.k8s.io` channels: 1 stdout, 2 stderr,
+3 the exit Status with its ExitCode cause; the close handshake).
 What is stood in: there is no etcd, scheduler or controller (pods never change phase, scaling a
 deployment creates no pods), strategic merge is applied as a JSON merge patch (lists are
 replaced), any valid token is allowed everything (no RBAC), and only pods, secrets, configmaps,
-services, namespaces and deployments exist.
+services, namespaces and deployments exist. An exec's "container" is a local subprocess run
+without a shell in a fresh temporary directory holding `index.html`, with a four-variable
+environment; only echo, ls, cat, uname, env, id, true, false, sleep and seq run (anything else,
+`sh` included, exits 126 with a message on stderr), `ls` and `cat` see that directory only, `env`
+takes no arguments; the process is killed after 30 s or when the client closes the stream. No
+stdin, no tty, no attach or port-forward.
 
     with KubernetesStandIn() as k8s:
         k8s.url, k8s.ca_pem, k8s.token   # api_server, pinned CA, service-account token
@@ -23,13 +30,19 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import hashlib
 import hmac
 import http.server
 import ipaddress
 import json
+import os
 import secrets
+import selectors
+import shutil
+import signal
 import socket
 import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -42,6 +55,15 @@ from urllib.parse import parse_qs, urlsplit
 
 # The biggest request body the stand-in reads; the real API server's limit is 3 MiB.
 MAX_REQUEST_BYTES = 3 * 1024 * 1024
+# exec: the channel protocol served (kubectl's), what the stood-in container may run, for how long.
+EXEC_PROTOCOL = "v4.channel.k8s.io"
+EXEC_PROGRAMS = frozenset({"echo", "ls", "cat", "uname", "env", "id", "true", "false", "sleep", "seq"})
+EXEC_PATH = "/usr/bin:/bin"
+MAX_EXEC_S = 30.0
+_STDOUT, _STDERR, _ERROR = 1, 2, 3
+_OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x2, 0x8, 0x9, 0xA
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+_MAX_CLIENT_FRAME_BYTES = 64 * 1024
 # A watch ends after the client's timeoutSeconds, and never later than this (the real default
 # is 30-60 minutes; a stand-in that holds a thread that long only slows tests down).
 MAX_WATCH_S = 10.0
@@ -471,13 +493,58 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 raise _ApiError(405, "MethodNotAllowed", f"{method} is not supported on an object")
             return
-        if resource == "pods" and sub == "log" and method == "GET":
+        if resource == "pods" and sub == "exec" and method in ("GET", "POST"):
+            pod = store.get(kind, resource, ns, name)  # 404 for a pod that does not exist
+            self._exec(pod, parse_qs(url.query, keep_blank_values=True))
+        elif resource == "pods" and sub == "log" and method == "GET":
             store.get(kind, resource, ns, name)  # 404 for a pod that does not exist
             self._send_text(self._log(name, query))
         elif resource == "deployments" and sub == "scale" and method in ("GET", "PUT", "PATCH"):
             self._scale(kind, resource, ns, name, method, raw)
         else:
             raise _ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    def _exec(self, pod: dict[str, Any], params: dict[str, list[str]]) -> None:
+        """The API server's checks, the WebSocket handshake, then the stood-in container."""
+        argv = params.get("command", [])
+        if not argv:
+            raise _ApiError(400, "BadRequest", "you must specify at least 1 command")
+        containers = [c["name"] for c in pod["spec"]["containers"]]
+        container = (params.get("container") or [""])[-1] or containers[0]
+        if container not in containers:
+            raise _ApiError(
+                400, "BadRequest", f"container {container} is not valid for pod {pod['metadata']['name']}"
+            )
+        flags = {
+            k: _parse_bool((params.get(k) or ["false"])[-1]) for k in ("stdin", "stdout", "stderr", "tty")
+        }
+        if flags["stdin"] or flags["tty"]:
+            raise _ApiError(
+                400, "BadRequest", "stood in: this server runs exec without stdin and without a tty"
+            )
+        if not (flags["stdout"] or flags["stderr"]):
+            raise _ApiError(400, "BadRequest", "you must specify at least 1 of stdin, stdout, stderr")
+        connection = {t.strip().lower() for t in self.headers.get("Connection", "").split(",")}
+        if self.headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection:
+            raise _ApiError(400, "BadRequest", "Upgrade request required")
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        if self.headers.get("Sec-WebSocket-Version") != "13" or len(_b64decode(key)) != 16:
+            raise _ApiError(400, "BadRequest", "a WebSocket upgrade needs version 13 and a 16-byte key")
+        offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if EXEC_PROTOCOL not in offered:
+            raise _ApiError(400, "BadRequest", f"stood in: this server speaks only {EXEC_PROTOCOL}")
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", websocket_accept(key))
+        self.send_header("Sec-WebSocket-Protocol", EXEC_PROTOCOL)
+        self.end_headers()
+        self.close_connection = True  # the connection is the stream's now; it ends with it
+        session = _ExecSession(self.connection, pod["metadata"]["name"], flags, self.server.stopping)
+        try:
+            session.run(argv)
+        except OSError:
+            pass  # the client went away mid-stream: its process was killed, nothing to answer
 
     def _object(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -598,6 +665,234 @@ def _select(items: list[dict[str, Any]], selector: str | None) -> list[dict[str,
         else:
             out = [i for i in out if term in i.get("metadata", {}).get("labels", {})]
     return out
+
+
+def _parse_bool(value: str) -> bool:
+    """Query flags as the API server parses them (Go's strconv.ParseBool)."""
+    if value in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if value in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise _ApiError(400, "BadRequest", f"invalid boolean value {value!r}")
+
+
+def _b64decode(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return b""
+
+
+def websocket_accept(key: str) -> str:
+    """RFC 6455 4.2.2: the Sec-WebSocket-Accept that proves the server read the client's key."""
+    digest = hashlib.sha1((key + _WS_GUID).encode(), usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, final server frame (RFC 6455 5.2)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n < 1 << 16:
+        head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+class _ClientFrames:
+    """Frames the client sends, parsed from bytes as they arrive (no I/O): RFC 6455 5.2 and 5.3."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """(opcode, unmasked payload) of every complete frame so far; ValueError on a protocol error."""
+        self._buffer += data
+        out: list[tuple[int, bytes]] = []
+        while len(self._buffer) >= 2:
+            first, second = self._buffer[0], self._buffer[1]
+            if not second & 0x80:
+                raise ValueError("a client frame must be masked")
+            length, offset = second & 0x7F, 2
+            if length == 126:
+                length, offset = int.from_bytes(self._buffer[2:4], "big"), 4
+            elif length == 127:
+                length, offset = int.from_bytes(self._buffer[2:10], "big"), 10
+            if length > _MAX_CLIENT_FRAME_BYTES:
+                raise ValueError("a client frame is too large")
+            if len(self._buffer) < offset + 4 + length:
+                break
+            mask = self._buffer[offset : offset + 4]
+            body = self._buffer[offset + 4 : offset + 4 + length]
+            out.append((first & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(body))))
+            del self._buffer[: offset + 4 + length]
+        return out
+
+
+class _ExecSession:
+    """One exec stream: the argv runs as a local subprocess standing in for the container.
+
+    Stood in: the "container" is a temporary working directory (holding `index.html`) with a small
+    environment, and only the programs in EXEC_PROGRAMS run (never a shell); `ls` and `cat` see
+    that directory only. The process is killed after MAX_EXEC_S, or when the client closes the
+    stream (a real kubelet may leave it running). Its exit status goes out on channel 3 as the
+    API server sends it: a Success Status, or a NonZeroExitCode Status with the ExitCode cause.
+    """
+
+    def __init__(self, sock: Any, pod: str, flags: dict[str, bool], stopping: threading.Event) -> None:
+        self._sock = sock
+        self._pod = pod
+        self._flags = flags
+        self._stopping = stopping
+        self._frames = _ClientFrames()
+        self._client_closed = False
+
+    def _send(self, channel: int, data: bytes) -> None:
+        self._sock.sendall(_frame(_OP_BINARY, bytes([channel]) + data))
+
+    def run(self, argv: list[str]) -> None:
+        with tempfile.TemporaryDirectory(prefix="gatehouse-k8s-exec-") as workdir:
+            Path(workdir, "index.html").write_text(f"<h1>{self._pod}</h1>\n")
+            refusal, program = _program(argv)
+            if program is None:
+                self._send(_STDERR, refusal.encode())
+                exit_code: int | None = 126  # what a container runtime answers for a program it cannot run
+            else:
+                exit_code = self._run_process(program, argv, workdir)
+            if exit_code is None:
+                return  # the client closed the stream: nobody to tell
+            self._send(_ERROR, json.dumps(_exit_status(exit_code, argv)).encode())
+            self._sock.sendall(_frame(_OP_CLOSE, (1000).to_bytes(2, "big")))
+            self._await_close()
+
+    def _run_process(self, program: str, argv: list[str], workdir: str) -> int | None:
+        env = {"PATH": EXEC_PATH, "HOME": workdir, "HOSTNAME": self._pod, "LANG": "C.UTF-8"}
+        # The argv of an allowlisted program, never a shell: nothing in it is interpreted.
+        proc = subprocess.Popen(
+            argv,
+            executable=program,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        deadline = time.monotonic() + MAX_EXEC_S
+        selector = selectors.DefaultSelector()
+        try:
+            selector.register(proc.stdout, selectors.EVENT_READ, _STDOUT)
+            selector.register(proc.stderr, selectors.EVENT_READ, _STDERR)
+            selector.register(self._sock, selectors.EVENT_READ, 0)
+            pipes = 2
+            while pipes:
+                if time.monotonic() >= deadline or self._stopping.is_set():
+                    _kill(proc)
+                    break
+                # Decrypted bytes already inside the SSL object are invisible to select().
+                ready = [0] if self._sock.pending() else []
+                ready += [key.data for key, _ in selector.select(timeout=0.05)]
+                for which in ready:
+                    if which == 0:
+                        if not self._read_client():
+                            _kill(proc)
+                            return None
+                        continue
+                    stream = proc.stdout if which == _STDOUT else proc.stderr
+                    data = os.read(stream.fileno(), 64 * 1024)
+                    if not data:
+                        selector.unregister(stream)
+                        pipes -= 1
+                    elif self._flags["stdout" if which == _STDOUT else "stderr"]:
+                        self._send(which, data)
+            try:
+                code = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                code = proc.wait()
+            # Killed by a signal: a container runtime reports 128 + the signal number, as a shell does.
+            return 128 - code if code < 0 else code
+        except OSError:
+            _kill(proc)
+            raise
+        finally:
+            selector.close()
+            proc.stdout.close()
+            proc.stderr.close()
+            if proc.poll() is None:
+                _kill(proc)
+
+    def _read_client(self) -> bool:
+        """Handle what the client sent; False when it closed the stream or the connection."""
+        self._sock.settimeout(1.0)
+        data = self._sock.recv(64 * 1024)
+        if not data:
+            return False
+        try:
+            frames = self._frames.feed(data)
+        except ValueError:
+            self._sock.sendall(_frame(_OP_CLOSE, (1002).to_bytes(2, "big")))  # protocol error
+            return False
+        for opcode, payload in frames:
+            if opcode == _OP_CLOSE:
+                self._sock.sendall(_frame(_OP_CLOSE, payload[:2]))
+                self._client_closed = True
+                return False
+            if opcode == _OP_PING:
+                self._sock.sendall(_frame(_OP_PONG, payload))
+        return True
+
+    def _await_close(self) -> None:
+        """After our close frame, the client's answer (RFC 6455 7.1.1), or give up after a second."""
+        deadline = time.monotonic() + 1.0
+        try:
+            while not self._client_closed and time.monotonic() < deadline:
+                if not self._read_client():
+                    return
+        except OSError:
+            pass  # closed without a close frame: the connection ends either way
+
+
+def _program(argv: list[str]) -> tuple[str, str | None]:
+    """(refusal text, path of the program to run): the stand-in's container runs little."""
+    name = argv[0]
+    if name not in EXEC_PROGRAMS:
+        allowed = ", ".join(sorted(EXEC_PROGRAMS))
+        return f"stood in: {name!r} cannot run in this stand-in's containers (only {allowed})\n", None
+    if name == "env" and len(argv) > 1:
+        return "stood in: env takes no arguments here (it would run another program)\n", None
+    if name in ("ls", "cat") and any("/" in a or a == ".." for a in argv[1:]):
+        return f"stood in: {name} sees the working directory only\n", None
+    path = shutil.which(name, path=EXEC_PATH)
+    if path is None:
+        return f"stood in: {name} is not installed on this machine\n", None
+    return "", path
+
+
+def _exit_status(code: int, argv: list[str]) -> dict[str, Any]:
+    """The metav1.Status the API server sends on the error channel when the command ends."""
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code: error executing command {argv}, "
+        f"exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the process group (the command and anything it started), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it has ended already
+    proc.wait(timeout=5)
 
 
 class _Server(http.server.ThreadingHTTPServer):

@@ -72,7 +72,8 @@ class KubernetesCommand(BaseModel):
     verb: str = Field(
         description=(
             "What to do: get, list, watch, logs (reads); create, update, patch, delete, scale "
-            "(writes); exec, attach, port-forward (classified for policy, not executed here)."
+            "(writes); exec (runs one command in a pod's container to completion, no stdin, no "
+            "terminal); attach and port-forward (classified for policy, refused: interactive)."
         ),
         json_schema_extra={"enum": list(K8S_VERBS)},
         examples=["get", "list", "logs", "patch", "scale"],
@@ -107,9 +108,12 @@ class KubernetesCommand(BaseModel):
             "JSON. create/update: the object. patch: a JSON merge patch (RFC 7386). scale: "
             '{"replicas": N}. delete: optional DeleteOptions. list/watch: optional '
             '{"labelSelector", "fieldSelector"}. logs: optional {"container", "tailLines", '
-            '"sinceSeconds", "previous", "timestamps"}. get: none.'
+            '"sinceSeconds", "previous", "timestamps"}. exec: {"command": ["program", "arg", ...], '
+            '"container": "name"}: an argv run as it is, never through a shell (put `sh -c` in it '
+            "yourself if the container has one); container may be omitted for a pod's only or "
+            "default container. get, attach, port-forward: none."
         ),
-        examples=[{"spec": {"replicas": 3}}, {"replicas": 3}],
+        examples=[{"spec": {"replicas": 3}}, {"replicas": 3}, {"command": ["ls", "-l"], "container": "web"}],
     )
     subresource: str | None = Field(
         default=None,

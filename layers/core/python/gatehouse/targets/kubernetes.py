@@ -13,13 +13,24 @@ with `KubernetesRefusedError` before anything runs.
 
 Secrets are masked by default: every `data` and `stringData` value of a Secret is redacted in the
 result (and so is the `last-applied-configuration` annotation, which holds a copy of them).
+
+`exec` runs one command to completion: `body = {"command": [argv...], "container": name}` (an argv,
+never a shell line) goes to `/api/v1/namespaces/{ns}/pods/{name}/exec` as a WebSocket upgrade with
+the `v4.channel.k8s.io` channel protocol, no stdin and no terminal; the result is SSH's shape,
+`{"exit_status", "stdout", "stderr", "truncated"}`, masked and capped at `max_bytes` in all.
+`attach` and `port-forward` are interactive streams: classified, never run.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
+import shlex
+import socket
 import ssl
 import tempfile
 import threading
@@ -28,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 import urllib3
@@ -63,6 +74,10 @@ LIST_PAGE_ITEMS = 100
 # Seconds to connect at most, within the request's timeout.
 CONNECT_TIMEOUT_S = 10.0
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+# An exec's argv travels in the URL (one `command=` parameter each): API servers cap request
+# lines and headers near 1 MiB; these bounds keep well inside that, as SSH's command length does.
+MAX_EXEC_ARGS = 64
+MAX_EXEC_COMMAND_CHARS = 8192
 
 # RFC 1123: a label is what a namespace must be; a name is a DNS subdomain (labels joined by
 # dots), as the API server validates most object names. Neither can hold `/`, `%`, `..` or
@@ -223,6 +238,33 @@ def _check_options(body: dict[str, Any] | None, allowed: Mapping[str, type], ver
         raise _refuse("k8s_bad_body", "the logs option 'container' must be a DNS label")
 
 
+def _check_exec_body(body: dict[str, Any] | None) -> None:
+    """`{"command": [argv...], "container": name}`: an argv, never a shell line to interpret."""
+    usage = 'exec takes {"command": ["program", "arg", ...], "container": "name"} (container optional)'
+    if body is None:
+        raise _refuse("k8s_body_required", f"exec needs a body: {usage}")
+    unknown = set(body) - {"command", "container"}
+    if unknown:
+        raise _refuse("k8s_bad_body", f"exec takes no option {sorted(unknown)[0][:40]!r}: {usage}")
+    argv = body.get("command")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise _refuse("k8s_bad_body", f"exec needs a non-empty list of strings as command: {usage}")
+    if not argv[0] or len(argv) > MAX_EXEC_ARGS or sum(len(a) for a in argv) > MAX_EXEC_COMMAND_CHARS:
+        raise _refuse(
+            "k8s_bad_body",
+            f"the exec command needs a program name and at most {MAX_EXEC_ARGS} arguments "
+            f"of {MAX_EXEC_COMMAND_CHARS} characters in all",
+        )
+    # No control characters: every argument must read on the approver's one line as it will run.
+    if not all(a.isprintable() for a in argv):
+        raise _refuse(
+            "k8s_bad_body", "the exec command's arguments must be printable (no control characters)"
+        )
+    container = body.get("container")
+    if container is not None and (not isinstance(container, str) or not _DNS_LABEL.match(container)):
+        raise _refuse("k8s_bad_body", "the exec option 'container' must be a DNS label")
+
+
 def _check(command: KubernetesCommand, connection: Connection) -> _Checked:
     """Every rule that does not need the network; raises KubernetesRefusedError."""
     verb = command.verb
@@ -290,7 +332,9 @@ def _check(command: KubernetesCommand, connection: Connection) -> _Checked:
     # Bodies.
     if verb in ("create", "update", "patch", "scale") and body is None:
         raise _refuse("k8s_body_required", f"{verb} needs a body")
-    if verb in ("get", *EXEC_VERBS) and body is not None:
+    if verb == "exec":
+        _check_exec_body(body)
+    elif verb in ("get", *EXEC_VERBS) and body is not None:
         raise _refuse("k8s_body_not_allowed", f"{verb} takes no body")
     if verb in ("list", "watch"):
         _check_options(body, _LIST_OPTIONS, verb)
@@ -343,7 +387,12 @@ def _text(checked: _Checked) -> str:
         parts.append(f"--subresource={checked.subresource}")
     if checked.namespace:
         parts.append(f"-n {checked.namespace}")
-    if checked.body is not None:
+    if checked.verb == "exec" and checked.body is not None:
+        # As kubectl spells it: the argv after `--`, quoted so that it splits back exactly.
+        if checked.body.get("container"):
+            parts.append(f"-c {checked.body['container']}")
+        parts.append("-- " + shlex.join(checked.body["command"]))
+    elif checked.body is not None:
         body = checked.body
         if checked.resource == "secrets":
             # The text goes to the log and to approvers: a Secret's values never do.
@@ -657,13 +706,17 @@ def execute(
     StatementTimeoutError; a get or write answer over `max_bytes` raises ResultTooLargeError
     (a list or a log is cut instead, with `truncated`). An injected `session` has its
     `trust_env` turned off: proxies and .netrc from the environment never see the token.
+
+    An exec opens its own WebSocket (no session, no proxy) and returns `exit_status`, `stdout`,
+    `stderr`, `truncated`: status "ok" for exit 0 (or output cut at the cap before the end),
+    "error" otherwise. Past `timeout_s` it raises StatementTimeoutError with `command_sent` set.
     """
     checked = _check(command, connection)
-    if checked.verb in EXEC_VERBS:
+    if checked.verb in ("attach", "port-forward"):
         raise KubernetesRefusedError(
-            f"{checked.verb} needs a streaming (websocket) session, which this gateway does not open; "
-            "the k8s:exec class exists for policy and approval",
-            code="k8s_exec_not_supported",
+            f"{checked.verb} opens an interactive stream, which this gateway does not hold open for an "
+            "agent; run one command to completion with exec instead",
+            code="k8s_interactive_not_supported",
             status=501,
         )
     if checked.rtype is None or not checked.known_subresource:
@@ -675,6 +728,8 @@ def execute(
     server = _api_server(connection)
     token = _token(credential)
     started = time.monotonic()
+    if checked.verb == "exec":
+        return _exec(checked, server, token, timeout_s, max_bytes, masker, started)
     own_session = session is None
     http = session or requests.Session()
     # No proxy from the environment (it would see the token) and no .netrc credentials.
@@ -818,3 +873,341 @@ def _list(
         (time.monotonic() - started) * 1000,
         len(items),
     )
+
+
+# --- exec: one command to completion over a WebSocket ---------------------------------------------
+
+# The API server's channel protocol for exec (what kubectl speaks): every binary message starts
+# with its channel byte; channel 3 carries one metav1.Status when the command has ended.
+EXEC_PROTOCOL = "v4.channel.k8s.io"
+_STDOUT, _STDERR, _ERROR = 1, 2, 3
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# Output is read this far past the cap, so that output cut at the cap is known to be cut.
+_EXEC_LOOKAHEAD_BYTES = 4096
+# A Status is a few hundred bytes and a response head a few hundred more: anything far larger
+# is not an API server speaking the protocol.
+_MAX_STATUS_BYTES = 64 * 1024
+_MAX_HEAD_BYTES = 64 * 1024
+# How much of an answer that refuses the upgrade (a Status object) is read.
+_MAX_REFUSAL_BYTES = 1024 * 1024
+
+
+class _ExecStream:
+    """The client end of one exec WebSocket (RFC 6455): every read bounded by the deadline.
+
+    Written here rather than taken from websocket-client because that library reads a whole frame
+    of whatever length the server announces into memory, follows redirects and proxies from the
+    environment; this reads at most what the byte budget has room for and nothing else.
+    """
+
+    def __init__(self, sock: ssl.SSLSocket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+        self._buffer = bytearray()
+
+    def _fill(self) -> bool:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        # An SSL socket's timeout bounds the whole recv, not each underlying read.
+        self._sock.settimeout(left)
+        chunk = self._sock.recv(64 * 1024)
+        if not chunk:
+            return False
+        self._buffer += chunk
+        return True
+
+    def read_exact(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            if not self._fill():
+                raise ConnectionError("the exec stream ended in the middle of a frame")
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
+
+    def read_head(self) -> bytes:
+        while (end := self._buffer.find(b"\r\n\r\n")) < 0:
+            if len(self._buffer) > _MAX_HEAD_BYTES:
+                raise _protocol_error("the API server's answer to the exec upgrade has no end of headers")
+            if not self._fill():
+                raise ConnectionError("the API server closed the connection before answering the exec")
+        head = bytes(self._buffer[:end])
+        del self._buffer[: end + 4]
+        return head
+
+    def read_body(self, headers: Mapping[str, str], limit: int) -> bytes:
+        """The body of an answer that refused the upgrade, at most `limit` bytes of it."""
+        length = headers.get("content-length", "")
+        want = min(int(length), limit) if length.isdigit() else limit
+        while len(self._buffer) < want and self._fill():
+            pass
+        return bytes(self._buffer[:want])
+
+    def read_frame_header(self) -> tuple[bool, int, int] | None:
+        """(fin, opcode, payload length); None when the server closed the connection between frames."""
+        if not self._buffer and not self._fill():
+            return None
+        first, second = self.read_exact(2)
+        # RFC 6455 5.1 and 5.2: a server never masks, and sets no reserved bit without an extension.
+        if second & 0x80 or first & 0x70:
+            raise _protocol_error("the exec stream sent a masked or extended frame")
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(self.read_exact(2), "big")
+        elif length == 127:
+            length = int.from_bytes(self.read_exact(8), "big")
+        return bool(first & 0x80), first & 0x0F, length
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        """A control frame (close or pong, at most 125 bytes), masked with a fresh key (RFC 6455 5.3)."""
+        key = os.urandom(4)
+        masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload[:125]))
+        self._sock.settimeout(max(self._deadline - time.monotonic(), 0.05))
+        self._sock.sendall(bytes([0x80 | opcode, 0x80 | len(masked)]) + key + masked)
+
+
+def _protocol_error(message: str) -> TargetUnavailableError:
+    return TargetUnavailableError(message, code="k8s_exec_protocol_error")
+
+
+@dataclass
+class _ExecOutcome:
+    stdout: bytearray
+    stderr: bytearray
+    status: bytearray  # the error channel: one metav1.Status, JSON
+    cut: bool = False  # the read limit was reached: the stream was closed, the tail dropped
+
+
+def _exec_request(checked: _Checked, server: _ApiServer, token: str, key: str) -> bytes:
+    body = checked.body or {}
+    params = [("command", arg) for arg in body["command"]]
+    if body.get("container"):
+        params.append(("container", body["container"]))
+    # No stdin and no terminal: the command runs to completion, as an SSH command does here.
+    params += [("stdin", "false"), ("stdout", "true"), ("stderr", "true"), ("tty", "false")]
+    parts = urlsplit(server.base)
+    target = parts.path.rstrip("/") + _path(checked) + "?" + urlencode(params, quote_via=quote)
+    return (
+        f"GET {target} HTTP/1.1\r\n"
+        f"Host: {parts.netloc}\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Protocol: {EXEC_PROTOCOL}\r\n"
+        "User-Agent: gatehouse\r\n"
+        "\r\n"
+    ).encode()
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    status_line = lines[0].split(" ", 2)
+    if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
+        raise _protocol_error("the API server's answer to the exec upgrade is not HTTP")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            key = name.strip().lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    return int(status_line[1]), headers
+
+
+def _check_upgrade(headers: Mapping[str, str], key: str) -> None:
+    """RFC 6455 4.1: the server proves it read this handshake (the accept hash) and names the protocol."""
+    # SHA-1 is what the RFC fixes for this proof; it protects nothing here.
+    digest = hashlib.sha1((key + _WS_GUID).encode(), usedforsecurity=False).digest()
+    accept = base64.b64encode(digest).decode()
+    connection = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    if (
+        headers.get("upgrade", "").lower() != "websocket"
+        or "upgrade" not in connection
+        or not hmac.compare_digest(headers.get("sec-websocket-accept", ""), accept)
+    ):
+        raise _protocol_error("the API server's answer to the exec upgrade is not a WebSocket handshake")
+    if headers.get("sec-websocket-protocol", "").strip() != EXEC_PROTOCOL:
+        raise _protocol_error(f"the API server did not open the exec stream with {EXEC_PROTOCOL}")
+
+
+def _collect_exec(stream: _ExecStream, read_limit: int) -> _ExecOutcome:
+    """Read the channels until the server closes the stream or `read_limit` output bytes arrived."""
+    outcome = _ExecOutcome(bytearray(), bytearray(), bytearray())
+    channel: int | None = None  # of the message that continuation frames add to
+    total = 0
+    while (header := stream.read_frame_header()) is not None:
+        fin, opcode, length = header
+        if opcode in (_OP_CLOSE, _OP_PING, _OP_PONG):
+            if length > 125 or not fin:  # RFC 6455 5.5
+                raise _protocol_error("the exec stream sent an oversized or fragmented control frame")
+            payload = stream.read_exact(length)
+            if opcode == _OP_CLOSE:
+                stream.send(_OP_CLOSE, payload[:2])  # RFC 6455 5.5.1: echo the status code
+                return outcome
+            if opcode == _OP_PING:
+                stream.send(_OP_PONG, payload)
+            continue
+        if opcode in (_OP_TEXT, _OP_BINARY):
+            if length == 0:
+                continue  # no channel byte: nothing to deliver
+            channel = stream.read_exact(1)[0]
+            length -= 1
+        elif opcode != _OP_CONT or channel is None:
+            raise _protocol_error("the exec stream sent a frame of an unknown kind")
+        if channel in (_STDOUT, _STDERR):
+            take = min(length, read_limit - total)
+            data = stream.read_exact(take)
+            (outcome.stdout if channel == _STDOUT else outcome.stderr).extend(data)
+            total += take
+            if take < length or total >= read_limit:
+                outcome.cut = True
+                return outcome
+        else:
+            # The status channel, or a channel an exec without stdin never uses: small or wrong.
+            if len(outcome.status) + length > _MAX_STATUS_BYTES:
+                raise _protocol_error("the exec stream's status channel is over its size limit")
+            data = stream.read_exact(length)
+            if channel == _ERROR:
+                outcome.status.extend(data)
+        if fin:
+            channel = None
+    return outcome
+
+
+def _exit_status(raw: bytes) -> tuple[int | None, str | None]:
+    """(exit status, failure message) from the error channel's metav1.Status."""
+    status = _decode(raw)
+    if not isinstance(status, dict):
+        raise _protocol_error("the exec stream's status channel did not carry a Status object")
+    if status.get("status") == "Success":
+        return 0, None
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    for cause in causes if isinstance(causes, list) else []:
+        if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
+            try:
+                return int(cause.get("message", "")), None
+            except ValueError:
+                break
+    # A failure with no exit code: the command never started (no such container or program).
+    message = status.get("message")
+    return None, message if isinstance(message, str) else "the exec failed without an exit status"
+
+
+def _exec(
+    checked: _Checked,
+    server: _ApiServer,
+    token: str,
+    timeout_s: float,
+    max_bytes: int,
+    masker: Masker,
+    started: float,
+) -> KindResult:
+    """Run the argv in the pod's container and wait for its exit status (no stdin, no terminal)."""
+    deadline = started + timeout_s
+    parts = urlsplit(server.base)
+    host = parts.hostname or ""
+    # Pinned: a context loaded with the connection's CA alone (cadata loads no system roots).
+    context = ssl.create_default_context(cadata=server.ca_pem)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sent = False
+    try:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        raw_sock = socket.create_connection((host, parts.port or 443), timeout=min(CONNECT_TIMEOUT_S, left))
+        try:
+            raw_sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            with context.wrap_socket(raw_sock, server_hostname=host) as tls:
+                stream = _ExecStream(tls, deadline)
+                tls.settimeout(max(deadline - time.monotonic(), 0.001))
+                tls.sendall(_exec_request(checked, server, token, key))
+                # From here on the command may be running in the container.
+                sent = True
+                status, headers = _parse_head(stream.read_head())
+                if status != 101:
+                    raw = _scrub_token(stream.read_body(headers, _MAX_REFUSAL_BYTES), token)
+                    return _error_result(status, raw, masker, secrets=False, started=started)
+                _check_upgrade(headers, key)
+                outcome = _collect_exec(stream, max_bytes + _EXEC_LOOKAHEAD_BYTES)
+                if outcome.cut:
+                    # Enough for the budget: stop the stream rather than pull output for nothing.
+                    try:
+                        stream.send(_OP_CLOSE, (1000).to_bytes(2, "big"))
+                    except OSError:
+                        pass  # the server is gone already: nothing left to tell it
+        finally:
+            raw_sock.close()
+    except ssl.SSLCertVerificationError:
+        raise TargetUnavailableError(
+            "the Kubernetes API server's certificate does not verify against the pinned CA"
+        ) from None
+    except TimeoutError:
+        raise _sent(
+            StatementTimeoutError(
+                f"the exec ran over its time limit of {timeout_s:g} s and its stream was closed "
+                "(the process in the container may still run)"
+                if sent
+                else f"the Kubernetes API server did not open the exec stream within {timeout_s:g} s"
+            ),
+            sent,
+        ) from None
+    except GatehouseError as err:
+        _sent(err, sent)
+        raise
+    except OSError as exc:
+        raise _sent(
+            TargetUnavailableError(
+                "the exec stream to the Kubernetes API server was cut off"
+                if sent
+                else "the Kubernetes API server could not be reached"
+            ),
+            sent,
+        ) from exc
+    exit_status: int | None = None
+    failure: str | None = None
+    if not outcome.cut:
+        if not outcome.status:
+            raise _sent(_protocol_error("the exec stream ended before the command's exit status"), True)
+        exit_status, failure = _exit_status(bytes(outcome.status))
+    stdout = _exec_text(_scrub_token(bytes(outcome.stdout), token), outcome.cut, masker)
+    stderr = _exec_text(_scrub_token(bytes(outcome.stderr), token), outcome.cut, masker)
+    stdout, out_clipped = _clip(stdout, max_bytes)
+    stderr, err_clipped = _clip(stderr, max_bytes - len(stdout.encode()))
+    truncated = outcome.cut or out_clipped or err_clipped
+    body: dict[str, Any] = {
+        "exit_status": exit_status,
+        "stdout": stdout,
+        "stderr": stderr,
+        "truncated": truncated,
+    }
+    if failure is not None:
+        body["message"] = masker.mask_text(failure)
+    succeeded = exit_status == 0 or (outcome.cut and exit_status is None)
+    return KindResult(
+        "ok" if succeeded else "error", body, truncated, (time.monotonic() - started) * 1000, None
+    )
+
+
+def _sent(err: GatehouseError, sent: bool) -> GatehouseError:
+    err.command_sent = err.command_sent or sent
+    return err
+
+
+def _exec_text(raw: bytes, cut: bool, masker: Masker) -> str:
+    if cut:
+        # The last line was cut mid-way: a value in it could be too short for any detector.
+        newline = raw.rfind(b"\n")
+        if newline >= 0:
+            raw = raw[: newline + 1]
+    return masker.mask_text(raw.decode("utf-8", errors="replace"))
+
+
+def _clip(text: str, budget: int) -> tuple[str, bool]:
+    """At most `budget` bytes of masked text (masking can lengthen it), cut at a character."""
+    encoded = text.encode()
+    if len(encoded) <= budget:
+        return text, False
+    return encoded[: max(budget, 0)].decode("utf-8", errors="ignore"), True
