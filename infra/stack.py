@@ -12,6 +12,7 @@ from infra.audit_analytics import AuditAnalytics
 from infra.audit_log import AccessLogsBucket, SessionLogBucket
 from infra.context import InfraContext
 from infra.core_layer import CoreLayers
+from infra.monitoring import Monitoring
 from infra.proxy import ProxyNetwork, ProxyService
 from infra.secrets import Secrets
 from infra.slack import SlackFunction, add_interactions_route
@@ -95,6 +96,17 @@ class GatehouseStack(Stack):
             log_bucket=self.session_log.bucket,
             access_logs=access_logs.bucket,
         )
+        self.monitoring = Monitoring(
+            self,
+            "Monitoring",
+            functions={
+                "Api": self.api_function.function,
+                "Approvals": self.approvals_function.function,
+                "Slack": self.slack_function.function,
+            },
+            state_machine=self.approvals.state_machine,
+            http_api=self.http_api.api,
+        )
 
         CfnOutput(self, "ApiUrl", value=self.http_api.url, description="Base URL of the agent API.")
         CfnOutput(
@@ -120,4 +132,10 @@ class GatehouseStack(Stack):
             "AthenaWorkGroup",
             value=self.audit_analytics.workgroup.name,
             description="Athena workgroup for audit queries.",
+        )
+        CfnOutput(
+            self,
+            "AlarmTopicArn",
+            value=self.monitoring.topic.topic_arn,
+            description="SNS topic every alarm notifies: subscribe the on-call to it.",
         )

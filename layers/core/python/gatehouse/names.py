@@ -40,6 +40,13 @@ SLACK_FUNCTION = f"{PREFIX}-slack"  # POST /slack/interactions (and its own asyn
 # Step Functions: one execution per request awaiting approval, named after the request id.
 STATE_MACHINE_NAME = f"{PREFIX}-approvals"
 
+# CloudWatch: custom metrics the proxy publishes (infra/monitoring.py alarms on them).
+PROXY_METRICS_NAMESPACE = "Gatehouse/Proxy"
+METRIC_RECORDER_FAILURES = "RecorderFailures"  # session-log writes that failed for good (Sum)
+METRIC_LOG_BACKLOG_EVENTS = "LogBacklogEvents"  # events waiting to be written to the log (Maximum)
+DASHBOARD_NAME = PREFIX
+ALARM_TOPIC_NAME = f"{PREFIX}-alarms"
+
 # Audit (Glue / Athena)
 GLUE_DATABASE = f"{PREFIX}_audit"
 EVENTS_TABLE = f"{PREFIX}_events"
