@@ -8,37 +8,12 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 
 from gatehouse.audit.events import parse_events
 from gatehouse.config import Settings
 from gatehouse.exceptions import AuditWriteError
-from gatehouse.models import Principal
 from gatehouse.runtime import build_runtime
-
-ANALYST = Principal(
-    name="analyst",
-    kind="agent",
-    arn="arn:aws:iam::123456789012:user/gatehouse-agent-analyst",
-    attributes={"team": "data", "clearance": "standard"},
-)
-
-
-class S3RefusingKinds:
-    """An S3 client whose PutObject fails (500 InternalError) for objects holding those kinds."""
-
-    def __init__(self, real: Any, kinds: set[str]) -> None:
-        self._real, self._kinds = real, kinds
-
-    def put_object(self, **kwargs: Any) -> Any:
-        body = kwargs.get("Body", b"")
-        kinds = {e["kind"] for e in parse_events(body)} if kwargs["Key"].startswith("events/") else set()
-        if kinds & self._kinds:
-            raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "PutObject")
-        return self._real.put_object(**kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
+from tests.integration.test_request_path import ANALYST, S3RefusingKinds
 
 
 @pytest.fixture
