@@ -64,9 +64,6 @@ class _Lru:
             while len(self._items) > self._max:
                 self._items.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 def policy_version(service: Gatehouse) -> str:
     """A digest of the loaded policy set: a cache key part, so a new set never reuses old decisions."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import ipaddress
 import logging
 import signal
 import ssl
@@ -26,6 +25,7 @@ from gatehouse.masking import Masker
 from gatehouse.models import Connection, Principal
 from gatehouse.proxy.postgres.decisions import DecisionCache
 from gatehouse.proxy.postgres.guard import lifts_read_only
+from gatehouse.proxy.postgres.messages import ErrorResponse
 from gatehouse.proxy.postgres.session import ProxySession, new_cancel_key
 from gatehouse.proxy.postgres.upstream import Upstream, UpstreamTarget, cancel_upstream, connect_upstream
 from gatehouse.proxy_tokens import InvalidProxyTokenError, ProxyTokens
@@ -34,12 +34,6 @@ from gatehouse.service import Gatehouse
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class TooManySessionsError(GatehouseError):
-    code = "too_many_sessions"
-    status = 503
-    sqlstate = "53300"
 
 
 @dataclass(frozen=True)
@@ -239,8 +233,6 @@ class ProxyServer:
                 if self._draining
                 else "too many connections to the Gatehouse proxy"
             )
-            from gatehouse.proxy.postgres.messages import ErrorResponse
-
             code = "57P01" if self._draining else "53300"
             writer.write(ErrorResponse.build(code, why, severity="FATAL").encode())
             try:
@@ -320,10 +312,3 @@ _PLAIN_COMMANDS = frozenset({"select", "insert", "update", "delete"})
 
 def _plain(decided: Any) -> bool:
     return all(s.command in _PLAIN_COMMANDS and not s.functions for s in decided.classification.statements)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

@@ -28,12 +28,12 @@ with a read stays read-only: a later write in it fails with 25006. Clients canno
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets as random_secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -1035,7 +1035,13 @@ def _stricter(a: str, b: str) -> str:
 
 
 def _loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.") or host == ""
+    """A client on this machine (a Unix socket's peer has no address)."""
+    if not host:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _env(connection: Connection) -> str | None:
@@ -1110,6 +1116,3 @@ def _clock(epoch: int | None) -> str:
 
 def new_cancel_key() -> tuple[int, bytes]:
     return random_secrets.randbelow(2**31 - 1) + 1, random_secrets.token_bytes(4)
-
-
-Callable  # noqa: B018 - re-exported for type checkers of the server module
