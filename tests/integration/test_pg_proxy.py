@@ -900,8 +900,8 @@ def _non_loopback_address() -> str:
 @pytest.fixture
 def second_proxy(proxy: Proxy, tmp_path: Path) -> Iterator[LocalProxy]:
     # The same command the stack runs, with the stack's environment, listening on every interface.
-    started = LocalProxy(dict(os.environ), tmp_path / "proxy.log", host="0.0.0.0")
-    started.start()
+    started = LocalProxy(tmp_path / "proxy.log", host="0.0.0.0")
+    started.start(os.environ)
     try:
         yield started
     finally:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -78,11 +78,11 @@ def store_tls_secret(secretsmanager: Any, secret_name: str = names.PROXY_TLS_SEC
 class LocalProxy:
     """Start, wait for /healthz, stop with SIGTERM (the drain path), as ECS would."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, log_path: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+        # The address is chosen here, before the start: POST /v1/proxy-tokens names it.
         self.host = host
         self.port = port or free_port(host)
         self.health_port = free_port(host)
-        self._env = env
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -95,9 +95,10 @@ class LocalProxy:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def start(self) -> str:
+    def start(self, environment: Mapping[str, str]) -> str:
+        """Run `gatehouse proxy serve` with `environment` (the stack's: moto, tables, the bucket)."""
         env = {
-            **self._env,
+            **environment,
             names.ENV_PROXY_LISTEN: self.endpoint,
             names.ENV_PROXY_HEALTH: f"{self.host}:{self.health_port}",
             names.ENV_PROXY_DRAIN_S: "5",
@@ -144,8 +145,3 @@ class LocalProxy:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-def proxy_environment() -> dict[str, str]:
-    """The stack's environment as a child process sees it (set by LocalStack before the start)."""
-    return {k: v for k, v in os.environ.items()}

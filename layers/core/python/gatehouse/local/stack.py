@@ -48,7 +48,7 @@ from gatehouse.local.provision import (
     default_asl_cache_dir,
     provision,
 )
-from gatehouse.local.proxy import LocalProxy, proxy_environment, store_tls_secret
+from gatehouse.local.proxy import LocalProxy, store_tls_secret
 from gatehouse.local.seed import seed
 from gatehouse.local.slack_api import SlackApiStandIn, create_slack_secret
 
@@ -318,7 +318,7 @@ class LocalStack:
             self._slack = SlackApiStandIn(secret["bot_token"])
             self._slack.start()
         # The proxy's address is known before the functions start: POST /v1/proxy-tokens names it.
-        self._proxy = LocalProxy({}, self.state_dir / "proxy.log")
+        self._proxy = LocalProxy(self.state_dir / "proxy.log")
         self.provisioned = dataclasses.replace(
             self.provisioned,
             settings=dataclasses.replace(self.provisioned.settings, proxy_endpoint=self._proxy.endpoint),
@@ -328,8 +328,7 @@ class LocalStack:
         self._set_env(env)
         with self._timed("proxy"):
             store_tls_secret(AwsClients.for_endpoint(endpoint, self.region).secretsmanager)
-            self._proxy._env = proxy_environment()
-            self._proxy.start()
+            self._proxy.start(os.environ)
         with self._timed("functions"):
             self._workflow_functions = WorkflowFunctions()
             self._workflow_functions.start()
