@@ -25,7 +25,11 @@ SLACK_REPLAY_TABLE = f"{PREFIX}-slack-replay"
 # Secrets Manager
 CONNECTION_SECRET_PREFIX = f"{PREFIX}/connections/"  # + connection name -> {"username","password"}
 MASKING_KEY_SECRET = f"{PREFIX}/masking-key"  # HMAC key for keyed-hash masking
-SLACK_SECRET = f"{PREFIX}/slack"  # {"signing_secret", "bot_token", "channel"}
+# The Slack app's secrets, split so that each function reads only what it uses: the bot token
+# (and, when cdk.json names none, the channel) posts approval messages; the signing secret, read
+# by the Slack interactions function alone, verifies Slack's requests.
+SLACK_SECRET = f"{PREFIX}/slack"  # {"bot_token", "channel"}
+SLACK_SIGNING_SECRET = f"{PREFIX}/slack-signing"  # {"signing_secret"}
 # HMAC key (base64 text) that signs the Postgres proxy's short-lived passwords; not the masking
 # key: rotating one must not touch the other. AWSCURRENT signs, AWSCURRENT and AWSPREVIOUS verify.
 PROXY_TOKEN_KEY_SECRET = f"{PREFIX}/proxy-token-key"
@@ -36,6 +40,8 @@ PROXY_TLS_SECRET = f"{PREFIX}/proxy-tls"
 API_FUNCTION = f"{PREFIX}-api"
 APPROVALS_FUNCTION = f"{PREFIX}-approvals"  # the state machine's tasks
 SLACK_FUNCTION = f"{PREFIX}-slack"  # POST /slack/interactions (and its own async invocations)
+# Secrets Manager's rotation of Postgres connection secrets (gatehouse.rotation).
+ROTATION_FUNCTION = f"{PREFIX}-rotation"
 
 # Step Functions: one execution per request awaiting approval, named after the request id.
 STATE_MACHINE_NAME = f"{PREFIX}-approvals"
@@ -69,6 +75,8 @@ ENV_MAX_BYTES = "GATEHOUSE_MAX_BYTES"
 ENV_LOG_RETENTION_DAYS = "GATEHOUSE_LOG_RETENTION_DAYS"
 ENV_STATE_MACHINE_ARN = "GATEHOUSE_STATE_MACHINE_ARN"
 ENV_SLACK_SECRET = "GATEHOUSE_SLACK_SECRET"  # noqa: S105 (a variable name)
+ENV_SLACK_SIGNING_SECRET = "GATEHOUSE_SLACK_SIGNING_SECRET"  # noqa: S105 (a variable name)
+ENV_SLACK_CHANNEL = "GATEHOUSE_SLACK_CHANNEL"  # cdk.json slackChannel; else the Slack secret's channel
 ENV_SLACK_API_URL = "GATEHOUSE_SLACK_API_URL"  # local stack only: the Slack Web API stand-in
 ENV_SLACK_REPLAY_TABLE = "GATEHOUSE_SLACK_REPLAY_TABLE"
 ENV_PROXY_TOKEN_KEY_SECRET = "GATEHOUSE_PROXY_TOKEN_KEY_SECRET"  # noqa: S105 (a variable name)
