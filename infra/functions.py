@@ -25,6 +25,16 @@ if TYPE_CHECKING:
     from infra.tables import Tables
 
 
+# Python's level names (LOG_LEVEL, read by powertools) -> Lambda's advanced logging controls.
+_LAMBDA_LOG_LEVELS = {
+    "DEBUG": "DEBUG",
+    "INFO": "INFO",
+    "WARNING": "WARN",
+    "ERROR": "ERROR",
+    "CRITICAL": "FATAL",
+}
+
+
 class GatehouseFunction(Construct):
     def __init__(
         self,
@@ -71,6 +81,11 @@ class GatehouseFunction(Construct):
             layers=list(layers),
             role=self.role,
             log_group=self.log_group,
+            # Lambda's own lines (START, REPORT, errors) as JSON too, beside powertools' JSON lines,
+            # so one Logs Insights query reads both; Lambda drops application lines below the level.
+            logging_format=lambda_.LoggingFormat.JSON,
+            application_log_level_v2=lambda_.ApplicationLogLevel[_LAMBDA_LOG_LEVELS[log_level]],
+            system_log_level_v2=lambda_.SystemLogLevel.INFO,
             tracing=lambda_.Tracing.ACTIVE,
             timeout=timeout,
             memory_size=memory_size,
