@@ -12,14 +12,17 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
+import io
 import json
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+import pg8000.native
 import pytest
 
 from gatehouse import names
@@ -29,6 +32,8 @@ from gatehouse.local.approve import local_slack_secret, local_voter
 from gatehouse.local.stack import API_HANDLER_PATH, WORKFLOW_HANDLER_PATHS, LambdaFunction
 from gatehouse.slack.interactions import signed_headers
 from gatehouse.slack.views import ACTION_APPROVE
+from tests.integration.test_rotation import ROTATION_HANDLER as ROTATION_HANDLER_PATH
+from tests.integration.test_rotation import begin_rotation
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 FILL = "filled-in-by-the-test"
@@ -325,3 +330,77 @@ def test_a_notify_task_input_without_its_token_fails_the_task(functions, pending
 
     with pytest.raises(BadRequestError):
         invoke(functions, names.APPROVALS_FUNCTION, event)
+
+
+# -- the rotation function (Secrets Manager's four steps) -----------------------------------------
+
+
+def proxy_select_one(local_stack: Any, connection: str) -> list[list[Any]]:
+    """`SELECT 1` through the local Postgres proxy, logged in with a fresh proxy token."""
+    token = local_stack.client().proxy_token(connection).body
+    con = pg8000.native.Connection(
+        token["username"],
+        host=token["host"],
+        port=int(token["port"]),
+        database=token["database"],
+        password=token["password"],
+        timeout=10,
+    )
+    try:
+        return con.run("SELECT 1")
+    finally:
+        con.close()
+
+
+def dev_read(functions: dict[str, LambdaFunction], local_stack: Any) -> dict[str, Any]:
+    event = signed_in(load("api_post_request_read.json"), local_stack)
+    event["body"] = json.dumps({"connection": "demo-dev", "sql": "SELECT count(*) FROM customers"})
+    event["headers"]["content-length"] = str(len(event["body"]))
+    return api(functions, event)
+
+
+def test_rotation_events_rotate_a_connection_password_and_gatehouse_keeps_working(
+    functions, local_stack
+) -> None:
+    sm = local_stack.aws("secretsmanager")
+    secret = sm.describe_secret(SecretId=names.connection_secret_name("demo-dev"))
+    old = json.loads(sm.get_secret_value(SecretId=secret["ARN"])["SecretString"])
+    role = local_stack.aws("iam").create_role(
+        RoleName=f"rotation-{uuid.uuid4().hex[:8]}", AssumeRolePolicyDocument="{}"
+    )
+    function_arn = local_stack.aws("lambda").create_function(
+        FunctionName=names.ROTATION_FUNCTION,
+        Runtime="python3.12",
+        Role=role["Role"]["Arn"],
+        Handler="handler.lambda_handler",
+        Code={"ZipFile": _zip("def lambda_handler(event, context):\n    pass\n")},
+    )["FunctionArn"]
+    token = begin_rotation(sm, secret["ARN"], function_arn)
+    # Given the API function and the proxy, each with the old password in its 60-second cache.
+    assert dev_read(functions, local_stack)["statusCode"] == 200
+    assert proxy_select_one(local_stack, "demo-dev") == [[1]]
+    rotation = LambdaFunction(ROTATION_HANDLER_PATH)
+    event = load("secretsmanager_rotation.json")
+    event.update(SecretId=secret["ARN"], ClientRequestToken=token)
+    try:
+        for rotation_step in ("createSecret", "setSecret", "testSecret", "finishSecret"):
+            assert rotation({**event, "Step": rotation_step}, context(names.ROTATION_FUNCTION)) is None
+            if rotation_step == "setSecret":
+                # Between setSecret and finishSecret only the pending password logs in.
+                assert proxy_select_one(local_stack, "demo-dev") == [[1]]
+    finally:
+        rotation.close()
+
+    new = json.loads(sm.get_secret_value(SecretId=secret["ARN"], VersionStage="AWSCURRENT")["SecretString"])
+    assert new["username"] == old["username"] and new["password"] != old["password"]
+    answer = dev_read(functions, local_stack)
+    assert answer["statusCode"] == 200, answer
+    assert body_of(answer)["status"] == "executed"
+    assert proxy_select_one(local_stack, "demo-dev") == [[1]]
+
+
+def _zip(source: str) -> bytes:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("handler.py", source)
+    return archive.getvalue()

@@ -55,6 +55,7 @@ from gatehouse.secrets import DatabaseCredential, SecretStore
 log = logging.getLogger(__name__)
 
 QUERY_CANCELED = "57014"  # statement_timeout fired
+INVALID_PASSWORD = "28P01"  # noqa: S105 - a SQLSTATE: the password was refused (e.g. rotated)
 # Extra seconds the socket waits beyond the statement timeout before giving up on the server.
 SOCKET_GRACE_S = 5.0
 # The answer's budget: a synchronous Lambda response is at most 6 MB, and the rows still get
@@ -562,8 +563,10 @@ class PostgresExecutor:
         if self._pool.has_idle(key):
             return
         opened = self._pool.now()
-        con = _login(connection, cred, timeout_s=_socket_timeout(timeout_ms))
-        self._pool.give(_Lease(key, con, opened, reused=False), fresh=True)
+        con, used = _login_rotating(connection, self._secrets, cred, timeout_s=_socket_timeout(timeout_ms))
+        self._pool.give(
+            _Lease(_pool_key(connection, used, timeout_ms), con, opened, reused=False), fresh=True
+        )
 
     def run(
         self,
@@ -627,22 +630,21 @@ class PostgresExecutor:
         self, connection: Connection, timeout_ms: int
     ) -> tuple[DatabaseCredential, tuple[Any, ...]]:
         cred = self._secrets.database_credential(connection.secret_id)
-        # The password enters the key as a digest: the pool's keys never hold a credential.
-        digest = hashlib.sha256(cred.password.encode("utf-8")).hexdigest()
-        key = (connection.name, connection.host, connection.port, connection.database, cred.username)
-        return cred, (*key, digest, timeout_ms)
+        return cred, _pool_key(connection, cred, timeout_ms)
 
     def _checkout(self, connection: Connection, timeout_ms: int) -> _Lease:
         if self._pool is None:
             cred = self._secrets.database_credential(connection.secret_id)
-            return _Lease((), _login(connection, cred, timeout_s=_socket_timeout(timeout_ms)), 0.0, False)
+            con, _ = _login_rotating(connection, self._secrets, cred, timeout_s=_socket_timeout(timeout_ms))
+            return _Lease((), con, 0.0, False)
         cred, key = self._identify(connection, timeout_ms)
         lease = self._pool.take(key)
         if lease is None:
             opened = self._pool.now()
-            lease = _Lease(
-                key, _login(connection, cred, timeout_s=_socket_timeout(timeout_ms)), opened, False
+            con, used = _login_rotating(
+                connection, self._secrets, cred, timeout_s=_socket_timeout(timeout_ms)
             )
+            lease = _Lease(_pool_key(connection, used, timeout_ms), con, opened, False)
         return lease
 
     def _begin(
@@ -670,7 +672,11 @@ class PostgresExecutor:
                 log.info("a pooled session to %s was gone; logging in again", connection.name)
                 _close_quietly(lease.con)
                 cred = self._secrets.database_credential(connection.secret_id)
-                lease.con = _login(connection, cred, timeout_s=_socket_timeout(timeout_ms))
+                lease.con, used = _login_rotating(
+                    connection, self._secrets, cred, timeout_s=_socket_timeout(timeout_ms)
+                )
+                if self._pool is not None:
+                    lease.key = _pool_key(connection, used, timeout_ms)
                 lease.opened = self._pool.now() if self._pool is not None else 0.0
                 lease.reused = False
 
@@ -713,6 +719,13 @@ class PostgresExecutor:
         wire.run(f"CLOSE {name}")
 
 
+def _pool_key(connection: Connection, cred: DatabaseCredential, timeout_ms: int) -> tuple[Any, ...]:
+    # The password enters the key as a digest: the pool's keys never hold a credential.
+    digest = hashlib.sha256(cred.password.encode("utf-8")).hexdigest()
+    key = (connection.name, connection.host, connection.port, connection.database, cred.username)
+    return (*key, digest, timeout_ms)
+
+
 def _socket_timeout(timeout_ms: int) -> float:
     # One socket timeout for connect and every read: the statement timeout plus a grace period,
     # so a server that stops answering cannot hold the request forever.
@@ -751,7 +764,43 @@ def connect(
 ) -> pg8000.native.Connection:
     """Log in to a Postgres target with the connection's own credential from Secrets Manager."""
     cred = secrets.database_credential(connection.secret_id)
-    return _login(connection, cred, timeout_s=timeout_s, application_name=application_name)
+    con, _ = _login_rotating(
+        connection, secrets, cred, timeout_s=timeout_s, application_name=application_name
+    )
+    return con
+
+
+def password_refused(exc: TargetUnavailableError) -> bool:
+    """The login failed because the server refused the password (28P01), not for another reason."""
+    cause = exc.__cause__
+    return isinstance(cause, DatabaseError) and _sqlstate(cause) == INVALID_PASSWORD
+
+
+def _login_rotating(
+    connection: Connection,
+    secrets: SecretStore,
+    cred: DatabaseCredential,
+    *,
+    timeout_s: float,
+    application_name: str = "gatehouse",
+) -> tuple[pg8000.native.Connection, DatabaseCredential]:
+    """`_login`, and once more when the password was refused because the secret was rotated.
+
+    The credential may be up to CACHE_SECONDS old (gatehouse.secrets) and a rotation's setSecret
+    changes the password before AWSCURRENT moves: on 28P01 the secret is read again past the cache
+    (SecretStore.credential_after_rejection). Returns the session and the credential it used.
+    """
+    try:
+        return _login(connection, cred, timeout_s=timeout_s, application_name=application_name), cred
+    except TargetUnavailableError as exc:
+        if not password_refused(exc):
+            raise
+        replacement = secrets.credential_after_rejection(connection.secret_id, cred)
+        if replacement is None:
+            raise
+    log.info("%s refused the cached password: logging in with the rotated one", connection.name)
+    con = _login(connection, replacement, timeout_s=timeout_s, application_name=application_name)
+    return con, replacement
 
 
 def _login(

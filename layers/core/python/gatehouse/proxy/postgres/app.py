@@ -23,6 +23,7 @@ from botocore.config import Config
 from gatehouse import names
 from gatehouse.config import ConfigError, Settings
 from gatehouse.exceptions import GatehouseError
+from gatehouse.proxy.postgres.metrics import DEFAULT_INTERVAL_S, ENV_PROXY_METRICS_INTERVAL_S
 from gatehouse.proxy.postgres.recorder import ProxyRecorder
 from gatehouse.proxy.postgres.server import ProxyConfig, ProxyContext, ProxyServer
 from gatehouse.proxy_tokens import ProxyTokenKeys, ProxyTokens
@@ -53,6 +54,7 @@ def proxy_config(env: Mapping[str, str] | None = None) -> ProxyConfig:
         idle_timeout_s=float(_number(env, names.ENV_PROXY_IDLE_TIMEOUT_S, 900)),
         drain_s=float(_number(env, names.ENV_PROXY_DRAIN_S, 30)),
         recording_floor=_recording(env),
+        metrics_interval_s=_seconds(env, ENV_PROXY_METRICS_INTERVAL_S, DEFAULT_INTERVAL_S),
     )
 
 
@@ -81,6 +83,19 @@ def _number(env: Mapping[str, str], key: str, default: int) -> int:
     if not raw.isdigit() or int(raw) <= 0:
         raise ConfigError(f"{key} must be a positive integer, got {raw!r}")
     return int(raw)
+
+
+def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{key} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def tls_context(secrets: Any, secret_id: str) -> ssl.SSLContext | None:

@@ -17,7 +17,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from gatehouse.exceptions import GatehouseError
@@ -26,8 +26,16 @@ from gatehouse.models import Connection, Principal
 from gatehouse.proxy.postgres.decisions import DecisionCache
 from gatehouse.proxy.postgres.guard import lifts_read_only
 from gatehouse.proxy.postgres.messages import ErrorResponse
+from gatehouse.proxy.postgres.metrics import DEFAULT_INTERVAL_S, RecorderMetrics
 from gatehouse.proxy.postgres.session import ProxySession, new_cancel_key
-from gatehouse.proxy.postgres.upstream import Upstream, UpstreamTarget, cancel_upstream, connect_upstream
+from gatehouse.proxy.postgres.upstream import (
+    INVALID_PASSWORD,
+    Upstream,
+    UpstreamError,
+    UpstreamTarget,
+    cancel_upstream,
+    connect_upstream,
+)
 from gatehouse.proxy_tokens import InvalidProxyTokenError, ProxyTokens
 from gatehouse.service import Gatehouse
 
@@ -54,6 +62,8 @@ class ProxyConfig:
     workers: int = 16
     # The least strict recording a connection may have ("async" allows every mode).
     recording_floor: str = "async"
+    # Seconds between the recorder's metric emissions (gatehouse.proxy.postgres.metrics).
+    metrics_interval_s: float = DEFAULT_INTERVAL_S
 
 
 class ProxyContext:
@@ -146,7 +156,22 @@ class ProxyContext:
         options = f"-c default_transaction_read_only=on -c idle_in_transaction_session_timeout={idle_ms}"
         params = {**parameters, "options": options}
         params.setdefault("application_name", "gatehouse-proxy")
-        return await connect_upstream(target, params)
+        try:
+            return await connect_upstream(target, params)
+        except UpstreamError as exc:
+            # The cached password may predate a rotation (gatehouse.rotation): read the secret
+            # again past the cache, and log in once more if that gives another password.
+            if exc.sqlstate != INVALID_PASSWORD:
+                raise
+            rotated = await self.call(
+                self.service.secrets.credential_after_rejection, connection.secret_id, credential
+            )
+            if rotated is None:
+                raise
+        log.info("%s refused the cached password: logging in with the rotated one", connection.name)
+        return await connect_upstream(
+            replace(target, user=rotated.username, password=rotated.password), params
+        )
 
     def masker_for(self, connection: Connection | None) -> Masker | None:
         if connection is None:
@@ -206,6 +231,8 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._health: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.metrics = RecorderMetrics(context.recorder, interval_s=context.config.metrics_interval_s)
+        self._metrics_task: asyncio.Task[None] | None = None
         self._draining = False
         self._stopped = asyncio.Event()
         self.address: tuple[str, int] = ("", 0)
@@ -214,6 +241,8 @@ class ProxyServer:
     async def start(self) -> tuple[str, int]:
         config = self.context.config
         await self.context.recorder.start()
+        # Owned here: `stop` cancels it once the recorder has drained, then emits a last time.
+        self._metrics_task = asyncio.create_task(self.metrics.run(), name="gatehouse-proxy-metrics")
         self._server = await asyncio.start_server(self._accept, config.host, config.port, limit=2**20)
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
@@ -293,8 +322,22 @@ class ProxyServer:
             self._health.close()
         await self.context.settle()
         await self.context.recorder.stop()
+        await self._stop_metrics()
         self.context.shutdown()
         self._stopped.set()
+
+    async def _stop_metrics(self) -> None:
+        task, self._metrics_task = self._metrics_task, None
+        if task is None:
+            return
+        task.cancel()
+        # wait() rather than await: a cancellation of stop() itself must still propagate.
+        await asyncio.wait([task])
+        try:
+            # The drain's own failures, and what the recorder could not store before it stopped.
+            self.metrics.emit()
+        except Exception:  # the drain goes on: the task is ending either way
+            log.exception("proxy metrics: the last emission failed")
 
     async def serve_forever(self) -> None:
         """Until SIGTERM or SIGINT, then drain."""
