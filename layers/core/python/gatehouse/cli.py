@@ -219,6 +219,7 @@ def _agent_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gatehouse.admin.cli import register as register_admin
     from gatehouse.audit.cli import register as register_audit
     from gatehouse.targets.privileges_cli import register as register_connections_check
 
@@ -260,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     _agent_option(p)
     p.set_defaults(func=cmd_connections)
     register_connections_check(p)
+
+    p = sub.add_parser("admin", help="register connections, agents and approvers (the deployed registry)")
+    register_admin(p)
 
     p = sub.add_parser("proxy-token", help="a short-lived password for the Postgres proxy")
     p.add_argument("--connection", required=True)
