@@ -20,6 +20,7 @@ from gatehouse import names
 from infra.context import REPO_ROOT, InfraContext
 from infra.functions import GatehouseFunction, grant_session_log, service_settings
 from infra.nag import acknowledge
+from infra.proxy import ProxyNetwork
 from infra.secrets import Secrets
 from infra.tables import Tables
 
@@ -71,7 +72,11 @@ class _AccessLogSettings:
 
 
 class ApiFunction(Construct):
-    """The function behind every agent route, with read/write grants on exactly what it touches."""
+    """The function behind every agent route, with read/write grants on exactly what it touches.
+
+    It runs commands on the targets, so it runs in the network's private subnets; `security_group`
+    is its own: the operator admits it on each target's port.
+    """
 
     def __init__(
         self,
@@ -83,6 +88,7 @@ class ApiFunction(Construct):
         tables: Tables,
         secrets: Secrets,
         log_bucket: s3.IBucket,
+        network: ProxyNetwork,
     ) -> None:
         super().__init__(scope, construct_id)
         settings = service_settings(
@@ -108,6 +114,7 @@ class ApiFunction(Construct):
         )
         self.function = built.function
         role = built.role
+        self.security_group = network.place_function(self.function, role, source="API function")
 
         # Request records are written and updated (votes, status), never deleted: expiry is TTL's.
         tables.requests.grant(

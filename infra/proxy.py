@@ -7,9 +7,11 @@ The NLB passes TCP through: a Postgres client asks for TLS inside the protocol (
 only the proxy can answer it, with the certificate in `names.PROXY_TLS_SECRET`. Client addresses
 are preserved, so the session log names the agent's address rather than the NLB's.
 
-`ProxyNetwork` is the VPC: a new one with private subnets only (no internet gateway, no NAT) and
-VPC endpoints for every AWS API the tasks call, or an existing one from context. `ProxyService`
-is the cluster, the service and its load balancer, its roles and its autoscaling.
+`ProxyNetwork` is the stack's VPC, where everything that reaches a target runs (the proxy's tasks,
+the API function, the approvals function): a new one with private subnets and VPC endpoints for
+every AWS API they call (isolated unless context `vpcNatGateways` asks for NAT), or an existing
+one from context. `ProxyService` is the cluster, the service and its load balancer, its roles and
+its autoscaling.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -55,25 +58,43 @@ SCALE_IN_COOLDOWN = Duration.minutes(5)
 # The time SIGTERM leaves after the drain deadline: the last session-log chunk and the manifest.
 STOP_MARGIN_SECONDS = 15
 
-# ECR image pulls fetch their layers from S3, so S3 (a gateway endpoint) serves ECR too.
+# ECR image pulls fetch their layers from S3, so S3 (a gateway endpoint) serves ECR too. The
+# functions call Secrets Manager, Step Functions (StartExecution) and X-Ray (active tracing);
+# Lambda writes their logs itself, outside the VPC.
 _INTERFACE_ENDPOINTS = {
     "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
     "StepFunctions": ec2.InterfaceVpcEndpointAwsService.STEP_FUNCTIONS,
     "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
     "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
     "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
+    "XRay": ec2.InterfaceVpcEndpointAwsService.XRAY,
 }
+
+# What Lambda does with a function's role to attach it to the VPC (AWSLambdaVPCAccessExecutionRole,
+# without its CloudWatch Logs grants, which each function has for its own log group).
+_ENI_UNSCOPED_ACTIONS = ["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
+_ENI_INTERFACE_ACTIONS = [
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+]
 
 
 class ProxyNetwork(Construct):
-    """The proxy's VPC and the CIDR its clients come from.
+    """The stack's VPC, where whatever reaches a target runs, and the CIDR the proxy's clients come from.
 
-    A new VPC has private isolated subnets in two zones and reaches AWS through VPC endpoints, not
-    a NAT gateway: a process that holds database credentials gets no route to the internet, and
-    the endpoints' security group admits the proxy's tasks only. An existing VPC (context `vpcId`)
-    is used as it is: it must already reach S3, DynamoDB, Secrets Manager, Step Functions,
-    CloudWatch Logs and ECR (endpoints or NAT), and no endpoint is added to it, since a second
-    interface endpoint with private DNS for the same service cannot be created.
+    A new VPC has private subnets in two zones and reaches AWS through VPC endpoints. With
+    `vpcNatGateways` 0 (the default) the subnets are isolated: a process that holds database
+    credentials gets no route to the internet, and its targets must be in the VPC or reachable by
+    peering, a transit gateway or endpoints. With N > 0 there are public subnets with N NAT
+    gateways and the private subnets route through them (public HTTP APIs, public Kubernetes
+    endpoints); AWS traffic still goes through the endpoints. The endpoints' security group admits
+    only the groups given to `allow_endpoints_from` (the proxy's tasks, the functions).
+
+    An existing VPC (context `vpcId`) is used as it is: it must already reach S3, DynamoDB, Secrets
+    Manager, Step Functions, CloudWatch Logs, X-Ray and ECR (endpoints or NAT), and no endpoint is
+    added to it, since a second interface endpoint with private DNS for the same service cannot be
+    created.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, context: InfraContext) -> None:
@@ -90,6 +111,7 @@ class ProxyNetwork(Construct):
                 private_subnet_ids=list(context.vpc_private_subnet_ids),
             )
             self.subnets = ec2.SubnetSelection(subnets=self.vpc.private_subnets)
+            self.subnet_ids = [subnet.subnet_id for subnet in self.vpc.private_subnets]
             return
         self.flow_logs = logs.LogGroup(
             self,
@@ -97,17 +119,23 @@ class ProxyNetwork(Construct):
             retention=context.function_log_retention,
             removal_policy=RemovalPolicy.DESTROY,
         )
+        nat = context.vpc_nat_gateways
+        private_type = ec2.SubnetType.PRIVATE_WITH_EGRESS if nat else ec2.SubnetType.PRIVATE_ISOLATED
+        subnet_configuration = [
+            ec2.SubnetConfiguration(name="private", subnet_type=private_type, cidr_mask=20)
+        ]
+        if nat:
+            # The NAT gateways' own subnets; nothing of Gatehouse runs in them.
+            subnet_configuration.append(
+                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24)
+            )
         vpc = ec2.Vpc(
             self,
             "Vpc",
             ip_addresses=ec2.IpAddresses.cidr(context.vpc_cidr),
             max_azs=2,
-            nat_gateways=0,
-            subnet_configuration=[
-                ec2.SubnetConfiguration(
-                    name="private", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=20
-                )
-            ],
+            nat_gateways=nat,
+            subnet_configuration=subnet_configuration,
             # Accepted and rejected flows: who reached the proxy and what it reached, beside the
             # session log's account of what was said.
             flow_logs={
@@ -118,7 +146,8 @@ class ProxyNetwork(Construct):
             },
         )
         self.vpc = vpc
-        self.subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+        self.subnets = ec2.SubnetSelection(subnet_type=private_type)
+        self.subnet_ids = vpc.select_subnets(subnet_type=private_type).subnet_ids
         # Gateway endpoints cost nothing; the session log (S3) and the tables (DynamoDB) go there.
         vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[self.subnets])
         vpc.add_gateway_endpoint(
@@ -131,14 +160,66 @@ class ProxyNetwork(Construct):
                     service=service,
                     subnets=self.subnets,
                     private_dns_enabled=True,
-                    # Closed by default; allow_endpoints_from opens 443 to the proxy's tasks only.
+                    # Closed by default; allow_endpoints_from opens 443 to the given groups only.
                     open=False,
                 )
             )
 
-    def allow_endpoints_from(self, peer: ec2.IConnectable) -> None:
+    def allow_endpoints_from(self, peer: ec2.IConnectable, source: str = "proxy") -> None:
         for endpoint in self.endpoints:
-            endpoint.connections.allow_default_port_from(peer, "HTTPS to the AWS API from the proxy")
+            endpoint.connections.allow_default_port_from(peer, f"HTTPS to the AWS API from the {source}")
+
+    def place_function(
+        self, function: lambda_.Function, role: iam.IRole, *, source: str
+    ) -> ec2.SecurityGroup:
+        """Run `function` in the private subnets with a security group of its own, and return it.
+
+        The group's egress is open (a target's address is the registry's, known after deploy);
+        the operator admits the group on each target's port. `role` gets what Lambda needs to
+        attach the function's network interfaces.
+        """
+        scope = function.node.scope
+        assert scope is not None
+        security_group = ec2.SecurityGroup(
+            scope,
+            "SecurityGroup",
+            vpc=self.vpc,
+            # Security group descriptions allow no apostrophe.
+            description=f"Gatehouse {source}: admit it on each target port",
+            allow_all_outbound=True,
+        )
+        # The function is built by infra.functions.GatehouseFunction (every function the same way),
+        # which knows no network: the VPC is set on its CloudFormation resource.
+        resource = function.node.default_child
+        assert isinstance(resource, lambda_.CfnFunction)
+        resource.vpc_config = lambda_.CfnFunction.VpcConfigProperty(
+            subnet_ids=self.subnet_ids,
+            security_group_ids=[security_group.security_group_id],
+        )
+        stack = Stack.of(self)
+        role.add_to_principal_policy(iam.PolicyStatement(actions=_ENI_UNSCOPED_ACTIONS, resources=["*"]))
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=_ENI_INTERFACE_ACTIONS,
+                resources=[stack.format_arn(service="ec2", resource="network-interface", resource_name="*")],
+            )
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:"
+            "network-interface/*]",
+            "Lambda attaches a VPC function through network interfaces it creates and names at run "
+            "time; deleting and re-addressing them is limited to network interfaces of this account.",
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray PutTraceSegments and PutTelemetryRecords, and Lambda's ec2:CreateNetworkInterface, "
+            "DescribeNetworkInterfaces and DescribeSubnets support no resource-level permissions; the "
+            "role's other statements name their resources.",
+        )
+        self.allow_endpoints_from(security_group, source)
+        return security_group
 
 
 class ProxyService(Construct):

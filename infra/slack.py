@@ -1,8 +1,9 @@
 """Slack's way in: `POST /slack/interactions`, the one route without IAM auth, and its function.
 
 Slack cannot sign with SigV4, so the route is open and the function verifies Slack's own
-signature (the signing secret in Secrets Manager), refuses replays (a conditional write in the
-replay table), acknowledges within 3 seconds and votes in an asynchronous invocation of itself.
+signature (`names.SLACK_SIGNING_SECRET`, which no other function may read), refuses replays (a
+conditional write in the replay table), acknowledges within 3 seconds and votes in an asynchronous
+invocation of itself. It answers approvers with the bot token (`names.SLACK_SECRET`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,27 @@ SLACK_CODE_DIR = REPO_ROOT / "functions" / "slack"
 # (it resumes the session log and answers the state machine).
 SLACK_TIMEOUT = Duration.seconds(20)
 INTERACTIONS_PATH = "/slack/interactions"
+
+
+def slack_environment(context: InfraContext) -> dict[str, str]:
+    """The approval channel from cdk.json (`slackChannel`), when it names one."""
+    return {names.ENV_SLACK_CHANNEL: context.slack_channel} if context.slack_channel else {}
+
+
+def grant_operator_secret_read(role: iam.IRole, secret_name: str) -> None:
+    """GetSecretValue on a secret the operator creates after deploy (README): named, not referenced.
+
+    Secrets Manager appends "-" and six characters to the name; `?` matches exactly those.
+    """
+    arn = Stack.of(role).format_arn(
+        service="secretsmanager",
+        resource="secret",
+        resource_name=f"{secret_name}-??????",
+        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[arn])
+    )
 
 
 class SlackFunction(Construct):
@@ -64,7 +86,7 @@ class SlackFunction(Construct):
             handler="handler.lambda_handler",
             service_name=names.SLACK_FUNCTION,
             layers=layers,
-            environment=settings.as_env(),
+            environment={**settings.as_env(), **slack_environment(context)},
             context=context,
             timeout=SLACK_TIMEOUT,
         )
@@ -77,16 +99,11 @@ class SlackFunction(Construct):
         tables.slack_replay.grant(role, "dynamodb:PutItem")
         # The approval message shows the statement masked: the masking key, no connection secret.
         secrets.masking_key.grant_read(role)
+        # The signing secret verifies Slack's requests (this function alone reads it); the bot
+        # token answers the approver (the deny modal, ephemeral replies).
+        grant_operator_secret_read(role, names.SLACK_SIGNING_SECRET)
+        grant_operator_secret_read(role, names.SLACK_SECRET)
         stack = Stack.of(self)
-        slack_secret_arn = stack.format_arn(
-            service="secretsmanager",
-            resource="secret",
-            resource_name=f"{names.SLACK_SECRET}-??????",
-            arn_format=ArnFormat.COLON_RESOURCE_NAME,
-        )
-        role.add_to_principal_policy(
-            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[slack_secret_arn])
-        )
         # A quorum or a denial answers the execution's task token.
         state_machine.grant_task_response(role)
         # The vote runs in an asynchronous invocation of this same function. The ARN is built from

@@ -43,6 +43,17 @@ def _actions(statement: dict[str, Any]) -> list[str]:
     return [actions] if isinstance(actions, str) else list(actions)
 
 
+# What Lambda needs to attach the function to the VPC: its own network interfaces, nothing else.
+ENI_ACTIONS = {
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+}
+
+
 def _resources(statement: dict[str, Any]) -> list[Any]:
     resources = statement["Resource"]
     return resources if isinstance(resources, list) else [resources]
@@ -113,7 +124,7 @@ def test_api_function_runs_on_the_layers_runtime_with_tracing(synthesized: Synth
 
     assert props["Handler"] == "handler.lambda_handler"
     assert props["Runtime"] == "python3.12"
-    assert props["Architectures"] == ["x86_64"]
+    assert props["Architectures"] == ["arm64"]
     assert props["TracingConfig"] == {"Mode": "Active"}
     assert props["Timeout"] < 30  # API Gateway gives up on an integration after 30 s
     # The dependencies first, then gatehouse itself (a later layer wins a file conflict).
@@ -124,7 +135,7 @@ def test_api_function_runs_on_the_layers_runtime_with_tracing(synthesized: Synth
     ]
     for layer in layers.values():
         assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
-        assert layer["Properties"]["CompatibleArchitectures"] == ["x86_64"]
+        assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
 
 
 def test_api_function_environment_is_what_settings_reads(synthesized: Synthesized):
@@ -168,10 +179,53 @@ def test_api_function_can_append_to_the_session_log_but_never_delete(synthesized
 
     assert s3_actions == {"s3:PutObject", "s3:PutObjectRetention", "s3:GetObject", "s3:ListBucket"}
     assert all(statement["Effect"] == "Allow" for statement in statements)
-    for action in (a for statement in statements for a in _actions(statement)):
+    # Nothing is deleted but the network interfaces Lambda attaches the function by.
+    for action in (a for statement in statements for a in _actions(statement) if a not in ENI_ACTIONS):
         assert "*" not in action
         assert "Delete" not in action
         assert "BypassGovernanceRetention" not in action
+
+
+def test_api_function_runs_in_the_private_subnets_with_its_own_security_group(synthesized: Synthesized):
+    vpc_config = _function(synthesized)["Properties"]["VpcConfig"]
+    [service] = synthesized.resources_of_type("AWS::ECS::Service").values()
+    private_subnets = service["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"]["Subnets"]
+    [group] = vpc_config["SecurityGroupIds"]
+    group_key = group["Fn::GetAtt"][0]
+    endpoint_rules = [
+        rule["Properties"]
+        for rule in synthesized.resources_of_type("AWS::EC2::SecurityGroupIngress").values()
+        if rule["Properties"].get("SourceSecurityGroupId") == group
+    ]
+
+    # Where the proxy runs: the targets are reachable from there.
+    assert vpc_config["SubnetIds"] == private_subnets
+    # Its own group, named in the outputs so operators admit it on each target's port.
+    assert synthesized.template.to_json()["Outputs"]["ApiSecurityGroup"]["Value"] == group
+    assert synthesized.resources[group_key]["Properties"]["SecurityGroupEgress"] == [
+        {"CidrIp": "0.0.0.0/0", "Description": "Allow all outbound traffic by default", "IpProtocol": "-1"}
+    ]
+    # The interface endpoints (Secrets Manager, Step Functions, X-Ray...) admit it on 443.
+    assert endpoint_rules and {(r["FromPort"], r["ToPort"]) for r in endpoint_rules} == {(443, 443)}
+
+
+def test_api_function_network_permissions_are_the_ones_lambda_needs(synthesized: Synthesized):
+    def ec2_actions(statement: dict[str, Any]) -> set[str]:
+        return {a for a in _actions(statement) if a.startswith("ec2:")}
+
+    statements = [s for s in _statements(synthesized) if ec2_actions(s)]
+
+    assert {a for s in statements for a in ec2_actions(s)} == ENI_ACTIONS
+    # Only what has no resource-level permission is granted on "*"; the rest on network interfaces.
+    for statement in statements:
+        if _resources(statement) == ["*"]:
+            assert ec2_actions(statement) <= {
+                "ec2:CreateNetworkInterface",
+                "ec2:DescribeNetworkInterfaces",
+                "ec2:DescribeSubnets",
+            }
+        else:
+            assert ":network-interface/*" in json.dumps(_resources(statement))
 
 
 def test_api_function_cannot_weaken_the_lock_mode_of_what_it_writes(synthesized: Synthesized):
@@ -211,6 +265,9 @@ def test_api_function_reads_only_the_masking_key_and_connection_secrets(synthesi
     assert {"Ref": secret_key} in _resources(statement)
     assert len(wildcard_arns) == 1
     assert wildcard_arns[0].endswith(f":secret:{names.CONNECTION_SECRET_PREFIX}*")
+    # Neither Slack secret: the API posts nothing to Slack and verifies no Slack request.
+    for slack_secret in (names.SLACK_SECRET, names.SLACK_SIGNING_SECRET):
+        assert f":secret:{slack_secret}-" not in json.dumps(_statements(synthesized))
 
 
 def test_requests_table_is_written_never_deleted_and_registries_are_read_only(synthesized: Synthesized):

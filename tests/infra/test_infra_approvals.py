@@ -14,6 +14,16 @@ if TYPE_CHECKING:
     from tests.infra.conftest import Synthesized
 
 LOCAL_ARN = f"arn:aws:lambda:us-east-1:123456789012:function:{names.APPROVALS_FUNCTION}"
+NOTIFY_LOCAL_ARN = f"arn:aws:lambda:us-east-1:123456789012:function:{names.APPROVALS_NOTIFY_FUNCTION}"
+# What Lambda needs to attach a function to the VPC: its own network interfaces, nothing else.
+ENI_ACTIONS = {
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+}
 
 
 def _function_key(synthesized: Synthesized, name: str) -> str:
@@ -47,19 +57,35 @@ def _state_machine(synthesized: Synthesized) -> dict[str, Any]:
     return synthesized.one("AWS::StepFunctions::StateMachine")
 
 
+def _secret_statements(statements: list[dict[str, Any]], secret_name: str) -> list[dict[str, Any]]:
+    """The statements naming an operator-created secret (by its name and the six-character suffix)."""
+    return [s for s in statements if f"secret:{secret_name}-" in json.dumps(s["Resource"])]
+
+
+def _private_subnets(synthesized: Synthesized) -> list[dict[str, str]]:
+    """The VPC's subnets as the proxy's service names them: the private ones."""
+    [service] = synthesized.resources_of_type("AWS::ECS::Service").values()
+    network = service["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"]
+    subnets: list[dict[str, str]] = network["Subnets"]
+    return subnets
+
+
 @pytest.fixture(scope="module")
 def asl(synthesized: Synthesized) -> dict[str, Any]:
     """The deployed definition, with the function's ARN and the partition filled in."""
     definition = _state_machine(synthesized)["Properties"]["DefinitionString"]
-    function_key = _function_key(synthesized, names.APPROVALS_FUNCTION)
+    arns = {
+        _function_key(synthesized, names.APPROVALS_FUNCTION): LOCAL_ARN,
+        _function_key(synthesized, names.APPROVALS_NOTIFY_FUNCTION): NOTIFY_LOCAL_ARN,
+    }
 
     def resolve(value: Any) -> str:
         if isinstance(value, str):
             return value
         if value == {"Ref": "AWS::Partition"}:
             return "aws"
-        if value == {"Fn::GetAtt": [function_key, "Arn"]}:
-            return LOCAL_ARN
+        if "Fn::GetAtt" in value and value["Fn::GetAtt"][1] == "Arn" and value["Fn::GetAtt"][0] in arns:
+            return arns[value["Fn::GetAtt"][0]]
         [(fn, (separator, parts))] = value.items()
         assert fn == "Fn::Join", value
         return separator.join(resolve(part) for part in parts)
@@ -92,14 +118,31 @@ def test_the_flow_is_preview_notify_then_decision(asl: dict[str, Any]):
     assert states[states["Decision"]["Default"]]["Type"] == "Fail"
     for state, step in (("Execute", "execute"), ("RecordDenied", "denied"), ("Expire", "expire")):
         assert states[state]["Parameters"] == {"step": step, "request_id.$": "$.request_id"}
-        assert states[state].get("End") is True
+        assert states[state]["Next"] == "Announce"
+    assert states["Announce"]["Next"] == "Done" and states["Done"]["Type"] == "Succeed"
+    assert states["RecordFailed"]["Next"] == "AnnounceFailure"
+    assert states["AnnounceFailure"]["Next"] == "Failed" and states["Failed"]["Type"] == "Fail"
+
+
+def test_the_outcome_is_announced_by_the_notify_function_and_never_fails_the_request(asl: dict[str, Any]):
+    for name, after in (("Announce", "Done"), ("AnnounceFailure", "Failed")):
+        state = asl["States"][name]
+        assert state["Resource"] == NOTIFY_LOCAL_ARN, name
+        assert state["Parameters"] == {"step": "announce", "request_id.$": "$.request_id"}, name
+        # The outcome is decided and recorded before: Slack failing past the retries ends the
+        # execution as it would have ended anyway.
+        assert any(r["ErrorEquals"] == ["States.TaskFailed"] for r in state["Retry"]), name
+        [catch] = state["Catch"]
+        assert (catch["ErrorEquals"], catch["Next"]) == (["States.ALL"], after), name
+        assert state["ResultPath"] is None, name
 
 
 def test_notify_waits_for_a_task_token_as_long_as_the_request_lives(asl: dict[str, Any]):
     notify = asl["States"]["Notify"]
 
     assert notify["Resource"] == "arn:aws:states:::lambda:invoke.waitForTaskToken"
-    assert notify["Parameters"]["FunctionName"] == LOCAL_ARN
+    # The notify function (outside the VPC, where Slack is), not the approvals function.
+    assert notify["Parameters"]["FunctionName"] == NOTIFY_LOCAL_ARN
     assert notify["Parameters"]["Payload"] == {
         "step": "notify",
         "request_id.$": "$.request_id",
@@ -128,14 +171,32 @@ def test_every_step_that_fails_for_good_fails_the_request(asl: dict[str, Any]):
     for name in ("Preview", "Notify", "Execute", "RecordDenied"):
         catches = asl["States"][name]["Catch"]
         assert catches[-1]["ErrorEquals"] == ["States.ALL"] and catches[-1]["Next"] == "RecordFailed", name
-    assert asl["States"]["RecordFailed"]["Next"] == "Failed"
+    assert asl["States"]["RecordFailed"]["Next"] == "AnnounceFailure"
+
+
+def test_every_step_but_the_slack_ones_runs_in_the_approvals_function(asl: dict[str, Any]):
+    tasks = {name: state for name, state in asl["States"].items() if state["Type"] == "Task"}
+    slack_facing = {"Notify", "Announce", "AnnounceFailure"}
+
+    assert set(tasks) == {"Preview", "Execute", "RecordDenied", "Expire", "RecordFailed"} | slack_facing
+    for name, state in tasks.items():
+        # A plain invocation names its function as the Resource; Notify's (a task token) in Parameters.
+        invoked = state["Parameters"].get("FunctionName") or state["Resource"]
+        assert invoked == (NOTIFY_LOCAL_ARN if name in slack_facing else LOCAL_ARN), name
 
 
 def test_the_local_stack_gets_the_same_definition(asl: dict[str, Any]):
-    assert approvals_definition({names.APPROVALS_FUNCTION: LOCAL_ARN}) == asl
+    local = {names.APPROVALS_FUNCTION: LOCAL_ARN, names.APPROVALS_NOTIFY_FUNCTION: NOTIFY_LOCAL_ARN}
+
+    assert approvals_definition(local) == asl
 
 
-def test_only_the_approvals_function_is_invoked_by_the_state_machine(synthesized: Synthesized):
+def test_the_local_definition_needs_both_functions():
+    with pytest.raises(ValueError, match=names.APPROVALS_NOTIFY_FUNCTION):
+        approvals_definition({names.APPROVALS_FUNCTION: LOCAL_ARN})
+
+
+def test_only_the_two_approvals_functions_are_invoked_by_the_state_machine(synthesized: Synthesized):
     role_key = _state_machine(synthesized)["Properties"]["RoleArn"]["Fn::GetAtt"][0]
     statements = [
         statement
@@ -143,11 +204,21 @@ def test_only_the_approvals_function_is_invoked_by_the_state_machine(synthesized
         if {"Ref": role_key} in policy["Properties"]["Roles"]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
     ]
-    function_key = _function_key(synthesized, names.APPROVALS_FUNCTION)
-    [invoke] = [s for s in statements if "lambda:InvokeFunction" in _actions([s])]
-    resources = invoke["Resource"] if isinstance(invoke["Resource"], list) else [invoke["Resource"]]
-    assert {"Fn::GetAtt": [function_key, "Arn"]} in resources
-    assert all(function_key in json.dumps(resource) for resource in resources)
+    function_keys = {
+        _function_key(synthesized, names.APPROVALS_FUNCTION),
+        _function_key(synthesized, names.APPROVALS_NOTIFY_FUNCTION),
+    }
+    invokes = [s for s in statements if "lambda:InvokeFunction" in _actions([s])]
+    resources = [
+        resource
+        for statement in invokes
+        for resource in (
+            statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        )
+    ]
+    for key in function_keys:
+        assert {"Fn::GetAtt": [key, "Arn"]} in resources
+    assert all(any(key in json.dumps(resource) for key in function_keys) for resource in resources)
 
 
 def test_the_approvals_function_has_narrow_grants(synthesized: Synthesized):
@@ -157,15 +228,64 @@ def test_the_approvals_function_has_narrow_grants(synthesized: Synthesized):
     # It updates request records (the API function creates them) and appends to the session log.
     assert {"dynamodb:GetItem", "dynamodb:UpdateItem", "s3:PutObject", "s3:GetObject"} <= actions
     assert "secretsmanager:GetSecretValue" in actions
-    # Never: delete anything, create request records, start or answer executions, any wildcard action.
-    assert not {a for a in actions if "Delete" in a or a.startswith("states:")}
+    # Never: delete anything (but the network interfaces Lambda attaches it by), create request
+    # records, start or answer executions, any wildcard action.
+    assert not {a for a in actions - ENI_ACTIONS if "Delete" in a or a.startswith("states:")}
     assert "dynamodb:PutItem" not in {
         a for s in statements if "Requests" in json.dumps(s["Resource"]) for a in _actions([s])
     }
     assert not [a for a in actions if a.endswith("*") and not a.startswith(("xray:", "logs:"))]
-    # The Slack secret by its name and Secrets Manager's six-character suffix, nothing wider.
-    slack = [s for s in statements if f"secret:{names.SLACK_SECRET}-" in json.dumps(s["Resource"])]
-    assert slack and f"{names.SLACK_SECRET}-??????" in json.dumps(slack[0]["Resource"])
+    # It runs the approved command: connection secrets, and neither Slack secret.
+    assert names.CONNECTION_SECRET_PREFIX in json.dumps(statements)
+    assert not _secret_statements(statements, names.SLACK_SECRET)
+    assert not _secret_statements(statements, names.SLACK_SIGNING_SECRET)
+
+
+def test_the_approvals_function_runs_in_the_private_subnets_with_its_own_security_group(
+    synthesized: Synthesized,
+):
+    props = synthesized.resources[_function_key(synthesized, names.APPROVALS_FUNCTION)]["Properties"]
+    [group] = props["VpcConfig"]["SecurityGroupIds"]
+    outputs = synthesized.template.to_json()["Outputs"]
+
+    assert props["VpcConfig"]["SubnetIds"] == _private_subnets(synthesized)
+    assert synthesized.resources[group["Fn::GetAtt"][0]]["Type"] == "AWS::EC2::SecurityGroup"
+    # Operators admit it on each target's port: the stack says which group that is.
+    assert outputs["ApprovalsSecurityGroup"]["Value"] == group
+    # Lambda attaches it through network interfaces: deleting those is scoped to interfaces.
+    statements = _statements_of(synthesized, names.APPROVALS_FUNCTION)
+    [change] = [s for s in statements if "ec2:DeleteNetworkInterface" in _actions([s])]
+    assert ":network-interface/*" in json.dumps(change["Resource"])
+
+
+def test_the_notify_function_is_the_same_code_outside_the_vpc(synthesized: Synthesized):
+    approvals = synthesized.resources[_function_key(synthesized, names.APPROVALS_FUNCTION)]["Properties"]
+    notify = synthesized.resources[_function_key(synthesized, names.APPROVALS_NOTIFY_FUNCTION)]["Properties"]
+
+    assert "VpcConfig" not in notify
+    assert notify["Handler"] == approvals["Handler"]
+    assert notify["Code"] == approvals["Code"]
+    assert notify["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == names.APPROVALS_NOTIFY_FUNCTION
+
+
+def test_the_notify_function_reads_the_bot_token_and_no_connection_secret(synthesized: Synthesized):
+    statements = _statements_of(synthesized, names.APPROVALS_NOTIFY_FUNCTION)
+    actions = _actions(statements)
+
+    # The bot token's secret, by its name and Secrets Manager's six-character suffix, nothing wider.
+    [slack] = _secret_statements(statements, names.SLACK_SECRET)
+    assert _actions([slack]) == {"secretsmanager:GetSecretValue"}
+    assert f"{names.SLACK_SECRET}-??????" in json.dumps(slack["Resource"])
+    # Not the signing secret, not a connection's credential, no way into the VPC.
+    assert not _secret_statements(statements, names.SLACK_SIGNING_SECRET)
+    assert names.CONNECTION_SECRET_PREFIX not in json.dumps(statements)
+    assert not {a for a in actions if a.startswith(("ec2:", "states:", "lambda:"))}
+    # The request record is read and updated (the task token), never created or deleted.
+    requests = [s for s in statements if "Requests" in json.dumps(s["Resource"])]
+    assert _actions(requests) == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    assert not {a for a in actions if "Delete" in a}
+    # It appends to the session log.
+    assert {"s3:PutObject", "s3:GetObject"} <= actions
 
 
 def test_the_api_function_may_start_executions_of_this_state_machine_only(synthesized: Synthesized):

@@ -87,9 +87,16 @@ def test_the_proxy_runs_on_fargate_behind_an_internal_nlb_in_isolated_subnets(sy
     assert not [r for r in routes if r["Properties"].get("DestinationCidrBlock") == "0.0.0.0/0"]
 
 
-def test_the_vpc_reaches_aws_through_endpoints_open_to_the_proxy_tasks_only(synthesized: Synthesized):
+def test_the_vpc_reaches_aws_through_endpoints_open_to_the_proxy_and_the_functions_only(
+    synthesized: Synthesized,
+):
     endpoints = synthesized.resources_of_type("AWS::EC2::VPCEndpoint").values()
     task_sg = {"Fn::GetAtt": [_task_sg_key(synthesized), "GroupId"]}
+    # The functions that reach targets run in the VPC too, each with a group the outputs name
+    # (ApiSecurityGroup, ApprovalsSecurityGroup, ...); ProxySecurityGroup is the tasks' own.
+    outputs = synthesized.template.to_json()["Outputs"]
+    allowed = sorted({json.dumps(v["Value"]) for k, v in outputs.items() if k.endswith("SecurityGroup")})
+    assert json.dumps(task_sg) in allowed and len(allowed) >= 3
 
     def service_of(endpoint: dict[str, Any]) -> str:
         name = json.dumps(endpoint["Properties"]["ServiceName"])
@@ -98,7 +105,14 @@ def test_the_vpc_reaches_aws_through_endpoints_open_to_the_proxy_tasks_only(synt
     gateways = {service_of(e) for e in endpoints if e["Properties"].get("VpcEndpointType") == "Gateway"}
     interfaces = [e for e in endpoints if e["Properties"].get("VpcEndpointType") == "Interface"]
     assert gateways == {"s3", "dynamodb"}
-    assert {service_of(e) for e in interfaces} == {"secretsmanager", "states", "logs", "ecr.api", "ecr.dkr"}
+    assert {service_of(e) for e in interfaces} == {
+        "secretsmanager",
+        "states",
+        "logs",
+        "ecr.api",
+        "ecr.dkr",
+        "xray",
+    }
     for endpoint in interfaces:
         assert endpoint["Properties"]["PrivateDnsEnabled"] is True
         [group] = endpoint["Properties"]["SecurityGroupIds"]
@@ -109,9 +123,9 @@ def test_the_vpc_reaches_aws_through_endpoints_open_to_the_proxy_tasks_only(synt
             for rule in synthesized.resources_of_type("AWS::EC2::SecurityGroupIngress").values()
             if rule["Properties"]["GroupId"] == {"Fn::GetAtt": [group_key, "GroupId"]}
         ]
-        assert [(r["FromPort"], r["ToPort"], r["SourceSecurityGroupId"]) for r in ingress] == [
-            (443, 443, task_sg)
-        ]
+        assert sorted(
+            (r["FromPort"], r["ToPort"], json.dumps(r["SourceSecurityGroupId"])) for r in ingress
+        ) == sorted((443, 443, group) for group in allowed)
 
 
 def test_the_vpc_records_its_flows(synthesized: Synthesized):

@@ -158,6 +158,13 @@ def test_a_write_waits_with_its_preview_the_owner_cannot_approve_and_a_dba_can(s
     assert kinds.index("approved") < kinds.index("executed") < kinds.index("session_closed")
     final = voter.standin.approval_message(rid)
     assert final is not None and "gatehouse_approve" not in str(final.blocks)  # buttons gone
+    # The outcome reaches the message in the state machine's last step (the notify function).
+    deadline = time.monotonic() + 15
+    while "executed: 1 rows" not in str(final.blocks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        final = voter.standin.approval_message(rid)
+        assert final is not None
+    assert "executed: 1 rows" in str(final.blocks)
 
 
 def test_a_denial_carries_its_reason_and_nothing_runs(stack, voter):

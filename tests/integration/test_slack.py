@@ -23,11 +23,14 @@ import requests
 from moto import mock_aws
 
 from gatehouse import names
-from gatehouse.exceptions import NotFoundError
+from gatehouse.config import Settings
+from gatehouse.exceptions import NotFoundError, SecretUnavailableError
 from gatehouse.local.apigw import ApiGateway
 from gatehouse.local.moto_server import LambdaDispatcher
 from gatehouse.local.provision import create_slack_replay_table
 from gatehouse.local.slack_api import SlackApiStandIn, create_slack_secret
+from gatehouse.secrets import SecretStore
+from gatehouse.slack.app import load_credentials, load_signing_secret
 from gatehouse.slack.exceptions import SlackUnavailableError
 from gatehouse.slack.interactions import signed_headers
 from gatehouse.slack.notify import SlackNotifier, build_web_client
@@ -421,3 +424,84 @@ def test_when_the_modal_cannot_open_the_approver_is_told(interactions: Interacti
     assert interactions.standin.calls("views.open") == 1
     (reply,) = interactions.ephemerals()
     assert "could not open the reason form" in reply["text"]
+
+
+# -- the Slack app's two secrets ---------------------------------------------------------------
+
+
+def test_the_local_stack_keeps_the_signing_secret_apart_from_the_bot_token(aws_env: None) -> None:
+    with mock_aws():
+        client = boto3.client("secretsmanager")
+        created = create_slack_secret(client)
+
+        bot = json.loads(client.get_secret_value(SecretId=names.SLACK_SECRET)["SecretString"])
+        signing = json.loads(client.get_secret_value(SecretId=names.SLACK_SIGNING_SECRET)["SecretString"])
+
+    assert set(bot) == {"bot_token", "channel"}
+    assert signing == {"signing_secret": created["signing_secret"]}
+    assert bot["bot_token"] == created["bot_token"]
+
+
+def _store(value: dict[str, str]) -> tuple[SecretStore, Settings]:
+    client = boto3.client("secretsmanager")
+    client.create_secret(Name=names.SLACK_SECRET, SecretString=json.dumps(value))
+    return SecretStore(client, cache_seconds=0), Settings(log_bucket="unused")
+
+
+def test_the_channel_variable_wins_over_the_secrets_channel(aws_env: None) -> None:
+    with mock_aws():
+        store, settings = _store({"bot_token": TOKEN, "channel": "#from-the-secret"})
+
+        from_secret = load_credentials(store, settings)
+        from_env = load_credentials(store, dataclasses.replace(settings, slack_channel="C0123456789"))
+
+    assert from_secret.channel == "#from-the-secret"
+    assert from_env.channel == "C0123456789"
+    assert TOKEN not in repr(from_env)
+
+
+def test_a_secret_without_a_channel_needs_the_variable(aws_env: None) -> None:
+    with mock_aws():
+        store, settings = _store({"bot_token": TOKEN})
+
+        assert (
+            load_credentials(store, dataclasses.replace(settings, slack_channel="#approvals")).channel
+            == "#approvals"
+        )
+        with pytest.raises(SecretUnavailableError, match=names.ENV_SLACK_CHANNEL):
+            load_credentials(store, settings)
+
+
+def test_the_signing_secret_is_read_from_its_own_secret_only(aws_env: None) -> None:
+    with mock_aws():
+        client = boto3.client("secretsmanager")
+        store = SecretStore(client, cache_seconds=0)
+        settings = Settings(log_bucket="unused")
+        # A signing secret left in the bot token's secret (the old layout) is not used.
+        client.create_secret(
+            Name=names.SLACK_SECRET,
+            SecretString=json.dumps({"bot_token": TOKEN, "channel": "#a", "signing_secret": "old"}),
+        )
+        with pytest.raises(SecretUnavailableError, match=names.SLACK_SIGNING_SECRET):
+            load_signing_secret(store, settings)
+        client.create_secret(
+            Name=names.SLACK_SIGNING_SECRET, SecretString=json.dumps({"signing_secret": "s3"})
+        )
+
+        assert load_signing_secret(store, settings) == "s3"
+
+
+def test_settings_read_the_signing_secret_and_the_channel_from_the_environment() -> None:
+    env = {
+        names.ENV_LOG_BUCKET: "b",
+        names.ENV_SLACK_SIGNING_SECRET: "other/signing",
+        names.ENV_SLACK_CHANNEL: " #approvals ",
+    }
+
+    settings = Settings.from_env(env)
+
+    assert (settings.slack_signing_secret, settings.slack_channel) == ("other/signing", "#approvals")
+    assert Settings.from_env(settings.as_env()) == settings
+    defaults = Settings.from_env({names.ENV_LOG_BUCKET: "b"})
+    assert (defaults.slack_signing_secret, defaults.slack_channel) == (names.SLACK_SIGNING_SECRET, "")
+    assert names.ENV_SLACK_CHANNEL not in defaults.as_env()

@@ -45,6 +45,7 @@ class StubService:
     steps: dict[str, list[str]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     notify_failures: dict[str, int] = field(default_factory=dict)
+    slack_gone: set[str] = field(default_factory=set)  # every announcement of these fails
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def _record(self, request_id: str, step: str) -> None:
@@ -74,6 +75,11 @@ class StubService:
 
     def expire(self, request_id: str) -> None:
         self._record(request_id, "expire")
+
+    def announce_outcome(self, request_id: str) -> None:
+        self._record(request_id, "announce")
+        if request_id in self.slack_gone:
+            raise SlackDownError("chat.update: service unavailable")
 
     def token(self, request_id: str, timeout_s: float = WAIT_S) -> str:
         with self.changed:
@@ -154,8 +160,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         arn = create_approval_workflow(
             client("iam"), lambda_, sfn, region=REGION, cache_dir=tmp_path_factory.mktemp("asl")
         )
+        # Notify runs in its own function (outside the VPC when deployed), the same code.
         dispatcher = LambdaDispatcher(
-            {names.APPROVALS_FUNCTION: handler.lambda_handler, names.SLACK_FUNCTION: slack}
+            {
+                names.APPROVALS_FUNCTION: handler.lambda_handler,
+                names.APPROVALS_NOTIFY_FUNCTION: handler.lambda_handler,
+                names.SLACK_FUNCTION: slack,
+            }
         )
         with dispatcher:
             yield Setup(sfn, lambda_, arn, service, slack, moto.endpoint_url)
@@ -175,7 +186,7 @@ def test_an_approved_request_is_previewed_notified_then_executed(setup: Setup):
 
     done = setup.finished("req-approved")
     assert done["status"] == "SUCCEEDED"
-    assert setup.service.steps["req-approved"] == ["preview", "notify", "execute"]
+    assert setup.service.steps["req-approved"] == ["preview", "notify", "execute", "announce"]
     output = json.loads(done["output"])
     assert output["vote"] == {"decision": "approved"}
     assert output["outcome"] == {"step": "execute", "request_id": "req-approved", "status": "executed"}
@@ -201,7 +212,7 @@ def test_a_denied_request_is_recorded_and_never_executed(setup: Setup):
     setup.workflow.resume(setup.service.token("req-denied"), "denied")
 
     assert setup.finished("req-denied")["status"] == "SUCCEEDED"
-    assert setup.service.steps["req-denied"] == ["preview", "notify", "denied"]
+    assert setup.service.steps["req-denied"] == ["preview", "notify", "denied", "announce"]
 
 
 def test_a_request_nobody_decides_expires_and_cannot_be_approved_after(setup: Setup):
@@ -214,7 +225,7 @@ def test_a_request_nobody_decides_expires_and_cannot_be_approved_after(setup: Se
     assert done["status"] == "SUCCEEDED"
     assert time.monotonic() - started >= 1.0
     # The timeout is the expiry, not a failure to retry: one notification only.
-    assert setup.service.steps["req-expiring"] == ["preview", "notify", "expire"]
+    assert setup.service.steps["req-expiring"] == ["preview", "notify", "expire", "announce"]
     assert json.loads(done["output"])["timeout"]["Error"] == "States.Timeout"
     with pytest.raises(ApprovalClosedError):
         setup.workflow.resume(token, "approved")
@@ -233,7 +244,20 @@ def test_a_failing_notification_is_retried_and_the_request_stays_pending(setup: 
     assert [e["taskFailedEventDetails"]["error"] for e in failed] == ["SlackDownError"]
     setup.workflow.resume(token, "approved")
     assert setup.finished("req-slack-down")["status"] == "SUCCEEDED"
-    assert setup.service.steps["req-slack-down"][-1] == "execute"
+    assert setup.service.steps["req-slack-down"][-2:] == ["execute", "announce"]
+
+
+def test_an_outcome_slack_cannot_show_still_ends_the_request_as_decided(setup: Setup):
+    setup.service.slack_gone.add("req-unannounced")
+    setup.workflow.start("req-unannounced", 60)
+    setup.workflow.resume(setup.service.token("req-unannounced"), "approved")
+
+    done = setup.finished("req-unannounced")
+
+    assert done["status"] == "SUCCEEDED"
+    # Retried, then given up: executed once, announced three times.
+    assert setup.service.steps["req-unannounced"] == ["preview", "notify", "execute"] + ["announce"] * 3
+    assert json.loads(done["output"])["announce_failure"]["Error"] == "SlackDownError"
 
 
 def test_a_request_id_holds_one_execution(setup: Setup):

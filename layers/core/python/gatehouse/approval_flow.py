@@ -154,8 +154,6 @@ class ApprovalFlow:
             "approval_expired", outcome="expired", reason="nobody decided before the request expired"
         )
         session.close()
-        record = self._g._requests.get(request_id)
-        self._update_message(record, "expired: nobody decided in time")
         return {"request_id": request_id, "status": "expired"}
 
     def fail_approval(self, request_id: str) -> dict[str, Any]:
@@ -173,7 +171,6 @@ class ApprovalFlow:
             session.close()
         except GatehouseError as exc:
             log.error("could not record the failure of %s (%s)", request_id, exc.code)
-        self._update_message(self._g._requests.get(request_id), f"failed: {why}")
         return {"request_id": request_id, "status": "failed"}
 
     def execute_approved(self, request_id: str) -> dict[str, Any]:
@@ -195,9 +192,18 @@ class ApprovalFlow:
         except GatehouseError as exc:
             self._g._finish(record, status="failed", error=f"{exc.code}: {exc.message}")
             status = "failed"
-        record = self._g._requests.get(request_id)
-        self._update_message(record, _outcome_line(record))
         return {"request_id": request_id, "status": status}
+
+    def announce_outcome(self, request_id: str) -> dict[str, Any]:
+        """Show the request's outcome in its Slack message (the last step of every ending).
+
+        Run by the notify function, outside the VPC: the steps that decide the outcome run beside
+        the targets and cannot reach Slack. A request still undecided shows nothing new.
+        """
+        record = self._g._requests.get(request_id)
+        if record.status not in _UNDECIDED:
+            self._update_message(record, _outcome_line(record))
+        return {"request_id": request_id, "status": record.status}
 
     # -- votes -------------------------------------------------------------------------------
 
@@ -470,7 +476,6 @@ class ApprovalFlow:
             session.close()
         except GatehouseError as exc:
             log.info("session %s already closed (%s)", record.request_id, exc.code)
-        self._update_message(record, _outcome_line(record))
 
     def _update_message(self, record: RequestRecord, outcome: str) -> None:
         if not record.slack_channel or not record.slack_ts:
@@ -519,7 +524,13 @@ def _dry_run_count(preview: Mapping[str, Any] | None) -> int | None:
     return count if isinstance(count, int) else None
 
 
+# Statuses with no outcome to show yet.
+_UNDECIDED = frozenset({"pending_approval", "approved", "executing"})
+
+
 def _outcome_line(record: RequestRecord) -> str:
+    if record.status == "expired":
+        return "expired: nobody decided in time"
     if record.status == "executed":
         return f"executed: {record.row_count} rows"
     if record.status == "denied":

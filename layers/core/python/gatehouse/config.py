@@ -32,10 +32,14 @@ class Settings:
     max_bytes: int = 4 * 1024 * 1024
     log_retention_days: int = names.DEFAULT_LOG_RETENTION_DAYS
     max_body_bytes: int = 256 * 1024
-    # The approval flow: the state machine that holds requests, the Slack app's secret, and (local
-    # stack only) the Slack Web API stand-in's URL. Empty ARN: approvals cannot start (503).
+    # The approval flow: the state machine that holds requests, the Slack app's two secrets (the
+    # bot token, read by whoever posts; the signing secret, read by the interactions path alone),
+    # the approval channel (wins over the bot token secret's "channel"; empty: the secret's), and
+    # (local stack only) the Slack Web API stand-in's URL. Empty ARN: approvals cannot start (503).
     state_machine_arn: str = ""
     slack_secret: str = names.SLACK_SECRET
+    slack_signing_secret: str = names.SLACK_SIGNING_SECRET
+    slack_channel: str = ""
     slack_api_url: str = ""
     # The Postgres proxy: the key that signs its passwords, and the address agents connect to
     # ("host:port", what POST /v1/proxy-tokens answers). Empty: the proxy is not running.
@@ -65,6 +69,8 @@ class Settings:
             ),
             state_machine_arn=env.get(names.ENV_STATE_MACHINE_ARN) or "",
             slack_secret=env.get(names.ENV_SLACK_SECRET) or names.SLACK_SECRET,
+            slack_signing_secret=env.get(names.ENV_SLACK_SIGNING_SECRET) or names.SLACK_SIGNING_SECRET,
+            slack_channel=(env.get(names.ENV_SLACK_CHANNEL) or "").strip(),
             slack_api_url=env.get(names.ENV_SLACK_API_URL) or "",
             proxy_token_key_secret=env.get(names.ENV_PROXY_TOKEN_KEY_SECRET) or names.PROXY_TOKEN_KEY_SECRET,
             proxy_endpoint=_host_port(env, names.ENV_PROXY_ENDPOINT),
@@ -84,6 +90,8 @@ class Settings:
             names.ENV_LOG_RETENTION_DAYS: str(self.log_retention_days),
             names.ENV_STATE_MACHINE_ARN: self.state_machine_arn,
             names.ENV_SLACK_SECRET: self.slack_secret,
+            names.ENV_SLACK_SIGNING_SECRET: self.slack_signing_secret,
+            **({names.ENV_SLACK_CHANNEL: self.slack_channel} if self.slack_channel else {}),
             **({names.ENV_SLACK_API_URL: self.slack_api_url} if self.slack_api_url else {}),
             names.ENV_PROXY_TOKEN_KEY_SECRET: self.proxy_token_key_secret,
             **({names.ENV_PROXY_ENDPOINT: self.proxy_endpoint} if self.proxy_endpoint else {}),

@@ -39,6 +39,8 @@ PROXY_TLS_SECRET = f"{PREFIX}/proxy-tls"
 # Lambda
 API_FUNCTION = f"{PREFIX}-api"
 APPROVALS_FUNCTION = f"{PREFIX}-approvals"  # the state machine's tasks
+# The state machine's Notify task (posts to Slack): outside the VPC, no connection secret.
+APPROVALS_NOTIFY_FUNCTION = f"{PREFIX}-approvals-notify"
 SLACK_FUNCTION = f"{PREFIX}-slack"  # POST /slack/interactions (and its own async invocations)
 # Secrets Manager's rotation of Postgres connection secrets (gatehouse.rotation).
 ROTATION_FUNCTION = f"{PREFIX}-rotation"

@@ -223,6 +223,9 @@ class Gatehouse:
     def fail_approval(self, request_id: str) -> dict[str, Any]:
         return self._approvals.fail_approval(request_id)
 
+    def announce_outcome(self, request_id: str) -> dict[str, Any]:
+        return self._approvals.announce_outcome(request_id)
+
     def list_requests(self, principal: Principal, *, pending_only: bool = False) -> list[RequestRecord]:
         return self._requests.list_for(principal.name, pending_only=pending_only)
 

@@ -28,7 +28,10 @@ STEP_EXECUTE = "execute"
 STEP_DENIED = "denied"
 STEP_EXPIRE = "expire"
 STEP_FAIL = "fail"  # a step failed for good: the request is failed, never left pending
-STEPS = (STEP_PREVIEW, STEP_NOTIFY, STEP_EXECUTE, STEP_DENIED, STEP_EXPIRE, STEP_FAIL)
+# The outcome shown in the Slack message. Its own step, run by the notify function: the steps that
+# run commands are in the VPC, with no route to Slack and no Slack secret.
+STEP_ANNOUNCE = "announce"
+STEPS = (STEP_PREVIEW, STEP_NOTIFY, STEP_EXECUTE, STEP_DENIED, STEP_EXPIRE, STEP_FAIL, STEP_ANNOUNCE)
 
 DECISION_APPROVED = "approved"
 DECISION_DENIED = "denied"
@@ -146,6 +149,8 @@ class ApprovalSteps(Protocol):
 
     def fail_approval(self, request_id: str) -> object: ...
 
+    def announce_outcome(self, request_id: str) -> object: ...
+
 
 def run_step(service: ApprovalSteps, event: Mapping[str, Any]) -> dict[str, Any]:
     """One task of the state machine: `{"step": ..., "request_id": ...[, "task_token"]}`.
@@ -176,6 +181,8 @@ def run_step(service: ApprovalSteps, event: Mapping[str, Any]) -> dict[str, Any]
         service.finish_denied(request_id)
     elif step == STEP_FAIL:
         service.fail_approval(request_id)
+    elif step == STEP_ANNOUNCE:
+        service.announce_outcome(request_id)
     else:
         service.expire(request_id)
     return answer

@@ -39,7 +39,7 @@ SLACK_API_KEY = "slack_api"
 
 
 def local_slack_secret(state: dict[str, Any]) -> dict[str, Any]:
-    """The Slack app's secret of the local stack ({"signing_secret", "bot_token", "channel"})."""
+    """The Slack app's signing secret of the local stack ({"signing_secret"}): what Slack signs with."""
     client = boto3.client(
         "secretsmanager",
         endpoint_url=state["aws"],
@@ -48,14 +48,15 @@ def local_slack_secret(state: dict[str, Any]) -> dict[str, Any]:
         aws_secret_access_key=LOCAL_AWS_KEY,
     )
     try:
-        raw = client.get_secret_value(SecretId=names.SLACK_SECRET)["SecretString"]
+        raw = client.get_secret_value(SecretId=names.SLACK_SIGNING_SECRET)["SecretString"]
         secret = json.loads(raw)
     except (ClientError, BotoCoreError, KeyError, ValueError) as exc:
         raise ClientConfigError(
-            f"the local stack has no readable Slack secret {names.SLACK_SECRET}: {type(exc).__name__}"
+            f"the local stack has no readable Slack signing secret {names.SLACK_SIGNING_SECRET}: "
+            f"{type(exc).__name__}"
         ) from exc
     if not isinstance(secret, dict) or not secret.get("signing_secret"):
-        raise ClientConfigError(f"the local Slack secret {names.SLACK_SECRET} has no signing_secret")
+        raise ClientConfigError(f"the local Slack secret {names.SLACK_SIGNING_SECRET} has no signing_secret")
     return secret
 
 

@@ -426,7 +426,9 @@ def put_item(dynamodb: Any, table: str, item: Mapping[str, Any]) -> None:
 _REPO_ROOT = Path(__file__).resolve().parents[5]
 # What the ASL is synthesized from: a change to either file makes a new cache entry.
 _ASL_SOURCES = (_REPO_ROOT / "infra" / "approvals.py", Path(__file__).resolve().parents[1] / "workflow.py")
-WORKFLOW_FUNCTIONS = (names.APPROVALS_FUNCTION, names.SLACK_FUNCTION)
+# The approvals function (every step but Notify), the notify function (Notify: the same code, which
+# a deployed stack runs outside the VPC), and the Slack function (its own async invocations).
+WORKFLOW_FUNCTIONS = (names.APPROVALS_FUNCTION, names.APPROVALS_NOTIFY_FUNCTION, names.SLACK_FUNCTION)
 _LAMBDA_ROLE = f"{names.PREFIX}-local-functions"
 _STATES_ROLE = f"{names.PREFIX}-local-states"
 # moto stores the code and never runs it: the LambdaDispatcher (gatehouse.local.moto_server)
@@ -439,8 +441,8 @@ _PLACEHOLDER_SOURCE = (
 def create_approval_workflow(
     iam: Any, lambda_client: Any, sfn: Any, *, region: str, cache_dir: Path | None = None
 ) -> str:
-    """The approvals and Slack functions (names only: the dispatcher runs them) and the state
-    machine over them, from the very ASL the CDK app deploys. Returns the state machine's ARN."""
+    """The approvals, notify and Slack functions (names only: the dispatcher runs them) and the
+    state machine over them, from the very ASL the CDK app deploys. Returns the state machine's ARN."""
     lambda_role = _service_role(iam, _LAMBDA_ROLE, "lambda.amazonaws.com")
     arns = {
         name: str(

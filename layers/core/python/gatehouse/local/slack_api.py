@@ -95,23 +95,31 @@ class _Message:
 
 
 def create_slack_secret(
-    secretsmanager: Any, *, secret_name: str = names.SLACK_SECRET, channel: str = DEFAULT_CHANNEL
+    secretsmanager: Any,
+    *,
+    secret_name: str = names.SLACK_SECRET,
+    signing_secret_name: str = names.SLACK_SIGNING_SECRET,
+    channel: str = DEFAULT_CHANNEL,
 ) -> dict[str, str]:
-    """The local Slack app's secret, as a deployed stack holds it: fresh random values each time.
+    """The local Slack app's two secrets, as a deployed stack holds them: fresh random values each time.
 
-    Returns the value; the stand-in takes its `bot_token`, the console signs with `signing_secret`.
+    `secret_name` holds {"bot_token", "channel"} (what posts), `signing_secret_name` holds
+    {"signing_secret"} (what verifies Slack's requests). Returns the three values in one mapping:
+    the stand-in takes its `bot_token`, the console signs with `signing_secret`.
     """
-    value = {
-        "signing_secret": secrets.token_hex(16),
-        "bot_token": f"xoxb-local-{secrets.token_hex(12)}",
-        "channel": channel,
-    }
+    bot = {"bot_token": f"xoxb-local-{secrets.token_hex(12)}", "channel": channel}
+    signing = {"signing_secret": secrets.token_hex(16)}
     secretsmanager.create_secret(
         Name=secret_name,
-        Description="Gatehouse: the Slack app's signing secret, bot token and approval channel (local).",
-        SecretString=json.dumps(value),
+        Description="Gatehouse: the Slack app's bot token and approval channel (local).",
+        SecretString=json.dumps(bot),
     )
-    return value
+    secretsmanager.create_secret(
+        Name=signing_secret_name,
+        Description="Gatehouse: the Slack app's signing secret (local).",
+        SecretString=json.dumps(signing),
+    )
+    return {**bot, **signing}
 
 
 class SlackApiError(Exception):

@@ -59,8 +59,10 @@ REPO_ROOT = Path(__file__).resolve().parents[5]
 API_HANDLER_PATH = REPO_ROOT / "functions" / "api" / "handler.py"
 DEMO_CONFIG_PATH = REPO_ROOT / "config" / "demo.json"
 # The functions moto's Lambda API runs in-process (the state machine's tasks, Slack's async work).
+# The notify function is the approvals code under its own name, as deployed (infra/approvals.py).
 WORKFLOW_HANDLER_PATHS = {
     names.APPROVALS_FUNCTION: REPO_ROOT / "functions" / "approvals" / "handler.py",
+    names.APPROVALS_NOTIFY_FUNCTION: REPO_ROOT / "functions" / "approvals" / "handler.py",
     names.SLACK_FUNCTION: REPO_ROOT / "functions" / "slack" / "handler.py",
 }
 
@@ -181,7 +183,7 @@ class LambdaFunction:
 
 
 class WorkflowFunctions:
-    """The approvals and Slack functions behind moto's Lambda API, run in this process.
+    """The approvals, notify and Slack functions behind moto's Lambda API, run in this process.
 
     Step Functions tasks and the Slack function's own asynchronous invocations reach them by
     function name through the LambdaDispatcher, with the environment the API handler has.
@@ -313,7 +315,7 @@ class LocalStack:
                     specs,
                 )
         with self._timed("slack"):
-            # The Slack Web API stand-in, and the Slack app's secret as a deployed stack holds it.
+            # The Slack Web API stand-in, and the Slack app's two secrets as a deployed stack holds them.
             secret = create_slack_secret(AwsClients.for_endpoint(endpoint, self.region).secretsmanager)
             self._slack = SlackApiStandIn(secret["bot_token"])
             self._slack.start()
@@ -454,7 +456,7 @@ def start_console(
     region: str,
     approvers: Mapping[str, Mapping[str, Any]],
 ) -> ApprovalsConsole | None:
-    """The approvals console over the Slack stand-in, signing with the stack's Slack secret.
+    """The approvals console over the Slack stand-in, signing with the stack's Slack signing secret.
 
     None when the stack runs no Slack stand-in: there is nothing to show or click then.
     """

@@ -43,22 +43,41 @@ ASYNC_VOTE = "vote"
 
 @dataclass(frozen=True)
 class SlackCredentials:
-    """The Slack app's secret (`names.SLACK_SECRET`): JSON {"signing_secret", "bot_token", "channel"}."""
+    """What posts to Slack: the bot token (`names.SLACK_SECRET`, JSON {"bot_token", "channel"}) and
+    the approval channel. `Settings.slack_channel` (GATEHOUSE_SLACK_CHANNEL) wins over the secret's
+    "channel", which may then be left out."""
 
-    signing_secret: str = field(repr=False)
     bot_token: str = field(repr=False)
     channel: str
 
     @classmethod
-    def from_secret(cls, secret_name: str, value: Mapping[str, Any]) -> SlackCredentials:
-        missing = [k for k in ("signing_secret", "bot_token", "channel") if not value.get(k)]
-        if missing:
-            raise SecretUnavailableError(f"secret {secret_name} has no {', '.join(missing)}")
-        return cls(str(value["signing_secret"]), str(value["bot_token"]), str(value["channel"]))
+    def from_secret(
+        cls, secret_name: str, value: Mapping[str, Any], *, channel: str = ""
+    ) -> SlackCredentials:
+        if not value.get("bot_token"):
+            raise SecretUnavailableError(f"secret {secret_name} has no bot_token")
+        channel = channel or str(value.get("channel") or "")
+        if not channel:
+            raise SecretUnavailableError(
+                f"no Slack channel: secret {secret_name} has no channel "
+                f"and {names.ENV_SLACK_CHANNEL} is not set"
+            )
+        return cls(str(value["bot_token"]), channel)
 
 
 def load_credentials(secrets: SecretStore, settings: Settings) -> SlackCredentials:
-    return SlackCredentials.from_secret(settings.slack_secret, secrets.json_secret(settings.slack_secret))
+    return SlackCredentials.from_secret(
+        settings.slack_secret, secrets.json_secret(settings.slack_secret), channel=settings.slack_channel
+    )
+
+
+def load_signing_secret(secrets: SecretStore, settings: Settings) -> str:
+    """The Slack app's signing secret (`names.SLACK_SIGNING_SECRET`, JSON {"signing_secret"}): only
+    the interactions path reads it, to verify that a request comes from Slack."""
+    value = secrets.json_secret(settings.slack_signing_secret)
+    if not value.get("signing_secret"):
+        raise SecretUnavailableError(f"secret {settings.slack_signing_secret} has no signing_secret")
+    return str(value["signing_secret"])
 
 
 def build_notifier(
@@ -128,8 +147,8 @@ class SlackInteractions:
     def interaction(self, event: Mapping[str, Any]) -> dict[str, Any]:
         try:
             body = _body(event)
-            credentials = load_credentials(self._secrets, self._settings)
-            verify(event.get("headers") or {}, body, credentials.signing_secret, self._replay, self._clock())
+            signing_secret = load_signing_secret(self._secrets, self._settings)
+            verify(event.get("headers") or {}, body, signing_secret, self._replay, self._clock())
             action = parse(body)
         except GatehouseError as exc:
             log.warning("slack interaction refused: %s (%s)", exc.code, exc.message)
@@ -138,15 +157,20 @@ class SlackInteractions:
         if self._request_exists is not None and not self._request_exists(action.request_id):
             return _json(404, {"error": "not_found", "message": f"There is no request {action.request_id}."})
         if action.kind == KIND_DENY_BUTTON:
-            return self._open_deny_modal(action, credentials)
-        self._start_vote(action, credentials)
+            return self._open_deny_modal(action)
+        self._start_vote(action)
         if action.kind == KIND_DENY:
             # Closes the modal (and any stacked under it).
             return _json(200, {"response_action": "clear"})
         return {"statusCode": 200, "body": ""}
 
-    def _open_deny_modal(self, action: Interaction, credentials: SlackCredentials) -> dict[str, Any]:
+    def _open_deny_modal(self, action: Interaction) -> dict[str, Any]:
         assert action.trigger_id is not None  # parse() refuses a Deny click without one
+        try:
+            credentials = load_credentials(self._secrets, self._settings)
+        except GatehouseError as exc:
+            log.error("the deny modal needs the bot token: %s (%s)", exc.code, exc.message)
+            return error_answer(exc)
         # One attempt: the trigger id is valid for 3 seconds, a retry would come too late.
         notifier = build_notifier(credentials, self._settings, attempts=1)
         try:
@@ -160,7 +184,7 @@ class SlackInteractions:
             )
         return {"statusCode": 200, "body": ""}
 
-    def _start_vote(self, action: Interaction, credentials: SlackCredentials) -> None:
+    def _start_vote(self, action: Interaction) -> None:
         payload = {
             ASYNC_MARKER: ASYNC_VOTE,
             "user": action.user_id,
@@ -176,6 +200,11 @@ class SlackInteractions:
         except (ClientError, BotoCoreError) as exc:
             # Nothing was recorded: the approver must know the click did not count.
             log.error("the vote could not be handed to the async invocation: %s", exc)
+            try:
+                credentials = load_credentials(self._secrets, self._settings)
+            except GatehouseError as secret_exc:
+                log.error("the approver cannot be told: %s (%s)", secret_exc.code, secret_exc.message)
+                return
             notifier = build_notifier(credentials, self._settings, attempts=1)
             self._tell(notifier, action, "Gatehouse could not record your vote just now. Please try again.")
 
