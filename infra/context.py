@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -92,6 +93,14 @@ class InfraContext:
     proxy_drain_seconds: int = 30
     # Sync by default: the security stance writes a decision's record before the command runs.
     proxy_recording_mode: RecordingMode = RecordingMode.SYNC
+    # NAT gateways of a new VPC: 0 keeps it isolated (AWS through endpoints only); N > 0 gives the
+    # functions that reach targets a way to the internet (public HTTP APIs, Kubernetes endpoints).
+    vpc_nat_gateways: int = 0
+    # The approval channel ("C0123456789" or "#approvals"); None: the Slack secret's "channel".
+    slack_channel: str | None = None
+    # The approver groups this deployment has (approvers carry them in the registry); the synth
+    # refuses a packaged policy whose @approval names another (infra/core_layer.py).
+    approver_groups: tuple[str, ...] = ("dba",)
 
     @classmethod
     def from_node(cls, scope: Construct) -> InfraContext:
@@ -125,6 +134,9 @@ class InfraContext:
                 else _positive_int("apiReservedConcurrency", raw_reserved, 1)
             ),
             **proxy,
+            vpc_nat_gateways=_nat_gateways(get, proxy["vpc_id"]),
+            slack_channel=_slack_channel(get("slackChannel")),
+            approver_groups=_approver_groups(get("approverGroups"), defaults.approver_groups),
         )
 
     @property
@@ -187,6 +199,45 @@ def _proxy_values(get: Any, defaults: InfraContext) -> dict[str, Any]:
         "proxy_drain_seconds": drain,
         "proxy_recording_mode": mode,
     }
+
+
+# The new VPC spans two zones (infra/proxy.py): one NAT gateway per zone at most.
+MAX_NAT_GATEWAYS = 2
+# A channel id (C..., G... for a private channel) or "#name" (Slack: lowercase letters, digits,
+# "-" and "_", at most 80 characters).
+_SLACK_CHANNEL = re.compile(r"[CG][A-Z0-9]{6,}|#[a-z0-9][a-z0-9_-]{0,79}")
+
+
+def _nat_gateways(get: Any, vpc_id: str | None) -> int:
+    raw = get("vpcNatGateways")
+    if raw is None or raw == "":
+        return 0
+    # 0 is valid here, unlike the other counts; everything else is read as they are.
+    is_zero = not isinstance(raw, bool) and str(raw).strip() == "0"
+    count = 0 if is_zero else _positive_int("vpcNatGateways", raw, 0)
+    if count > MAX_NAT_GATEWAYS:
+        raise ContextError(f"vpcNatGateways must be between 0 and {MAX_NAT_GATEWAYS}; got {raw!r}")
+    if count and vpc_id is not None:
+        # An existing VPC is used as it is: its routes are the operator's, not this stack's.
+        raise ContextError("vpcNatGateways applies to a new VPC only: leave it out with vpcId")
+    return count
+
+
+def _slack_channel(raw: Any) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or not _SLACK_CHANNEL.fullmatch(raw.strip()):
+        raise ContextError(f"slackChannel must be a channel id (C0123456789) or #name; got {raw!r}")
+    return raw.strip()
+
+
+def _approver_groups(raw: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+    if raw is None:
+        return default
+    groups = _string_list("approverGroups", raw)
+    if not groups:
+        raise ContextError('approverGroups must name at least one group, e.g. ["dba"]')
+    return tuple(dict.fromkeys(groups))
 
 
 def _cidr(key: str, raw: Any) -> str:

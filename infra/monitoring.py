@@ -29,6 +29,9 @@ LOG_BACKLOG_THRESHOLD = 25_000
 
 
 def proxy_metric(metric_name: str, statistic: str) -> cloudwatch.Metric:
+    """A metric the proxy publishes (gatehouse.proxy.postgres.metrics): EMF lines on its stdout, which
+    the task's awslogs driver sends to CloudWatch Logs. No dimension, as published: every task writes
+    into the one series, so an alarm sees the Sum and the Maximum over all of them."""
     return cloudwatch.Metric(
         namespace=names.PROXY_METRICS_NAMESPACE,
         metric_name=metric_name,

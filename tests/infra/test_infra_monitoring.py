@@ -39,9 +39,27 @@ def _topic(synthesized: Synthesized) -> str:
     return _logical_id(synthesized, "AWS::SNS::Topic", TopicName=names.ALARM_TOPIC_NAME)
 
 
+# Every function of ours; a function added to the stack without alarms fails these tests.
+FUNCTIONS = (
+    names.API_FUNCTION,
+    names.APPROVALS_FUNCTION,
+    names.APPROVALS_NOTIFY_FUNCTION,
+    names.SLACK_FUNCTION,
+    names.ROTATION_FUNCTION,
+)
+# Errors and throttles per function; timed-out and failed executions; the proxy's two metrics.
+EXPECTED_ALARMS = 2 * len(FUNCTIONS) + 2 + 2
+
+
 def test_each_function_alarms_on_any_error_and_any_throttle(synthesized: Synthesized) -> None:
     alarms = _alarms(synthesized)
-    for function_name in (names.API_FUNCTION, names.APPROVALS_FUNCTION, names.SLACK_FUNCTION):
+    ours = {
+        props["Properties"]["FunctionName"]
+        for props in synthesized.resources_of_type("AWS::Lambda::Function").values()
+        if str(props["Properties"].get("FunctionName", "")).startswith(f"{names.PREFIX}-")
+    }
+    assert ours == set(FUNCTIONS)
+    for function_name in FUNCTIONS:
         function = _logical_id(synthesized, "AWS::Lambda::Function", FunctionName=function_name)
         for metric in ("Errors", "Throttles"):
             alarm = alarms[("AWS/Lambda", metric, function)]
@@ -76,7 +94,7 @@ def test_the_proxy_metrics_are_alarmed_under_the_shared_names(synthesized: Synth
 def test_every_alarm_notifies_the_topic_when_raised_and_when_cleared(synthesized: Synthesized) -> None:
     topic = {"Ref": _topic(synthesized)}
     alarms = synthesized.resources_of_type("AWS::CloudWatch::Alarm")
-    assert len(alarms) == 10
+    assert len(alarms) == EXPECTED_ALARMS
     for key, alarm in alarms.items():
         props = alarm["Properties"]
         assert props["AlarmActions"] == [topic], key
@@ -122,11 +140,30 @@ def test_the_dashboard_shows_the_api_the_functions_the_approvals_and_the_proxy(
     api = f"<{_logical_id(synthesized, 'AWS::ApiGatewayV2::Api', Name=names.PREFIX)}>"
     for metric in ("Latency", "4xx", "5xx"):
         assert ("AWS/ApiGateway", metric, "ApiId", api) in metrics
-    for function_name in (names.API_FUNCTION, names.APPROVALS_FUNCTION, names.SLACK_FUNCTION):
+    for function_name in FUNCTIONS:
         function = f"<{_logical_id(synthesized, 'AWS::Lambda::Function', FunctionName=function_name)}>"
         for metric in ("Errors", "Throttles"):
             assert ("AWS/Lambda", metric, "FunctionName", function) in metrics
     assert {(names.PROXY_METRICS_NAMESPACE, names.METRIC_RECORDER_FAILURES)} <= metrics
     assert {(names.PROXY_METRICS_NAMESPACE, names.METRIC_LOG_BACKLOG_EVENTS)} <= metrics
     [alarm_widget] = [w for w in body["widgets"] if w["type"] == "alarm"]
-    assert len(alarm_widget["properties"]["alarms"]) == 10
+    assert len(alarm_widget["properties"]["alarms"]) == EXPECTED_ALARMS
+
+
+def test_the_proxy_metrics_reach_cloudwatch_through_the_containers_log_stream(
+    synthesized: Synthesized,
+) -> None:
+    # The proxy writes its metrics as EMF on stdout (gatehouse.proxy.postgres.metrics): the awslogs
+    # driver must carry stdout to a log group of this stack, in the stack's region.
+    [definition] = synthesized.resources_of_type("AWS::ECS::TaskDefinition").values()
+    [container] = definition["Properties"]["ContainerDefinitions"]
+    logging = container["LogConfiguration"]
+    assert logging["LogDriver"] == "awslogs"
+    group = logging["Options"]["awslogs-group"]["Ref"]
+    assert synthesized.resources[group]["Type"] == "AWS::Logs::LogGroup"
+    assert logging["Options"]["awslogs-region"] == {"Ref": "AWS::Region"}
+    # EMF needs no PutMetricData: the task role is not given CloudWatch at all.
+    task_role = definition["Properties"]["TaskRoleArn"]["Fn::GetAtt"][0]
+    for policy in synthesized.resources_of_type("AWS::IAM::Policy").values():
+        if {"Ref": task_role} in policy["Properties"]["Roles"]:
+            assert "cloudwatch:" not in json.dumps(policy["Properties"]["PolicyDocument"])
