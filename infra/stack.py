@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import CfnOutput, Fn, Stack
 from constructs import Construct
 
 from gatehouse import names
@@ -154,6 +154,27 @@ class GatehouseStack(Stack):
             "ProxyEndpoint",
             value=self.proxy.endpoint,
             description="host:port of the Postgres proxy (internal NLB) for agents' Postgres clients.",
+        )
+        CfnOutput(
+            self,
+            "VpcId",
+            value=self.proxy_network.vpc.vpc_id,
+            description="The VPC Gatehouse runs in: targets must be reachable from it.",
+        )
+        CfnOutput(
+            self,
+            "PrivateSubnetIds",
+            value=Fn.join(
+                ",",
+                [
+                    s.subnet_id
+                    for s in self.proxy_network.vpc.select_subnets(
+                        subnet_type=self.proxy_network.subnets.subnet_type,
+                        subnets=self.proxy_network.subnets.subnets,
+                    ).subnets
+                ],
+            ),
+            description="The private subnets Gatehouse runs in (comma-separated): a database subnet group.",
         )
         CfnOutput(
             self,
