@@ -48,7 +48,8 @@ LAYER_PLATFORMS := manylinux_2_34_aarch64 manylinux_2_28_aarch64 manylinux_2_17_
 # The layer ships bytecode: /opt is read-only in Lambda, so without it every cold start compiles each
 # module it imports (the API's imports take ~1.3 s from source, ~0.3 s from bytecode). Compiled by
 # CPython 3.12 (a .pyc is only read by its own minor version), hash-based (PEP 552, checked): the
-# asset's zip does not keep file times, so time-stamped .pyc would all be stale in Lambda.
+# asset's zip does not keep file times, so time-stamped .pyc would all be stale in Lambda. Named
+# as Lambda sees them (-d /opt/python) and with a fixed hash seed: the same files, the same bytes.
 LAMBDA_PYTHON ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),\
 	$(shell $(p) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && echo $(p))))
 layer: install
@@ -58,7 +59,8 @@ layer: install
 		boto3==1.44.5 aws-lambda-powertools[tracer]==3.37.0 pydantic==2.14.3 pg8000==1.31.6 requests-aws4auth==1.4.0 \
 		cedarpy==4.12.2 pglast==8.7 urllib3==2.8.* asyncssh==2.24.1 bashlex==0.18 slack-sdk==3.47.*
 	@if [ -n "$(LAMBDA_PYTHON)" ]; then \
-		$(LAMBDA_PYTHON) -m compileall -q -j 0 --invalidation-mode checked-hash build/deps-layer/python; \
+		cd build/deps-layer && PYTHONHASHSEED=0 $(LAMBDA_PYTHON) -m compileall -q -j 0 \
+			--invalidation-mode checked-hash -d /opt/python python; \
 	else \
 		echo "warning: no python3.12 (set LAMBDA_PYTHON): the layer ships no bytecode, each cold start compiles it" >&2; \
 	fi

@@ -36,7 +36,9 @@ latency.
 
 `cold_start_ms` is what a Lambda cold start pays in our code: a fresh interpreter (a
 `python -c` subprocess with the stack's environment: AWS_ENDPOINT_URL, region, table and bucket
-names) times, with `time.perf_counter`, from its first statement to the first answer:
+names; and, as in Lambda, LAMBDA_TASK_ROOT, the handler's folder: the process is one execution
+environment, see functions/api/handler.py; with POWERTOOLS_TRACE_DISABLED, there being no X-Ray
+here) times, with `time.perf_counter`, from its first statement to the first answer:
   1. importing `functions/api/handler.py` from its file, as the Lambda runtime does at init
      (powertools, pydantic, boto3, the gatehouse package), reported as `cold_start_import_ms`;
   2. the first invocation with one API event (a `POST /v1/requests` v2 event as the stand-in
@@ -51,7 +53,8 @@ start, not ours; `cold_start_process_ms` gives the whole subprocess wall time, s
 for reference. A second invocation in the same process gives `cold_second_request_ms` (warm).
 Each figure is the median of `COLD_RUNS` subprocesses.
 
-Run alone: `.venv/bin/python bench/bench_api.py`.
+Run alone: `.venv/bin/python bench/bench_api.py`; `--cold-only [RUNS]` measures the cold start
+alone (RUNS subprocesses, default 7, each printed), without the warm loop.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +210,13 @@ def _compile_our_code() -> None:
 
 def _cold_start(event: dict[str, Any]) -> dict[str, float]:
     # os.environ holds the stack's handler environment while the stack is up.
-    env = {**os.environ, "PYTHONPATH": str(LAYER), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(LAYER),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "LAMBDA_TASK_ROOT": str(API_HANDLER_PATH.parent),
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", COLD_START_CODE, str(API_HANDLER_PATH), "200", RESULT_MARK],
@@ -228,59 +238,87 @@ def _cold_start(event: dict[str, Any]) -> dict[str, float]:
     return dict(figures)
 
 
-def run() -> dict[str, float]:
+@contextmanager
+def _local_stack() -> Iterator[tuple[LocalStack, dict[str, Any]]]:
     with tempfile.TemporaryDirectory(prefix="gatehouse-bench-") as tmp:
         stack = LocalStack(state_dir=Path(tmp) / ".gatehouse")
         state = stack.up()
         try:
-            pg = stack.postgres
-            assert pg is not None
-            secrets = boto3.client(
-                "secretsmanager",
-                endpoint_url=state["aws"],
-                region_name=state["region"],
-                aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-            )
-            cred = json.loads(
-                secrets.get_secret_value(SecretId=names.connection_secret_name(CONNECTION))["SecretString"]
-            )
-            direct = _direct_query(pg.host, pg.port, cred["username"], cred["password"])
-            api = _api_query(GatehouseClient.from_local(AGENT, stack.state_path))
-            session = pg8000.native.Connection(
-                cred["username"], host=pg.host, port=pg.port, database=CONNECTION, password=cred["password"]
-            )
-            kept = _kept_query(session)
-
-            for _ in range(WARMUP):
-                api()
-                direct()
-                kept()
-            api_ms: list[float] = []
-            direct_ms: list[float] = []
-            kept_ms: list[float] = []
-            for i in range(ITERATIONS):
-                if i % 2:
-                    api_ms.append(_timed(api))
-                    direct_ms.append(_timed(direct))
-                else:
-                    direct_ms.append(_timed(direct))
-                    api_ms.append(_timed(api))
-                kept_ms.append(_timed(kept))
-            session.close()
-
-            event = _api_event(stack, state)
-            _compile_our_code()
-            cold = [_cold_start(event) for _ in range(COLD_RUNS)]
+            yield stack, state
         finally:
             stack.down()
+
+
+def _cold_starts(stack: LocalStack, state: dict[str, Any], runs: int) -> list[dict[str, float]]:
+    event = _api_event(stack, state)
+    _compile_our_code()
+    return [_cold_start(event) for _ in range(runs)]
+
+
+def _cold_medians(cold: list[dict[str, float]]) -> dict[str, float]:
+    def cold_median(key: str) -> float:
+        return round(statistics.median(c[key] for c in cold), 1)
+
+    return {
+        "cold_start_ms": cold_median("cold_ms"),
+        "cold_start_import_ms": cold_median("import_ms"),
+        "cold_start_first_request_ms": cold_median("first_ms"),
+        "cold_second_request_ms": cold_median("second_ms"),
+        "cold_start_process_ms": cold_median("process_ms"),
+    }
+
+
+def run_cold_only(runs: int) -> dict[str, float]:
+    """Only the cold-start figures (a quick loop while working on start-up), each run printed."""
+    with _local_stack() as (stack, state):
+        cold = _cold_starts(stack, state, runs)
+    for figures in cold:
+        print(" ".join(f"{key}={value:.1f}" for key, value in sorted(figures.items())))
+    return _cold_medians(cold)
+
+
+def run() -> dict[str, float]:
+    with _local_stack() as (stack, state):
+        pg = stack.postgres
+        assert pg is not None
+        secrets = boto3.client(
+            "secretsmanager",
+            endpoint_url=state["aws"],
+            region_name=state["region"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        cred = json.loads(
+            secrets.get_secret_value(SecretId=names.connection_secret_name(CONNECTION))["SecretString"]
+        )
+        direct = _direct_query(pg.host, pg.port, cred["username"], cred["password"])
+        api = _api_query(GatehouseClient.from_local(AGENT, stack.state_path))
+        session = pg8000.native.Connection(
+            cred["username"], host=pg.host, port=pg.port, database=CONNECTION, password=cred["password"]
+        )
+        kept = _kept_query(session)
+
+        for _ in range(WARMUP):
+            api()
+            direct()
+            kept()
+        api_ms: list[float] = []
+        direct_ms: list[float] = []
+        kept_ms: list[float] = []
+        for i in range(ITERATIONS):
+            if i % 2:
+                api_ms.append(_timed(api))
+                direct_ms.append(_timed(direct))
+            else:
+                direct_ms.append(_timed(direct))
+                api_ms.append(_timed(api))
+            kept_ms.append(_timed(kept))
+        session.close()
+        cold = _cold_starts(stack, state, COLD_RUNS)
 
     api_p50 = statistics.median(api_ms)
     direct_p50 = statistics.median(direct_ms)
     kept_p50 = statistics.median(kept_ms)
-
-    def cold_median(key: str) -> float:
-        return round(statistics.median(c[key] for c in cold), 1)
 
     return {
         "api_overhead_p50_ms": round(api_p50 - direct_p50, 2),
@@ -290,16 +328,16 @@ def run() -> dict[str, float]:
         "direct_p99_ms": round(percentile(direct_ms, 0.99), 2),
         "direct_kept_p50_ms": round(kept_p50, 2),
         "api_overhead_vs_kept_p50_ms": round(api_p50 - kept_p50, 2),
-        "cold_start_ms": cold_median("cold_ms"),
-        "cold_start_import_ms": cold_median("import_ms"),
-        "cold_start_first_request_ms": cold_median("first_ms"),
-        "cold_second_request_ms": cold_median("second_ms"),
-        "cold_start_process_ms": cold_median("process_ms"),
+        **_cold_medians(cold),
     }
 
 
 if __name__ == "__main__":
     started = time.perf_counter()
-    for name, value in run().items():
+    if sys.argv[1:2] == ["--cold-only"]:
+        figures = run_cold_only(int(sys.argv[2]) if len(sys.argv) > 2 else 7)
+    else:
+        figures = run()
+    for name, value in figures.items():
         print(f"{name}: {value}")
     print(f"({time.perf_counter() - started:.1f} s)")
