@@ -8,7 +8,13 @@ below must match the `--python-version` and `--platform` of that pip command.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 import jsii
 from aws_cdk import Annotations, Aspects, CfnResource, IAspect, Stack
@@ -27,6 +33,54 @@ CORE_LAYER_DIR = REPO_ROOT / "layers" / "core"
 
 # Build leftovers that must not reach the asset (and must not change its hash).
 ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/*.egg-info", "**/.mypy_cache", "**/.pytest_cache"]
+
+
+# What the staged copy of the package leaves out (the working tree's caches and build leftovers).
+_IGNORED = ("__pycache__", "*.pyc", "*.egg-info", ".mypy_cache", ".pytest_cache")
+
+
+def lambda_python(env: os._Environ[str] | dict[str, str] | None = None) -> str | None:
+    """A CPython 3.12, the runtime's version (a .pyc is read only by its own minor version):
+    $LAMBDA_PYTHON, python3.12 on the PATH, or pyenv's; None if there is none (the Makefile's rule)."""
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME") or Path.home())
+    candidates = [env.get("LAMBDA_PYTHON") or "", shutil.which("python3.12") or ""]
+    candidates += [str(p) for p in sorted(home.glob(".pyenv/versions/3.12*/bin/python3.12"))]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; sys.exit(sys.version_info[:2] != (3, 12))"],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+def compile_for_lambda(python: str, layer_root: Path) -> None:
+    """Hash-based bytecode (PEP 552, checked: the asset's zip keeps no file times), named as Lambda
+    sees the files (/opt/python/...), with a fixed hash seed: the same source, the same bytes."""
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "checked-hash",
+            "-d",
+            "/opt/python",
+            "python",
+        ],
+        cwd=layer_root,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 class DepsLayerMissingError(RuntimeError):
@@ -87,13 +141,39 @@ class CoreLayers(Construct):
         self.core = lambda_.LayerVersion(
             self,
             "Gatehouse",
-            code=lambda_.Code.from_asset(str(CORE_LAYER_DIR), exclude=ASSET_EXCLUDES),
+            code=self._core_code(context),
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[ARCHITECTURE],
             description="Gatehouse: the gatehouse package (layers/core/python/gatehouse).",
         )
         self.deps = self._deps_layer(context)
         self.layers: list[lambda_.ILayerVersion] = [layer for layer in (self.deps, self.core) if layer]
+
+    def _core_code(self, context: InfraContext) -> lambda_.Code:
+        """The gatehouse package; for a deploy (bundleDeps=true), with its Python 3.12 bytecode.
+
+        Lambda's /opt is read-only: a layer without bytecode is compiled on every cold start. The
+        package is staged and compiled at synth, so the bytecode always matches the source that
+        ships (the working tree's __pycache__ is the development interpreter's, and never shipped).
+        """
+        if context.bundle_deps is not BundleDeps.REQUIRED:
+            return lambda_.Code.from_asset(str(CORE_LAYER_DIR), exclude=ASSET_EXCLUDES)
+        python = lambda_python()
+        staged = Path(tempfile.mkdtemp(prefix="gatehouse-core-layer-"))
+        # The asset is copied into cdk.out when the app synthesizes, after this returns.
+        atexit.register(shutil.rmtree, staged, ignore_errors=True)
+        shutil.copytree(
+            CORE_LAYER_DIR / "python", staged / "python", ignore=shutil.ignore_patterns(*_IGNORED)
+        )
+        if python is None:
+            Annotations.of(self).add_warning_v2(
+                "gatehouse:coreLayerWithoutBytecode",
+                "no CPython 3.12 found (set LAMBDA_PYTHON): the gatehouse layer ships no bytecode, "
+                "so each cold start compiles it",
+            )
+        else:
+            compile_for_lambda(python, staged)
+        return lambda_.Code.from_asset(str(staged))
 
     def _deps_layer(self, context: InfraContext) -> lambda_.LayerVersion | None:
         deps_dir = context.deps_layer_dir

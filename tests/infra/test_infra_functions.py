@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra.core_layer import lambda_python
 from tests.infra.conftest import Synthesized
 
 
@@ -48,3 +49,31 @@ def test_every_function_has_a_role_of_its_own_without_managed_policies(synthesiz
     iam_roles = synthesized.resources_of_type("AWS::IAM::Role")
     for role in roles:
         assert not iam_roles[role]["Properties"].get("ManagedPolicyArns"), role
+
+
+def test_the_gatehouse_layer_ships_bytecode_for_the_runtime_compiled_from_what_ships(
+    synthesized: Synthesized,
+):
+    [layer] = [
+        value
+        for value in synthesized.resources_of_type("AWS::Lambda::LayerVersion").values()
+        if value["Properties"]["Description"].startswith("Gatehouse: the gatehouse package")
+    ]
+    # The asset's S3 key is its hash; CDK stages it in the cloud assembly as asset.<hash>.
+    asset_hash = layer["Properties"]["Content"]["S3Key"].removesuffix(".zip")
+    asset = synthesized.template_path.parent / f"asset.{asset_hash}"
+    package = asset / "python" / "gatehouse"
+    assert (package / "service.py").is_file()
+    # Never the development interpreter's caches from the working tree.
+    assert not list(asset.rglob("*.cpython-311.pyc"))
+    if lambda_python() is None:
+        [warning] = [
+            m
+            for m in synthesized.app.synth().get_stack_by_name(synthesized.stack.stack_name).messages
+            if "coreLayerWithoutBytecode" in str(m.entry.data)
+        ]
+        assert warning.level.value == "warning"
+        return
+    compiled = package / "__pycache__" / "service.cpython-312.pyc"
+    # PEP 552 flags: bit 0 hash-based, bit 1 checked against the source.
+    assert int.from_bytes(compiled.read_bytes()[4:8], "little") == 0b11

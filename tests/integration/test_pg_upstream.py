@@ -566,7 +566,7 @@ def test_a_second_authentication_request_after_a_password_is_refused() -> None:
 
 def test_unknown_tls_mode_is_refused_at_configuration() -> None:
     with pytest.raises(ValueError, match="tls must be one of"):
-        UpstreamTarget("127.0.0.1", 5432, "postgres", "u", None, tls="verify-full")
+        UpstreamTarget("127.0.0.1", 5432, "postgres", "u", None, tls="verify-ca")
 
 
 def test_the_socket_is_a_keepalive_tcp_socket(cluster: Cluster, event_loop_kind: str) -> None:

@@ -90,7 +90,8 @@ def _connections(p: argparse.ArgumentParser) -> None:
             "              (with --host, --port, --username and --host-key or --host-key-file)\n\n"
             "Attributes (--attribute key=value, repeatable; a value that parses as JSON is kept as\n"
             "JSON): env and data_classification are what policies see (env must be a value the\n"
-            "policies name); the rest are the kind's own settings: postgres tls; http local,\n"
+            "policies name); the rest are the kind's own settings: postgres tls (disable, prefer\n"
+            "(default), require, verify-full: with --ca-file, or the system trust store); http local,\n"
             "allow_private, auth, api_key_header, aws_service, aws_region, path_classes, mask_paths;\n"
             "kubernetes resources.\n\n"
             "Exit codes: 0 registered; 1 refused by the privilege check; 2 refused otherwise."
@@ -109,7 +110,10 @@ def _connections(p: argparse.ArgumentParser) -> None:
         "--url", help="http: the base URL (https://host[:port][/prefix]); kubernetes: the API server"
     )
     add.add_argument(
-        "--ca-file", metavar="PEM", help="kubernetes (required), http: the CA certificate to pin"
+        "--ca-file",
+        metavar="PEM",
+        help="kubernetes (required), http: the CA certificate to pin; postgres with tls=verify-full: "
+        "the CA bundle the server's certificate must chain to (for RDS, global-bundle.pem)",
     )
     host_key = add.add_mutually_exclusive_group()
     host_key.add_argument(

@@ -42,6 +42,7 @@ from gatehouse.registry import Registry, connection_from_item
 from gatehouse.rotation import MAX_ROTATION_DAYS, MIN_ROTATION_DAYS, schedule_rotation
 from gatehouse.secrets import SecretStore
 from gatehouse.targets.postgres_privileges import PrivilegeReport, Severity, check_connection
+from gatehouse.targets.postgres_tls import TLS_MODES, PostgresTls
 from gatehouse.terminal import safe_text
 
 KINDS = ("postgres", "http", "kubernetes", "ssh")
@@ -60,8 +61,8 @@ _LAMBDA_ARN = re.compile(
 # see (models.PUBLIC_ATTRIBUTES). A key outside these is refused: a typo (`mask_path`) would
 # otherwise be stored, ignored, and leave the field it meant to hide unmasked.
 KIND_ATTRIBUTES: Mapping[str, frozenset[str]] = {
-    # The proxy's upstream TLS mode (gatehouse.proxy.postgres.upstream.TLS_MODES).
-    "postgres": frozenset({"tls"}),
+    # TLS mode and verify-full's CA bundle (gatehouse.targets.postgres_tls), on both login paths.
+    "postgres": frozenset({"tls", "ca_pem"}),
     # gatehouse.targets.http.parse_target
     "http": frozenset(
         {
@@ -90,7 +91,7 @@ _OPTION_ATTRIBUTES = {
     "host_key": "--host-key",
     "username": "--username",
 }
-POSTGRES_TLS_MODES = ("disable", "prefer", "require")
+POSTGRES_TLS_MODES = TLS_MODES
 
 
 @dataclass(frozen=True)
@@ -289,12 +290,22 @@ Built = tuple[str, int, str, dict[str, str]]
 
 
 def _postgres(options: ConnectionOptions, attributes: dict[str, Any]) -> Built:
-    _refuse_options(options, "postgres", "url", "ca_pem", "host_key", "private_key", "access_key_id")
+    _refuse_options(options, "postgres", "url", "host_key", "private_key", "access_key_id")
     host = _need(options.host, "--host", "postgres")
     username = _need(options.username, "--username", "postgres")
     password = _need(options.secret, "a password (--password-stdin or --password-env VAR)", "postgres")
     if "tls" in attributes and attributes["tls"] not in POSTGRES_TLS_MODES:
         raise RegistrationError(f"attribute tls must be one of {', '.join(POSTGRES_TLS_MODES)}")
+    if options.ca_pem is not None:
+        # Only verify-full reads the bundle: accepting it with another mode would look pinned
+        # while nothing is checked.
+        if attributes.get("tls") != "verify-full":
+            raise RegistrationError("--ca-file applies to postgres with --attribute tls=verify-full only")
+        try:
+            PostgresTls("verify-full", options.ca_pem).context()
+        except ValueError as exc:
+            raise RegistrationError(f"--ca-file: {exc}") from None
+        attributes["ca_pem"] = options.ca_pem
     database = options.database or options.name
     return host, _port(options.port, "postgres"), database, {"username": username, "password": password}
 

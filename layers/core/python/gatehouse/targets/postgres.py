@@ -21,7 +21,6 @@ safe).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -51,6 +50,7 @@ from gatehouse.exceptions import (
 )
 from gatehouse.models import Connection, QueryResult, Statement, StatementClass
 from gatehouse.secrets import DatabaseCredential, SecretStore
+from gatehouse.targets.postgres_tls import PostgresTls, verification_failure
 
 log = logging.getLogger(__name__)
 
@@ -723,7 +723,12 @@ def _pool_key(connection: Connection, cred: DatabaseCredential, timeout_ms: int)
     # The password enters the key as a digest: the pool's keys never hold a credential.
     digest = hashlib.sha256(cred.password.encode("utf-8")).hexdigest()
     key = (connection.name, connection.host, connection.port, connection.database, cred.username)
-    return (*key, digest, timeout_ms)
+    # A session opened under another TLS setting (a re-registered connection) is not this one's.
+    tls = (
+        str(connection.attributes.get("tls") or ""),
+        hashlib.sha256(str(connection.attributes.get("ca_pem") or "").encode("utf-8")).hexdigest(),
+    )
+    return (*key, *tls, digest, timeout_ms)
 
 
 def _socket_timeout(timeout_ms: int) -> float:
@@ -732,27 +737,49 @@ def _socket_timeout(timeout_ms: int) -> float:
     return timeout_ms / 1000 + SOCKET_GRACE_S
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """What pg8000 builds for every connection when given none, built once per process.
+def _tls_settings(connection: Connection) -> PostgresTls:
+    """The connection's TLS mode and CA (gatehouse.targets.postgres_tls); unusable ones fail closed."""
+    try:
+        tls = PostgresTls.from_attributes(connection.attributes)
+        if tls.attempted:
+            tls.context()  # a ca_pem with no certificate is refused here, before any byte is sent
+    except ValueError as exc:
+        raise TargetUnavailableError(
+            f"{connection.name} has unusable TLS settings: {exc}", code="target_unavailable"
+        ) from None
+    return tls
 
-    Building it loads the system's CA store (about 19 ms here, more than the login itself), and
-    pg8000 then turns verification off: the same context, reused, negotiates the same TLS.
+
+def _open_socket(connection: Connection, tls: PostgresTls, timeout_s: float) -> socket.socket:
+    """TCP, then TLS per the connection's mode (libpq's sslmode; see postgres_tls).
+
+    With `require` or `verify-full` a server that declines TLS is refused before the startup
+    message, so neither the role name nor a password reaches it in plaintext; with `verify-full`
+    a certificate that does not verify ends the login at the handshake, before any of it is sent.
     """
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _open_socket(host: str, port: int, timeout_s: float) -> socket.socket:
-    """TCP, then TLS if the server offers it: pg8000's default negotiation ("prefer")."""
+    host, port = connection.host, connection.port
     sock = socket.create_connection((host, port), timeout_s)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if not tls.attempted:
+            return sock
         sock.sendall(SSL_REQUEST)
         if sock.recv(1) == b"S":
-            return _tls_context().wrap_socket(sock, server_hostname=host)
+            try:
+                return tls.context().wrap_socket(sock, server_hostname=tls.server_hostname(host) or None)
+            except ssl.SSLCertVerificationError as exc:
+                log.warning("%s: TLS verification failed: %s", connection.name, exc.verify_message)
+                raise TargetUnavailableError(
+                    f"{connection.name} refused: {verification_failure(exc)} (tls=verify-full); "
+                    "nothing was sent to it",
+                    code="target_unavailable",
+                ) from exc
+        if tls.required:
+            raise TargetUnavailableError(
+                f"{connection.name} does not accept TLS, but its connection requires it (tls={tls.mode}); "
+                "nothing was sent to it",
+                code="target_unavailable",
+            )
         return sock
     except BaseException:
         sock.close()
@@ -810,9 +837,10 @@ def _login(
     timeout_s: float,
     application_name: str = "gatehouse",
 ) -> pg8000.native.Connection:
+    tls = _tls_settings(connection)
     sock: socket.socket | None = None
     try:
-        sock = _open_socket(connection.host, connection.port, timeout_s)
+        sock = _open_socket(connection, tls, timeout_s)
         return pg8000.native.Connection(
             cred.username,
             host=connection.host,

@@ -148,6 +148,7 @@ class ProxyContext:
             user=credential.username,
             password=credential.password,
             tls=str(connection.attributes.get("tls") or self.config.upstream_tls),
+            ca_pem=connection.attributes.get("ca_pem") or None,
         )
         # Every transaction is read-only unless the proxy lifts it for a write Cedar allowed.
         # A client idle inside a transaction would hold its locks and snapshot: the server ends it

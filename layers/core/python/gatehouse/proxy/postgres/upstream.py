@@ -8,8 +8,11 @@ Authentication: trust, cleartext password, md5, SCRAM-SHA-256 and, over TLS, SCR
 with `tls-server-end-point` channel binding (RFC 5929; the only binding PostgreSQL implements).
 Anything else (Kerberos, GSSAPI, SSPI) is refused with SQLSTATE 28000.
 
-TLS follows libpq's `sslmode` for "disable", "prefer" and "require": the channel is encrypted but
-the server's certificate is not verified (that is "verify-full", not implemented yet). The TLS
+TLS follows libpq's `sslmode`: "disable", "prefer", "require" (encrypted, the certificate not
+checked) and "verify-full" (the chain verified against the connection's `ca_pem` or the system
+store, and the host name checked), with the contexts of gatehouse.targets.postgres_tls, the ones
+the API path uses. A certificate that does not verify ends the connection at the handshake, before
+the startup message (role, database) or any password is sent. The TLS
 handshake runs on a socket whose plaintext phase was read by hand, so that bytes a man in the
 middle appends to the server's one-byte SSL answer are refused instead of being read as if they
 had come over TLS (CVE-2021-23222, libpq's own version of this bug).
@@ -22,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import socket
 import ssl
@@ -36,11 +38,11 @@ from gatehouse.exceptions import GatehouseError
 from gatehouse.proxy.postgres import messages as m
 from gatehouse.proxy.postgres.codec import DEFAULT_MAX_BACKEND_MESSAGE, BackendParser
 from gatehouse.proxy.postgres.exceptions import FEATURE_NOT_SUPPORTED, ProtocolError
+from gatehouse.targets.postgres_tls import PostgresTls, verification_failure
 
 log = logging.getLogger(__name__)
 
-TlsMode = Literal["disable", "prefer", "require"]
-TLS_MODES: tuple[str, ...] = ("disable", "prefer", "require")
+TlsMode = Literal["disable", "prefer", "require", "verify-full"]
 
 # SQLSTATEs from PostgreSQL's errcodes.txt.
 UNABLE_TO_CONNECT = "08001"
@@ -100,10 +102,11 @@ class UpstreamTarget:
     password: str | None = field(repr=False)
     tls: str = "prefer"
     connect_timeout_s: float = 5.0
+    # verify-full's CA bundle (PEM); None: the system trust store. Public, but long: not in repr.
+    ca_pem: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.tls not in TLS_MODES:
-            raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {self.tls!r}")
+        PostgresTls(self.tls, self.ca_pem)  # raises ValueError for an unknown mode
         if not 0 < self.port < 65536:
             raise ValueError(f"invalid port {self.port}")
         if not self.connect_timeout_s > 0:
@@ -225,7 +228,9 @@ class _Startup:
 
     async def run(self, parameters: Mapping[str, str]) -> Upstream:
         target = self.target
-        self.reader, self.writer, encrypted = await _open(target.host, target.port, target.tls, self.parser)
+        self.reader, self.writer, encrypted = await _open(
+            target.host, target.port, target.tls, self.parser, ca_pem=target.ca_pem
+        )
         self.phase = "logging in"
         startup = {k: v for k, v in parameters.items() if k not in ("user", "database")}
         startup.update(_FORCED_PARAMETERS)
@@ -420,26 +425,39 @@ class _Startup:
 
 
 async def _open(
-    host: str, port: int, tls: str, parser: BackendParser | None = None
+    host: str, port: int, tls: str, parser: BackendParser | None = None, *, ca_pem: str | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
     """A connected stream, TLS-wrapped when negotiated; the bool says whether it is encrypted."""
-    if tls not in TLS_MODES:
-        raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {tls!r}")
+    settings = PostgresTls(tls, ca_pem)  # raises ValueError for an unknown mode
+    # Before any byte is sent: a registry item with a broken ca_pem fails closed, and clearly.
+    context = _client_context(settings)
     sock = await _tcp_connect(host, port)
     try:
-        context = None
-        if tls != "disable":
-            if await _negotiate_ssl(sock, parser or BackendParser(max_message_size=MAX_STARTUP_MESSAGE)):
-                context = _client_context()
-            elif tls == "require":
+        negotiated = False
+        if settings.attempted:
+            negotiated = await _negotiate_ssl(
+                sock, parser or BackendParser(max_message_size=MAX_STARTUP_MESSAGE)
+            )
+            if not negotiated and settings.required:
                 raise UpstreamError(
-                    f"the upstream server {host}:{port} does not support SSL, but SSL is required",
+                    f"the upstream server {host}:{port} does not support SSL, but SSL is required "
+                    f"(tls={settings.mode})",
                     sqlstate=UNABLE_TO_CONNECT,
                 )
         try:
             reader, writer = await asyncio.open_connection(
-                sock=sock, ssl=context, server_hostname=_sni(host) if context else None, limit=_READ_SIZE
+                sock=sock,
+                ssl=context if negotiated else None,
+                server_hostname=settings.server_hostname(host) if negotiated else None,
+                limit=_READ_SIZE,
             )
+        except ssl.SSLCertVerificationError as exc:
+            log.warning("upstream %s:%s: TLS verification failed: %s", host, port, exc.verify_message)
+            raise UpstreamError(
+                f"the upstream server {host}:{port} was refused: {verification_failure(exc)} "
+                "(tls=verify-full); nothing was sent to it",
+                sqlstate=UNABLE_TO_CONNECT,
+            ) from exc
         except (ssl.SSLError, ConnectionError) as exc:
             raise UpstreamError(
                 f"TLS handshake with the upstream server {host}:{port} failed: {exc}",
@@ -448,7 +466,7 @@ async def _open(
     except BaseException:
         sock.close()
         raise
-    return reader, writer, context is not None
+    return reader, writer, negotiated
 
 
 async def _tcp_connect(host: str, port: int) -> socket.socket:
@@ -522,24 +540,17 @@ def _has_pending(sock: socket.socket) -> bool:
         return False
 
 
-def _client_context() -> ssl.SSLContext:
-    # libpq's sslmode=require: encrypted, certificate not checked. verify-full needs a CA bundle
-    # in UpstreamTarget; until then an active man in the middle is not detected (SCRAM-PLUS
-    # still stops it from relaying the login).
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-def _sni(host: str) -> str:
-    # SNI carries names only (RFC 6066 section 3); "" makes asyncio send none for an address.
+def _client_context(settings: PostgresTls) -> ssl.SSLContext | None:
+    # The shared, cached contexts (gatehouse.targets.postgres_tls). Below verify-full an active
+    # man in the middle is not detected; SCRAM-PLUS still stops it from relaying the login.
+    if not settings.attempted:
+        return None
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return ""
+        return settings.context()
+    except ValueError as exc:
+        raise UpstreamError(
+            f"the connection's TLS settings are unusable: {exc}", sqlstate=UNABLE_TO_CONNECT
+        ) from None
 
 
 # ---------------------------------------------------------------- helpers
