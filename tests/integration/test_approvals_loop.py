@@ -331,3 +331,50 @@ def test_a_request_no_workflow_can_hold_fails_with_a_503_and_is_not_left_pending
     assert caught.value.status == 503 and caught.value.code == "approval_unavailable"
     record = runtime.service._requests.get(caught.value.request_id)
     assert record.status == "failed"
+
+
+def test_an_approval_the_workflow_cannot_take_fails_the_request_and_says_so(stack, voter, strict_service):
+    principal = stack_principal(stack)
+    before = amount(stack, 9)
+    outcome = strict_service.submit(
+        principal, "demo-prod", "UPDATE orders SET amount = amount + 1 WHERE id = 9"
+    )
+    rid = outcome.request_id
+    wait_for_message(voter, rid)
+    working = strict_service._workflow()
+
+    class UnreachableWorkflow:
+        def resume(self, task_token: str, decision: str) -> None:
+            from gatehouse.workflow import WorkflowUnavailableError
+
+            raise WorkflowUnavailableError("SendTaskSuccess: the endpoint could not be reached")
+
+    strict_service._workflow_client = UnreachableWorkflow()
+    try:
+        strict_service.vote("U_ALICE", rid, True)
+        result = strict_service.vote("U_CAROL", rid, True)  # the quorum of two
+    finally:
+        strict_service._workflow_client = working
+
+    # Not left "approved" with nothing to run it: failed, honestly, and the approver is told.
+    assert (result.ok, result.status) == (False, "failed")
+    assert "will not run" in result.message
+    record = stack.client().get_request(rid).body
+    assert record["status"] == "failed" and "nothing was run" in record["error"]
+    assert "failed" in session_kinds(stack, rid)
+    assert amount(stack, 9) == before
+
+
+def test_an_approval_that_never_reached_the_workflow_fails_at_the_expiry(stack, strict_service):
+    principal = stack_principal(stack)
+    outcome = strict_service.submit(
+        principal, "demo-prod", "UPDATE orders SET amount = amount + 1 WHERE id = 10"
+    )
+    rid = outcome.request_id
+    # The vote's transition happened, its resume did not (the Slack function died in between).
+    strict_service._requests.transition(
+        rid, expect=("pending_approval",), status="approved", decided_by="alice"
+    )
+
+    assert strict_service.expire(rid)["status"] == "failed"
+    assert "never reached the workflow" in stack.client().get_request(rid).body["error"]

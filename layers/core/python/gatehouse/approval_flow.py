@@ -148,6 +148,13 @@ class ApprovalFlow:
             self._g._requests.transition(request_id, expect=("pending_approval",), status="expired")
         except TransitionError:
             record = self._g._requests.get(request_id)
+            if record.status == "approved" and record.origin != "proxy":
+                # Approved, yet the workflow waited until the expiry: the approval never reached it,
+                # and nothing else will run the command.
+                self._stranded(
+                    request_id, "the approval never reached the workflow before the request expired"
+                )
+                return {"request_id": request_id, "status": "failed"}
             return {"request_id": request_id, "status": record.status}
         session = self._resume(request_id)
         session.stage(
@@ -269,7 +276,12 @@ class ApprovalFlow:
         approvers = [v["user"] for v in updated.votes or () if v.get("vote") == "approve"]
         session.stage("approved", outcome="approved", approvers=approvers)
         session.flush()
-        self._workflow_resume(updated, "approved")
+        try:
+            self._workflow_resume(updated, "approved")
+        except GatehouseError as exc:
+            return self._stranded(
+                request_id, f"Gatehouse could not hand it to the approval workflow ({exc.code})"
+            )
         if updated.origin == "proxy":
             return VoteResult(
                 True,
@@ -277,6 +289,28 @@ class ApprovalFlow:
                 "Approved: it runs once, exactly as shown, when the agent sends it again through the proxy.",
             )
         return VoteResult(True, "approved", "Approved: the command runs now, exactly as shown.")
+
+    def _stranded(self, request_id: str, why: str) -> VoteResult:
+        """An approval on record that nothing will carry out: the request fails, and says so."""
+        error = f"approved, but {why}: nothing was run; ask again"
+        try:
+            self._g._requests.transition(request_id, expect=("approved",), status="failed", error=error)
+        except TransitionError:
+            current = self._g._requests.get(request_id)
+            return VoteResult(True, current.status, "Vote recorded.")
+        log.error("request %s: %s", request_id, error)
+        try:
+            session = self._resume(request_id)
+            session.stage("failed", outcome="error", error=f"approval_stranded: {why}")
+            session.close()
+        except GatehouseError as exc:
+            log.error("could not record the failure of %s (%s)", request_id, exc.code)
+        return VoteResult(
+            False,
+            "failed",
+            f"Your approval was recorded, but {why}: the command will not run. "
+            "Ask the agent to submit it again.",
+        )
 
     def _vote_refusal(self, slack_user: str, record: RequestRecord) -> tuple[str | None, str, list[str]]:
         try:
