@@ -79,7 +79,8 @@ class Monitoring(Construct):
             )
 
         # An expired approval (nobody answered in time) is caught and recorded by the Expire step,
-        # so the execution succeeds; a timed-out execution outlived the state machine's 24 hours.
+        # so the execution succeeds (ApprovalsExpired counts those); a timed-out execution
+        # outlived the state machine's 24 hours.
         self._alarm(
             "ApprovalsTimedOut",
             state_machine.metric_timed_out(period=PERIOD, statistic="Sum"),
@@ -89,6 +90,17 @@ class Monitoring(Construct):
             "ApprovalsFailed",
             state_machine.metric_failed(period=PERIOD, statistic="Sum"),
             "Approvals: executions failed (a step failed past its retries; the request is marked failed).",
+        )
+        # Nobody decided in time: the approvers may be away, or the channel unwatched.
+        self._alarm(
+            "ApprovalsExpired",
+            cloudwatch.Metric(
+                namespace=names.APPROVALS_METRICS_NAMESPACE,
+                metric_name=names.METRIC_APPROVALS_EXPIRED,
+                statistic="Sum",
+                period=PERIOD,
+            ),
+            "Approvals: requests expired with nobody deciding (is anyone watching the channel?).",
         )
         recorder_failures = proxy_metric(names.METRIC_RECORDER_FAILURES, "Sum")
         self._alarm(

@@ -10,6 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gatehouse import names
 from gatehouse.config import Settings
+from gatehouse.metrics import approval_step_metrics
 from gatehouse.runtime import Runtime, build_runtime
 from gatehouse.workflow import run_step
 
@@ -31,4 +32,6 @@ def _get_runtime() -> Runtime:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(step=event.get("step"), request_id=event.get("request_id"))
     # Errors propagate: the task fails, and the state machine's Retry and Catch decide what follows.
-    return run_step(_get_runtime().service, event)
+    answer = run_step(_get_runtime().service, event)
+    approval_step_metrics(answer)
+    return answer

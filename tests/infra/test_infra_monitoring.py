@@ -47,8 +47,9 @@ FUNCTIONS = (
     names.SLACK_FUNCTION,
     names.ROTATION_FUNCTION,
 )
-# Errors and throttles per function; timed-out and failed executions; the proxy's two metrics.
-EXPECTED_ALARMS = 2 * len(FUNCTIONS) + 2 + 2
+# Errors and throttles per function; timed-out and failed executions, expired requests; the
+# proxy's two metrics.
+EXPECTED_ALARMS = 2 * len(FUNCTIONS) + 3 + 2
 
 
 def test_each_function_alarms_on_any_error_and_any_throttle(synthesized: Synthesized) -> None:
@@ -79,6 +80,13 @@ def test_the_approvals_state_machine_alarms_on_timed_out_and_failed_executions(
     )
     for metric in ("ExecutionsTimedOut", "ExecutionsFailed"):
         assert alarms[("AWS/States", metric, machine)]["Threshold"] == 1
+
+
+def test_expired_approvals_are_alarmed_under_the_name_the_approvals_function_publishes(
+    synthesized: Synthesized,
+) -> None:
+    alarm = _alarms(synthesized)[(names.APPROVALS_METRICS_NAMESPACE, names.METRIC_APPROVALS_EXPIRED, "")]
+    assert (alarm["Statistic"], alarm["Threshold"]) == ("Sum", 1)
 
 
 def test_the_proxy_metrics_are_alarmed_under_the_shared_names(synthesized: Synthesized) -> None:

@@ -52,6 +52,9 @@ STATE_MACHINE_NAME = f"{PREFIX}-approvals"
 PROXY_METRICS_NAMESPACE = "Gatehouse/Proxy"
 METRIC_RECORDER_FAILURES = "RecorderFailures"  # session-log writes that failed for good (Sum)
 METRIC_LOG_BACKLOG_EVENTS = "LogBacklogEvents"  # events waiting to be written to the log (Maximum)
+# The approvals function's: requests that expired with nobody deciding (Sum), from the Expire step.
+APPROVALS_METRICS_NAMESPACE = "Gatehouse/Approvals"
+METRIC_APPROVALS_EXPIRED = "ApprovalsExpired"
 DASHBOARD_NAME = PREFIX
 ALARM_TOPIC_NAME = f"{PREFIX}-alarms"
 

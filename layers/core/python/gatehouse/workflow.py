@@ -184,7 +184,10 @@ def run_step(service: ApprovalSteps, event: Mapping[str, Any]) -> dict[str, Any]
     elif step == STEP_ANNOUNCE:
         service.announce_outcome(request_id)
     else:
-        service.expire(request_id)
+        expired = service.expire(request_id)
+        status = expired.get("status") if isinstance(expired, Mapping) else None
+        if isinstance(status, str):
+            answer["status"] = status
     return answer
 
 

@@ -24,9 +24,8 @@ import asyncio
 import logging
 from typing import Any
 
-from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
-
 from gatehouse import names
+from gatehouse.metrics import emit_counts
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +53,7 @@ class RecorderMetrics:
             names.METRIC_LOG_BACKLOG_EVENTS: float(stats["pending_events"]),
         }
         self._reported_failures = failures
-        # EphemeralMetrics, not Metrics: Metrics keeps its data in class attributes, shared by every
-        # instance in the process. service="" keeps POWERTOOLS_SERVICE_NAME (set on the task) from
-        # adding a `service` dimension the alarms do not name; with no dimension powertools writes
-        # "Dimensions": [[]], the EMF spelling of a metric without dimensions.
-        metrics = EphemeralMetrics(namespace=names.PROXY_METRICS_NAMESPACE, service="")
-        for name, value in values.items():
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-        metrics.flush_metrics(raise_on_empty_metrics=True)  # print(): one JSON line on sys.stdout
+        emit_counts(names.PROXY_METRICS_NAMESPACE, values)
         return values
 
     async def run(self) -> None:
