@@ -92,6 +92,9 @@ def functions(local_stack: Any) -> Iterator[dict[str, LambdaFunction]]:
     loaded = {
         names.API_FUNCTION: LambdaFunction(API_HANDLER_PATH),
         names.APPROVALS_FUNCTION: LambdaFunction(WORKFLOW_HANDLER_PATHS[names.APPROVALS_FUNCTION]),
+        names.APPROVALS_NOTIFY_FUNCTION: LambdaFunction(
+            WORKFLOW_HANDLER_PATHS[names.APPROVALS_NOTIFY_FUNCTION]
+        ),
         names.SLACK_FUNCTION: LambdaFunction(WORKFLOW_HANDLER_PATHS[names.SLACK_FUNCTION]),
     }
     try:
@@ -312,9 +315,22 @@ def test_the_execute_task_input_for_an_unapproved_request_runs_nothing(
 def test_the_expire_task_input_expires_the_request(functions, local_stack, pending) -> None:
     answer = invoke(functions, names.APPROVALS_FUNCTION, step("expire", pending))
 
-    assert answer == {"step": "expire", "request_id": pending}
+    assert answer == {"step": "expire", "request_id": pending, "status": "expired"}
     assert get_request(functions, local_stack, pending)["status"] == "expired"
     assert "approval_expired" in session_kinds(local_stack, pending)
+
+
+def test_the_announce_task_input_shows_the_outcome_in_the_slack_message(
+    functions, local_stack, pending
+) -> None:
+    invoke(functions, names.APPROVALS_FUNCTION, step("expire", pending))
+
+    # The notify function's step: the same handler, outside the VPC where Slack is.
+    answer = invoke(functions, names.APPROVALS_NOTIFY_FUNCTION, step("announce", pending))
+
+    assert answer == {"step": "announce", "request_id": pending}
+    message = local_voter(local_stack.state).standin.approval_message(pending)
+    assert message is not None and "expired: nobody decided in time" in str(message.blocks)
 
 
 def test_the_fail_task_input_fails_the_request(functions, local_stack, pending) -> None:
