@@ -6,6 +6,7 @@ from aws_cdk import CfnOutput, Fn, Stack
 from constructs import Construct
 
 from gatehouse import names
+from infra.admin_access import AdminAccessPolicy
 from infra.agent_access import AgentAccessPolicy
 from infra.api import ApiFunction, HttpApi
 from infra.approvals import ApprovalsFunction, ApprovalsNotifyFunction, ApprovalsStateMachine
@@ -114,6 +115,13 @@ class GatehouseStack(Stack):
             secrets=self.secrets,
             network=self.proxy_network,
         )
+        self.admin_access = AdminAccessPolicy(
+            self,
+            "AdminAccess",
+            tables=self.tables,
+            secrets=self.secrets,
+            rotation_function=self.rotation.function,
+        )
         # POST /v1/proxy-tokens tells agents where the proxy listens.
         self.api_function.function.add_environment(names.ENV_PROXY_ENDPOINT, self.proxy.endpoint)
         self.audit_analytics = AuditAnalytics(
@@ -142,6 +150,12 @@ class GatehouseStack(Stack):
             "AgentPolicyArn",
             value=self.agent_access.policy.managed_policy_arn,
             description="Attach to each agent's IAM role: execute-api:Invoke on the agent routes only.",
+        )
+        CfnOutput(
+            self,
+            "AdminPolicyArn",
+            value=self.admin_access.policy.managed_policy_arn,
+            description="Attach to whoever runs `gatehouse admin`: registry, connection secrets, rotation.",
         )
         CfnOutput(
             self,
