@@ -107,6 +107,7 @@ class ApprovalsFunction(Construct):
             environment=settings.as_env(),
             context=context,
             timeout=APPROVALS_TIMEOUT,
+            reserved_concurrency=context.approvals_reserved_concurrency,
         )
         self.function = built.function
         role = built.role

@@ -77,6 +77,8 @@ class InfraContext:
     api_throttle_rate_limit: int = 50
     api_throttle_burst_limit: int = 100
     api_reserved_concurrency: int | None = None
+    # The approvals function runs approved commands on the targets; None: the account's pool.
+    approvals_reserved_concurrency: int | None = None
     # The proxy's network: a new VPC with this CIDR (no vpcId), or an existing one described by its
     # id, CIDR, availability zones and private subnets (from_vpc_attributes: no lookup, no account).
     vpc_id: str | None = None
@@ -128,10 +130,9 @@ class InfraContext:
             api_throttle_burst_limit=_positive_int(
                 "apiThrottleBurstLimit", get("apiThrottleBurstLimit"), defaults.api_throttle_burst_limit
             ),
-            api_reserved_concurrency=(
-                None
-                if raw_reserved in (None, "")
-                else _positive_int("apiReservedConcurrency", raw_reserved, 1)
+            api_reserved_concurrency=_optional_positive_int("apiReservedConcurrency", raw_reserved),
+            approvals_reserved_concurrency=_optional_positive_int(
+                "approvalsReservedConcurrency", get("approvalsReservedConcurrency")
             ),
             **proxy,
             vpc_nat_gateways=_nat_gateways(get, proxy["vpc_id"]),
@@ -263,6 +264,15 @@ def _string_list(key: str, raw: Any) -> tuple[str, ...]:
     if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
         raise ContextError(f"{key} must be a list of non-empty strings; got {raw!r}")
     return tuple(item.strip() for item in raw)
+
+
+def _optional_positive_int(key: str, raw: Any) -> int | None:
+    """A reserved concurrency: unset (None, the account's unreserved pool) or a positive integer.
+
+    Unset by default: an account whose concurrency quota is still 10 cannot reserve any, and the
+    deploy would fail; set it where the quota allows, to bound what a burst does to a target.
+    """
+    return None if raw in (None, "") else _positive_int(key, raw, 1)
 
 
 def _positive_int(key: str, raw: Any, default: int) -> int:

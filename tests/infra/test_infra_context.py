@@ -33,6 +33,10 @@ def test_defaults_come_from_names_and_cdk_json():
     assert context.bundle_deps is BundleDeps.AUTO
     assert context.deps_layer_dir.parts[-2:] == ("build", "deps-layer")
     assert context.api_reserved_concurrency is None
+    assert context.approvals_reserved_concurrency is None
+    assert context.slack_channel is None
+    assert context.vpc_nat_gateways == 0
+    assert context.proxy_recording_mode.value == "sync"
 
 
 def test_cli_strings_and_json_numbers_read_the_same():
@@ -56,6 +60,7 @@ def test_cli_strings_and_json_numbers_read_the_same():
         ("functionLogRetentionDays", "10"),
         ("bundleDeps", "maybe"),
         ("apiReservedConcurrency", "0"),
+        ("approvalsReservedConcurrency", "-2"),
     ],
 )
 def test_malformed_values_stop_the_synth_naming_the_key(key: str, value: object):
@@ -222,3 +227,22 @@ def test_the_context_channel_reaches_the_functions_that_post(with_nat: dict[str,
         assert env[names.ENV_SLACK_CHANNEL] == "#approvals", name
     for name in (names.API_FUNCTION, names.APPROVALS_FUNCTION):
         assert names.ENV_SLACK_CHANNEL not in _function(with_nat, name)["Environment"]["Variables"], name
+
+
+def test_reserved_concurrency_reaches_the_functions_that_run_commands(tmp_path: Path):
+    app = create_app(
+        context={"bundleDeps": "false", "apiReservedConcurrency": "20", "approvalsReservedConcurrency": 5},
+        outdir=str(tmp_path),
+    )
+    template = Template.from_stack(app.node.find_child(names.STACK_NAME))  # type: ignore[arg-type]
+
+    reserved = {
+        props["Properties"]["FunctionName"]: props["Properties"].get("ReservedConcurrentExecutions")
+        for props in template.find_resources("AWS::Lambda::Function").values()
+        if str(props["Properties"].get("FunctionName", "")).startswith("gatehouse-")
+    }
+    assert reserved[names.API_FUNCTION] == 20
+    assert reserved[names.APPROVALS_FUNCTION] == 5
+    assert all(
+        v is None for k, v in reserved.items() if k not in (names.API_FUNCTION, names.APPROVALS_FUNCTION)
+    )
