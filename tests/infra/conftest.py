@@ -21,6 +21,16 @@ from aws_cdk.assertions import Template
 from gatehouse import names
 from infra import create_app
 
+# What Lambda needs to attach a function to the VPC: its own network interfaces, nothing else.
+ENI_ACTIONS = {
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+}
+
 
 @dataclass(frozen=True)
 class Synthesized:

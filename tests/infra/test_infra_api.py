@@ -9,6 +9,7 @@ import pytest
 
 from gatehouse import names
 from gatehouse.config import Settings
+from tests.infra.conftest import ENI_ACTIONS
 
 if TYPE_CHECKING:
     from tests.infra.conftest import Synthesized
@@ -41,17 +42,6 @@ def _statements(synthesized: Synthesized) -> list[dict[str, Any]]:
 def _actions(statement: dict[str, Any]) -> list[str]:
     actions = statement["Action"]
     return [actions] if isinstance(actions, str) else list(actions)
-
-
-# What Lambda needs to attach the function to the VPC: its own network interfaces, nothing else.
-ENI_ACTIONS = {
-    "ec2:CreateNetworkInterface",
-    "ec2:DescribeNetworkInterfaces",
-    "ec2:DescribeSubnets",
-    "ec2:DeleteNetworkInterface",
-    "ec2:AssignPrivateIpAddresses",
-    "ec2:UnassignPrivateIpAddresses",
-}
 
 
 def _resources(statement: dict[str, Any]) -> list[Any]:

@@ -9,21 +9,13 @@ import pytest
 
 from gatehouse import names
 from infra.approvals import approvals_definition
+from tests.infra.conftest import ENI_ACTIONS
 
 if TYPE_CHECKING:
     from tests.infra.conftest import Synthesized
 
 LOCAL_ARN = f"arn:aws:lambda:us-east-1:123456789012:function:{names.APPROVALS_FUNCTION}"
 NOTIFY_LOCAL_ARN = f"arn:aws:lambda:us-east-1:123456789012:function:{names.APPROVALS_NOTIFY_FUNCTION}"
-# What Lambda needs to attach a function to the VPC: its own network interfaces, nothing else.
-ENI_ACTIONS = {
-    "ec2:CreateNetworkInterface",
-    "ec2:DescribeNetworkInterfaces",
-    "ec2:DescribeSubnets",
-    "ec2:DeleteNetworkInterface",
-    "ec2:AssignPrivateIpAddresses",
-    "ec2:UnassignPrivateIpAddresses",
-}
 
 
 def _function_key(synthesized: Synthesized, name: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gatehouse import names
+from tests.infra.conftest import ENI_ACTIONS
 
 if TYPE_CHECKING:
     from tests.infra.conftest import Synthesized
@@ -18,12 +19,7 @@ ROTATION_ACTIONS = {
     "secretsmanager:GetRandomPassword",
     "dynamodb:GetItem",
     # Lambda's network interfaces in the VPC.
-    "ec2:CreateNetworkInterface",
-    "ec2:DescribeNetworkInterfaces",
-    "ec2:DescribeSubnets",
-    "ec2:DeleteNetworkInterface",
-    "ec2:AssignPrivateIpAddresses",
-    "ec2:UnassignPrivateIpAddresses",
+    *ENI_ACTIONS,
     # Every Gatehouse function: its own log group and X-Ray.
     "logs:CreateLogStream",
     "logs:PutLogEvents",

@@ -6,7 +6,6 @@ where it matters: on the server's side.
 
 from __future__ import annotations
 
-import datetime
 import json
 import socket
 import ssl
@@ -19,10 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gatehouse.exceptions import StatementTimeoutError, TargetUnavailableError
 from gatehouse.local.apigw import AuthError, IamCredential, SigV4Verifier
@@ -34,6 +29,7 @@ from gatehouse.targets.http import (
     HttpRefusedError,
     execute,
 )
+from tests.certs import authority
 
 TOKEN = "tok-4f1d2c9e8b7a6f5e4d3c"
 ACCESS_KEY = "AKIA" + "HTTPTARGETTEST01"  # made up; split so it never reads as a real key
@@ -203,60 +199,14 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A test CA and a server certificate for the name `localhost` only (not for 127.0.0.1)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gatehouse test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = authority("Gatehouse test CA")
+    cert_pem, key_pem = ca.issue(["localhost"])
     directory: Path = tmp_path_factory.mktemp("pki")
-    (directory / "server.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    (directory / "server.crt").write_bytes(cert_pem)
+    (directory / "server.key").write_bytes(key_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(directory / "server.crt", directory / "server.key")
-    return Pki(ca.public_bytes(serialization.Encoding.PEM).decode(), context)
+    return Pki(ca.pem, context)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,12 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,6 +36,7 @@ from gatehouse.proxy.postgres.upstream import (
     cancel_upstream,
     connect_upstream,
 )
+from tests.integration.aio import event_loop_policy, run
 
 T = TypeVar("T")
 
@@ -75,20 +75,8 @@ class Cluster:
 @pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
 def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test on both loops: the proxy runs on uvloop, whose sockets and TLS are its own code."""
-    if request.param == "uvloop":
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    try:
+    with event_loop_policy(request.param):
         yield request.param
-    finally:
-        asyncio.set_event_loop_policy(None)
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(30):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def _self_signed(directory: Path, owner: os.stat_result) -> None:

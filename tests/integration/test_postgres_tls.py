@@ -16,9 +16,6 @@ The API path (gatehouse.targets.postgres, which the privilege check shares) and 
 
 from __future__ import annotations
 
-import asyncio
-import datetime
-import ipaddress
 import json
 import os
 import secrets
@@ -28,18 +25,13 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
 import pytest
-import uvloop
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from moto import mock_aws
 
 from gatehouse.admin.connections import ConnectionOptions, plan_connection
@@ -54,85 +46,13 @@ from gatehouse.secrets import SecretStore
 from gatehouse.targets.postgres import PostgresExecutor, connect
 from gatehouse.targets.postgres_privileges import check_connection
 from gatehouse.targets.postgres_tls import client_context
+from tests.certs import Authority, authority
+from tests.integration.aio import event_loop_policy, run
 
 T = TypeVar("T")
 ROLE = "tls_agent"
 SECRET_ID = "tls-conn"
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
-
-
-# ---------------------------------------------------------------- certificates
-
-
-@dataclass(frozen=True)
-class Authority:
-    name: str
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @property
-    def pem(self) -> str:
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-    def issue(self, dns: Sequence[str], ips: Sequence[str] = ()) -> tuple[bytes, bytes]:
-        """A server certificate (PEM) and its key (PEM) for these names."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def authority(name: str) -> Authority:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return Authority(name, key, cert)
 
 
 @pytest.fixture(scope="module")
@@ -500,20 +420,8 @@ def test_registration_refuses_a_bundle_that_would_not_be_checked(right_ca: Autho
 @pytest.fixture(params=["asyncio", "uvloop"])
 def loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     """The proxy runs on uvloop, whose TLS is its own code: every proxy test on both loops."""
-    if request.param == "uvloop":
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    try:
+    with event_loop_policy(request.param):
         yield request.param
-    finally:
-        asyncio.set_event_loop_policy(None)
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(30):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def target(host: str, port: int, password: str, **overrides: Any) -> UpstreamTarget:
