@@ -46,6 +46,20 @@ class Synthesized:
     def resources_of_type(self, type_: str) -> dict[str, dict[str, Any]]:
         return {key: value for key, value in self.resources.items() if value["Type"] == type_}
 
+    def role_statements(self, function_name: str) -> list[dict[str, Any]]:
+        """Every statement of every policy attached to the role of the function of that name."""
+        [function] = [
+            value
+            for value in self.resources_of_type("AWS::Lambda::Function").values()
+            if value["Properties"].get("FunctionName") == function_name
+        ]
+        role_key = function["Properties"]["Role"]["Fn::GetAtt"][0]
+        statements: list[dict[str, Any]] = []
+        for policy in self.resources_of_type("AWS::IAM::Policy").values():
+            if {"Ref": role_key} in policy["Properties"]["Roles"]:
+                statements.extend(policy["Properties"]["PolicyDocument"]["Statement"])
+        return statements
+
     def one(self, type_: str) -> dict[str, Any]:
         found = self.resources_of_type(type_)
         assert len(found) == 1, f"expected one {type_}, found {sorted(found)}"
@@ -80,3 +94,13 @@ def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synthesize
 @pytest.fixture(scope="session")
 def template_json(synthesized: Synthesized) -> dict[str, Any]:
     return json.loads(synthesized.template_path.read_text())
+
+
+def statement_actions(statement: dict[str, Any]) -> list[str]:
+    actions = statement["Action"]
+    return [actions] if isinstance(actions, str) else list(actions)
+
+
+def statement_resources(statement: dict[str, Any]) -> list[Any]:
+    resources = statement["Resource"]
+    return resources if isinstance(resources, list) else [resources]

@@ -9,7 +9,7 @@ import pytest
 
 from gatehouse import names
 from gatehouse.config import Settings
-from tests.infra.conftest import ENI_ACTIONS
+from tests.infra.conftest import ENI_ACTIONS, statement_actions, statement_resources
 
 if TYPE_CHECKING:
     from tests.infra.conftest import Synthesized
@@ -31,22 +31,11 @@ def _function(synthesized: Synthesized) -> dict[str, Any]:
 
 
 def _statements(synthesized: Synthesized) -> list[dict[str, Any]]:
-    role_key = _function(synthesized)["Properties"]["Role"]["Fn::GetAtt"][0]
-    statements = []
-    for policy in synthesized.resources_of_type("AWS::IAM::Policy").values():
-        if {"Ref": role_key} in policy["Properties"]["Roles"]:
-            statements.extend(policy["Properties"]["PolicyDocument"]["Statement"])
-    return statements
+    return synthesized.role_statements(names.API_FUNCTION)
 
 
-def _actions(statement: dict[str, Any]) -> list[str]:
-    actions = statement["Action"]
-    return [actions] if isinstance(actions, str) else list(actions)
-
-
-def _resources(statement: dict[str, Any]) -> list[Any]:
-    resources = statement["Resource"]
-    return resources if isinstance(resources, list) else [resources]
+_actions = statement_actions
+_resources = statement_resources
 
 
 def _ref_of(synthesized: Synthesized, type_: str, **properties: Any) -> str:

@@ -28,13 +28,7 @@ def _function_key(synthesized: Synthesized, name: str) -> str:
 
 
 def _statements_of(synthesized: Synthesized, function_name: str) -> list[dict[str, Any]]:
-    function = synthesized.resources[_function_key(synthesized, function_name)]
-    role_key = function["Properties"]["Role"]["Fn::GetAtt"][0]
-    statements = []
-    for policy in synthesized.resources_of_type("AWS::IAM::Policy").values():
-        if {"Ref": role_key} in policy["Properties"]["Roles"]:
-            statements.extend(policy["Properties"]["PolicyDocument"]["Statement"])
-    return statements
+    return synthesized.role_statements(function_name)
 
 
 def _actions(statements: list[dict[str, Any]]) -> set[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gatehouse import names
-from tests.infra.conftest import ENI_ACTIONS
+from tests.infra.conftest import ENI_ACTIONS, statement_actions, statement_resources
 
 if TYPE_CHECKING:
     from tests.infra.conftest import Synthesized
@@ -38,23 +38,11 @@ def _function(synthesized: Synthesized) -> tuple[str, dict[str, Any]]:
 
 
 def _statements(synthesized: Synthesized) -> list[dict[str, Any]]:
-    _, function = _function(synthesized)
-    role_key = function["Properties"]["Role"]["Fn::GetAtt"][0]
-    statements = []
-    for policy in synthesized.resources_of_type("AWS::IAM::Policy").values():
-        if {"Ref": role_key} in policy["Properties"]["Roles"]:
-            statements.extend(policy["Properties"]["PolicyDocument"]["Statement"])
-    return statements
+    return synthesized.role_statements(names.ROTATION_FUNCTION)
 
 
-def _actions(statement: dict[str, Any]) -> list[str]:
-    actions = statement["Action"]
-    return [actions] if isinstance(actions, str) else list(actions)
-
-
-def _resources(statement: dict[str, Any]) -> list[Any]:
-    resources = statement["Resource"]
-    return resources if isinstance(resources, list) else [resources]
+_actions = statement_actions
+_resources = statement_resources
 
 
 def _joined(value: Any) -> str:
