@@ -378,3 +378,42 @@ def test_an_approval_that_never_reached_the_workflow_fails_at_the_expiry(stack, 
 
     assert strict_service.expire(rid)["status"] == "failed"
     assert "never reached the workflow" in stack.client().get_request(rid).body["error"]
+
+
+class RecordingWorkflow:
+    """Starts nothing (so no Notify runs by itself) and records every answer to a task token."""
+
+    def __init__(self) -> None:
+        self.resumed: list[tuple[str, str]] = []
+
+    def start(self, request_id: str, expires_in_s: int) -> str:
+        return f"arn:aws:states:us-east-1:123456789012:execution:gatehouse-approvals:{request_id}"
+
+    def resume(self, task_token: str, decision: str) -> None:
+        self.resumed.append((task_token, decision))
+
+
+@pytest.mark.parametrize("approve", [True, False])
+def test_a_decision_taken_before_the_notification_is_delivered_by_it(stack, approve):
+    runtime = build_runtime(Settings.from_env())
+    workflow = RecordingWorkflow()
+    runtime.service._workflow_client = workflow
+    service = runtime.service
+    outcome = service.submit(
+        stack_principal(stack), "demo-prod", "UPDATE orders SET amount = amount WHERE id = 11"
+    )
+    rid = outcome.request_id
+    assert outcome.status == "pending_approval"
+
+    # The vote lands before the state machine's Notify step stored its token (the console and
+    # `gatehouse approve` show pending requests at once): there is nothing to answer yet.
+    voted = service.vote("U_ALICE", rid, approve, "" if approve else "not now")
+    assert voted.ok and voted.status == ("approved" if approve else "denied")
+    assert workflow.resumed == []
+
+    # Notify runs: it finds the decision and answers its own token with it, instead of waiting
+    # for a vote that already came (and expiring, with the approval lost).
+    service.notify(rid, "token-from-notify")
+
+    assert workflow.resumed == [("token-from-notify", "approved" if approve else "denied")]
+    assert service._requests.get(rid).status == ("approved" if approve else "denied")

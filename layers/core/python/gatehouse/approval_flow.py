@@ -33,6 +33,7 @@ from gatehouse.lineage import Flow, merge
 from gatehouse.masking.plan import plan_columns
 from gatehouse.models import Decision, Effect, QueryResult
 from gatehouse.values import result_view
+from gatehouse.workflow import ApprovalClosedError
 
 if TYPE_CHECKING:
     from gatehouse.service import Gatehouse
@@ -123,13 +124,22 @@ class ApprovalFlow:
 
     def notify(self, request_id: str, task_token: str) -> dict[str, Any]:
         record = self._g._requests.get(request_id)
+        if record.status in _DECIDED_BY_VOTE:
+            return self._deliver_early(record, task_token)
         if record.status != "pending_approval":
             return {"request_id": request_id, "status": record.status}
         # The token first: an approver may click before the message's timestamp is stored.
-        self._g._requests.set_notified(request_id, task_token=task_token, channel=None, ts=None)
+        try:
+            self._g._requests.set_notified(request_id, task_token=task_token, channel=None, ts=None)
+        except TransitionError:
+            # A vote decided between the read and this write, and found no token to answer:
+            # the decision is delivered here. (The write is conditional on a pending record, and
+            # so is the vote's: one of the two sees the other.)
+            return self._deliver_early(self._g._requests.get(request_id), task_token)
         record.task_token = task_token
         channel, ts = self._g._notifier().post(self._view(record))
-        self._g._requests.set_notified(request_id, task_token=task_token, channel=channel, ts=ts)
+        # Unconditional: a vote may have decided while the message was posted; Announce needs it.
+        self._g._requests.set_message(request_id, channel=channel, ts=ts)
         groups = ", ".join(record.approval_groups or [record.approval_group or ""])
         self._resume(request_id).append(
             "notified",
@@ -254,7 +264,11 @@ class ApprovalFlow:
             session.append(
                 "denied_by_approver", outcome="denied", approvers=[slack_user], reason=reason or None
             )
-            self._workflow_resume(updated, "denied")
+            try:
+                self._deliver(request_id, updated, "denied")
+            except GatehouseError as exc:
+                # Denied is final on the record: nothing will run. The execution ends at its expiry.
+                log.warning("request %s: the workflow was not told of the denial (%s)", request_id, exc.code)
             return VoteResult(
                 True, "denied", f"Denied{': ' + reason if reason else ''}. The command will not run."
             )
@@ -277,11 +291,17 @@ class ApprovalFlow:
         session.stage("approved", outcome="approved", approvers=approvers)
         session.flush()
         try:
-            self._workflow_resume(updated, "approved")
+            self._deliver(request_id, updated, "approved")
+        except ApprovalClosedError:
+            # The execution no longer waits: the Notify step delivered this decision already, or
+            # the request expired, and Expire fails an approval that never reached it.
+            log.info("request %s: the workflow had the decision already", request_id)
         except GatehouseError as exc:
-            return self._stranded(
-                request_id, f"Gatehouse could not hand it to the approval workflow ({exc.code})"
-            )
+            if updated.origin != "proxy":
+                why = f"Gatehouse could not hand it to the approval workflow ({exc.code})"
+                return self._stranded(request_id, why)
+            # A proxy statement runs when the agent sends it again, whatever the workflow does.
+            log.warning("request %s: the workflow was not told of the approval (%s)", request_id, exc.code)
         if updated.origin == "proxy":
             return VoteResult(
                 True,
@@ -499,10 +519,27 @@ class ApprovalFlow:
         except GatehouseError as exc:
             log.error("vote refusal on %s not recorded (%s)", request_id, exc.code)
 
-    def _workflow_resume(self, record: RequestRecord, decision: str) -> None:
-        if not record.task_token:
-            raise GatehouseError("the request has no task token to resume", code="approval_unavailable")
-        self._g._workflow().resume(record.task_token, decision)
+    def _deliver(self, request_id: str, voted: RequestRecord, decision: str) -> None:
+        """Answer the execution's task token with a vote's decision.
+
+        No token yet: the Notify step had not stored it when the vote decided, and its write, which
+        is conditional on a pending record, then fails and delivers the decision itself.
+        """
+        token = voted.task_token or self._g._requests.get(request_id).task_token
+        if not token:
+            log.info("request %s: decided before its notification; Notify delivers it", request_id)
+            return
+        self._g._workflow().resume(token, decision)
+
+    def _deliver_early(self, record: RequestRecord, task_token: str) -> dict[str, Any]:
+        """Notify found the request decided by votes cast before its token existed: answer now."""
+        if record.status in _DECIDED_BY_VOTE:
+            decision = "approved" if record.status == "approved" else "denied"
+            try:
+                self._g._workflow().resume(task_token, decision)
+            except ApprovalClosedError:
+                log.info("request %s: the workflow had the decision already", record.request_id)
+        return {"request_id": record.request_id, "status": record.status}
 
     def _close_story(self, record: RequestRecord) -> None:
         try:
@@ -558,6 +595,8 @@ def _dry_run_count(preview: Mapping[str, Any] | None) -> int | None:
     return count if isinstance(count, int) else None
 
 
+# What a vote decides: a request in one of these when Notify runs was decided before its token.
+_DECIDED_BY_VOTE = frozenset({"approved", "denied"})
 # Statuses with no outcome to show yet.
 _UNDECIDED = frozenset({"pending_approval", "approved", "executing"})
 

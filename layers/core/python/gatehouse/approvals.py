@@ -40,6 +40,12 @@ def sql_sha256(sql: str) -> str:
     return hashlib.sha256(sql.encode("utf-8")).hexdigest()
 
 
+# Every status a record can hold (the diagram above).
+STATUSES = frozenset(
+    {"pending_approval", "approved", "executing", "executed", "failed", "drifted", "denied", "expired"}
+)
+
+
 @dataclass
 class RequestRecord:
     request_id: str
@@ -177,6 +183,10 @@ class RequestStore:
         """Keep the state machine's token (and where the Slack message is) with a pending record."""
         fields: dict[str, Any] = {"task_token": task_token, "slack_channel": channel, "slack_ts": ts}
         self._update(request_id, fields, expect=("pending_approval",))
+
+    def set_message(self, request_id: str, *, channel: str, ts: str) -> None:
+        """Where the Slack message is, whatever the status: a vote may decide while it is posted."""
+        self._update(request_id, {"slack_channel": channel, "slack_ts": ts}, expect=tuple(sorted(STATUSES)))
 
     def add_vote(self, request_id: str, vote: dict[str, Any]) -> RequestRecord:
         """Append one approver's vote; refused when the record is not pending or they voted already."""
