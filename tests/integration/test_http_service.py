@@ -21,6 +21,7 @@ import pytest
 
 from gatehouse.exceptions import StatementTimeoutError, TargetUnavailableError
 from gatehouse.local.apigw import AuthError, IamCredential, SigV4Verifier
+from gatehouse.local.pki import authority
 from gatehouse.masking import Masker, load_profile
 from gatehouse.models import Connection
 from gatehouse.targets.http import (
@@ -29,7 +30,6 @@ from gatehouse.targets.http import (
     HttpRefusedError,
     execute,
 )
-from tests.certs import authority
 
 TOKEN = "tok-4f1d2c9e8b7a6f5e4d3c"
 ACCESS_KEY = "AKIA" + "HTTPTARGETTEST01"  # made up; split so it never reads as a real key

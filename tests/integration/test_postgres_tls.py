@@ -38,6 +38,7 @@ from gatehouse.admin.connections import ConnectionOptions, plan_connection
 from gatehouse.admin.exceptions import RegistrationError
 from gatehouse.admin.policies import PolicyFacts
 from gatehouse.exceptions import TargetUnavailableError
+from gatehouse.local.pki import Authority, authority
 from gatehouse.local.postgres import PostgresInfo, ThrowawayPostgres
 from gatehouse.models import Connection, Statement, StatementClass
 from gatehouse.proxy.postgres import messages as m
@@ -46,7 +47,6 @@ from gatehouse.secrets import SecretStore
 from gatehouse.targets.postgres import PostgresExecutor, connect
 from gatehouse.targets.postgres_privileges import check_connection
 from gatehouse.targets.postgres_tls import client_context
-from tests.certs import Authority, authority
 from tests.integration.aio import event_loop_policy, run
 
 T = TypeVar("T")

@@ -1,4 +1,5 @@
-"""Test certificates: a CA that issues server certificates for given names (cryptography)."""
+"""Throwaway certificates for the local stack and the tests: a CA that issues server certificates
+for given names (cryptography). Nothing here is used by a deployed stack."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class Authority:
     def pem(self) -> str:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
-    def issue(self, dns: Sequence[str], ips: Sequence[str] = ()) -> tuple[bytes, bytes]:
+    def issue(self, dns: Sequence[str], ips: Sequence[str] = (), *, days: int = 1) -> tuple[bytes, bytes]:
         """A server certificate (PEM) and its key (PEM) for these names."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
@@ -36,7 +37,7 @@ class Authority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -51,7 +52,7 @@ class Authority:
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def authority(name: str) -> Authority:
+def authority(name: str, *, days: int = 1) -> Authority:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -62,7 +63,7 @@ def authority(name: str) -> Authority:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
