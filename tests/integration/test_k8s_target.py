@@ -38,15 +38,27 @@ def standin() -> Iterator[KubernetesStandIn]:
 
 
 def connection_to(server: KubernetesStandIn, **attributes: Any) -> Connection:
+    return kubernetes_connection(
+        "demo-k8s", {**server.connection_attributes(), "env": "prod", **attributes}, "gatehouse/demo-k8s"
+    )
+
+
+def kubernetes_connection(name: str, attributes: dict[str, Any], secret_id: str) -> Connection:
     return Connection(
-        name="demo-k8s",
+        name=name,
         kind="kubernetes",
         host="127.0.0.1",
         port=0,
         database="",
-        secret_id="gatehouse/demo-k8s",
-        attributes={**server.connection_attributes(), "env": "prod", **attributes},
+        secret_id=secret_id,
+        attributes=attributes,
     )
+
+
+def scripted_server(name: str, listener: socket.socket, ca_pem: bytes) -> Connection:
+    """A connection to a hand-scripted API server on `listener` whose certificate `ca_pem` signs."""
+    attributes = {"api_server": f"https://127.0.0.1:{listener.getsockname()[1]}", "ca_pem": ca_pem.decode()}
+    return kubernetes_connection(name, attributes, secret_id="unused")
 
 
 @pytest.fixture
@@ -375,18 +387,7 @@ def test_a_server_that_drips_its_answer_is_cut_off_at_the_deadline(tmp_path: Pat
 
     server = threading.Thread(target=drip, daemon=True)
     server.start()
-    connection = Connection(
-        name="drip",
-        kind="kubernetes",
-        host="127.0.0.1",
-        port=0,
-        database="",
-        secret_id="s",
-        attributes={
-            "api_server": f"https://127.0.0.1:{listener.getsockname()[1]}",
-            "ca_pem": ca_pem.decode(),
-        },
-    )
+    connection = scripted_server("drip", listener, ca_pem)
     started = time.monotonic()
     try:
         with pytest.raises(StatementTimeoutError):
@@ -556,18 +557,7 @@ def _scripted_exec_server(
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    connection = Connection(
-        name="scripted",
-        kind="kubernetes",
-        host="127.0.0.1",
-        port=0,
-        database="",
-        secret_id="s",
-        attributes={
-            "api_server": f"https://127.0.0.1:{listener.getsockname()[1]}",
-            "ca_pem": ca_pem.decode(),
-        },
-    )
+    connection = scripted_server("scripted", listener, ca_pem)
 
     def close() -> None:
         stop.set()
