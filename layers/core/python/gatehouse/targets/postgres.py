@@ -21,6 +21,7 @@ safe).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -726,9 +727,15 @@ def _pool_key(connection: Connection, cred: DatabaseCredential, timeout_ms: int)
     # A session opened under another TLS setting (a re-registered connection) is not this one's.
     tls = (
         str(connection.attributes.get("tls") or ""),
-        hashlib.sha256(str(connection.attributes.get("ca_pem") or "").encode("utf-8")).hexdigest(),
+        _text_digest(str(connection.attributes.get("ca_pem") or "")),
     )
     return (*key, *tls, digest, timeout_ms)
+
+
+@functools.lru_cache(maxsize=64)
+def _text_digest(text: str) -> str:
+    # Once per CA bundle, not per request: RDS's global bundle is about 160 kB of PEM.
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _socket_timeout(timeout_ms: int) -> float:
