@@ -55,6 +55,16 @@ def kubernetes_connection(name: str, attributes: dict[str, Any], secret_id: str)
     )
 
 
+def tls_listener(tmp_path: Path) -> tuple[socket.socket, ssl.SSLContext, bytes]:
+    """A loopback listener, the server-side TLS context to wrap its connections, and its CA (PEM)."""
+    ca_pem, cert_pem, key_pem = generate_certificates()
+    (tmp_path / "tls.crt").write_bytes(cert_pem)
+    (tmp_path / "tls.key").write_bytes(key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    return socket.create_server(("127.0.0.1", 0)), context, ca_pem
+
+
 def scripted_server(name: str, listener: socket.socket, ca_pem: bytes) -> Connection:
     """A connection to a hand-scripted API server on `listener` whose certificate `ca_pem` signs."""
     attributes = {"api_server": f"https://127.0.0.1:{listener.getsockname()[1]}", "ca_pem": ca_pem.decode()}
@@ -364,12 +374,7 @@ def test_classified_text_matches_what_was_sent(standin: KubernetesStandIn) -> No
 
 def test_a_server_that_drips_its_answer_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
     # Each byte arrives well within the read timeout, the whole answer never within the deadline.
-    ca_pem, cert_pem, key_pem = generate_certificates()
-    (tmp_path / "tls.crt").write_bytes(cert_pem)
-    (tmp_path / "tls.key").write_bytes(key_pem)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener, context, ca_pem = tls_listener(tmp_path)
     stop = threading.Event()
 
     def drip() -> None:
@@ -533,12 +538,7 @@ def _scripted_exec_server(
     tmp_path: Path, answer: Callable[[bytes], bytes]
 ) -> tuple[Connection, Callable[[], None]]:
     """A TLS listener that answers one exec upgrade with `answer(key)` and then holds the line."""
-    ca_pem, cert_pem, key_pem = generate_certificates()
-    (tmp_path / "tls.crt").write_bytes(cert_pem)
-    (tmp_path / "tls.key").write_bytes(key_pem)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener, context, ca_pem = tls_listener(tmp_path)
     stop = threading.Event()
 
     def serve() -> None:
