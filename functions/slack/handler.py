@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from gatehouse import names
+from gatehouse import aws, names
 from gatehouse.config import Settings
 from gatehouse.runtime import build_runtime
 from gatehouse.secrets import SecretStore
@@ -39,7 +38,7 @@ def _get_app() -> SlackInteractions:
     # Built on the first invocation, then reused by the warm container.
     global _app
     if _app is None:
-        session = boto3.session.Session()
+        session = aws.session()
         _app = SlackInteractions(
             Settings.from_env(),
             secrets=SecretStore(session.client("secretsmanager", config=_BOTO_CONFIG)),

@@ -32,12 +32,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from pg8000.exceptions import DatabaseError, InterfaceError
 from scramp import ScramMechanism
 
-from gatehouse import names
+from gatehouse import aws, names
 from gatehouse.exceptions import BadRequestError, GatehouseError, TargetUnavailableError
 from gatehouse.models import Connection
 from gatehouse.registry import Registry
@@ -365,7 +364,7 @@ def schedule_rotation(secretsmanager: Any, secret_id: str, function_arn: str, da
 
 def build_rotation(settings: RotationSettings, session: Any = None) -> Rotation:
     """The rotation with clients from `session` (a boto3 Session; tests point it at moto)."""
-    session = session or boto3.session.Session()
+    session = session or aws.session()
     registry = Registry(
         session.client("dynamodb"),
         settings.connections_table,

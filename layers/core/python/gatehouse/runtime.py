@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 from botocore.config import Config
 
+from gatehouse import aws
 from gatehouse.approvals import RequestStore
 from gatehouse.config import Settings
 from gatehouse.policy import PolicyEngine
@@ -31,7 +31,7 @@ class Runtime:
 
 def build_runtime(settings: Settings, session: Any = None) -> Runtime:
     """Clients come from `session` (a boto3 Session) so tests can point them at moto."""
-    session = session or boto3.session.Session()
+    session = session or aws.session()
     ddb = session.client("dynamodb", config=_BOTO_CONFIG)
     # Each request reads its principal and connection; a warm process keeps them CACHE_SECONDS
     # (the bound on a removed agent or connection still working, gatehouse.registry).

@@ -22,8 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-
+from gatehouse import aws
 from gatehouse.approval_flow import ApprovalFlow, VoteResult
 from gatehouse.approvals import RECORD_TTL_S, RequestRecord, RequestStore, sql_sha256
 from gatehouse.audit.log import SessionLog
@@ -599,7 +598,7 @@ class Gatehouse:
 
             if not self._settings.state_machine_arn:
                 raise WorkflowUnavailableError("no approval workflow is configured: nothing can approve this")
-            session = self._aws_session or boto3.session.Session()
+            session = self._aws_session or aws.session()
             self._workflow_client = Workflow(
                 session.client("stepfunctions"), self._settings.state_machine_arn
             )

@@ -366,10 +366,10 @@ class ContentScanner:
         enabled = frozenset(replace)
         self._enabled = enabled
         self._numbers = _number_pattern(enabled)
-        # Numbers left over after a rejected card or IBAN candidate: the other number detectors.
-        self._leftover = {
-            rejected: _number_pattern(enabled - {rejected}) for rejected in ("card_number", "iban")
-        }
+        # Numbers left over after a rejected card or IBAN candidate: the other number detectors,
+        # compiled on the first rejection (each pattern is large: compiling the three costs a
+        # cold start ~10 ms, and most answers never reject a candidate).
+        self._leftover: dict[str, re.Pattern[str] | None] = {}
         self._needs_lower = bool(enabled & {"bearer_token", "aws_secret_key", "connection_secret"})
 
     @property
@@ -623,7 +623,11 @@ class ContentScanner:
         Terminates: a card candidate holds no letters, so no IBAN within it, and a card
         within an IBAN candidate is shorter than the candidate.
         """
-        pattern = self._leftover[rejected] if text else None
+        if not text:
+            return text
+        if rejected not in self._leftover:
+            self._leftover[rejected] = _number_pattern(self._enabled - {rejected})
+        pattern = self._leftover[rejected]
         if pattern is None:
             return text
         return pattern.sub(lambda m: self._number(m, hits), NUL + text)[1:]

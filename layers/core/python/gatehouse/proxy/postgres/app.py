@@ -17,10 +17,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import boto3
 from botocore.config import Config
 
-from gatehouse import names
+from gatehouse import aws, names
 from gatehouse.config import ConfigError, Settings
 from gatehouse.exceptions import GatehouseError
 from gatehouse.proxy.postgres.metrics import DEFAULT_INTERVAL_S, ENV_PROXY_METRICS_INTERVAL_S
@@ -123,7 +122,7 @@ def tls_context(secrets: Any, secret_id: str) -> ssl.SSLContext | None:
 def build_server(
     settings: Settings, config: ProxyConfig, session: Any = None, *, tls_secret: str | None = None
 ) -> ProxyServer:
-    session = session or boto3.session.Session()
+    session = session or aws.session()
     runtime = build_runtime(settings, session)
     service = runtime.service
     secrets_client = session.client("secretsmanager")
