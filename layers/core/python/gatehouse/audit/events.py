@@ -216,8 +216,9 @@ def format_time(moment: datetime) -> str:
     """RFC 3339, UTC, milliseconds, `Z`: fixed width so strings sort as times."""
     if moment.tzinfo is None:
         raise ValueError("event times must be timezone-aware")
-    moment = moment.astimezone(UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+    # isoformat is C and ends "+00:00" for UTC: a third of the cost of formatting by pattern,
+    # which every event pays (the proxy records one per statement).
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -292,11 +293,15 @@ def build_event(
     return event
 
 
+# What json.dumps would build on every call with these options, built once (the same output).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_LINE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_bytes(record: Mapping[str, Any]) -> bytes:
     """The bytes a hash covers: the record without `hash`, sorted keys, no whitespace, UTF-8."""
     body = {k: v for k, v in record.items() if k != "hash"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return text.encode("utf-8")
+    return _CANONICAL.encode(body).encode("utf-8")
 
 
 def event_hash(record: Mapping[str, Any]) -> str:
@@ -306,9 +311,7 @@ def event_hash(record: Mapping[str, Any]) -> str:
 def serialize(event: Mapping[str, Any]) -> bytes:
     """One JSON line in column order (what is stored: readable, and what Athena's SerDe reads)."""
     ordered = {name: event.get(name) for name in FIELD_NAMES}
-    return (json.dumps(ordered, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode(
-        "utf-8"
-    )
+    return (_LINE.encode(ordered) + "\n").encode("utf-8")
 
 
 def serialize_many(batch: Iterable[Mapping[str, Any]]) -> bytes:
