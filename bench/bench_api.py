@@ -53,6 +53,13 @@ start, not ours; `cold_start_process_ms` gives the whole subprocess wall time, s
 for reference. A second invocation in the same process gives `cold_second_request_ms` (warm).
 Each figure is the median of `COLD_RUNS` subprocesses.
 
+For reference, alternating with those runs in the same environment, `cold_start_boto3_reference_ms`
+times a fresh interpreter that imports stock boto3 and builds the three clients the first request
+uses (DynamoDB, Secrets Manager, S3), and nothing else: what the smallest Python function using
+those services pays, here, before doing any work. `cold_start_over_boto3_reference` is the median
+of the per-run ratios: the absolute figures move with the machine's speed from day to day, so
+compare runs by the ratio as well.
+
 Run alone: `.venv/bin/python bench/bench_api.py`; `--cold-only [RUNS]` measures the cold start
 alone (RUNS subprocesses, default 7, each printed), without the warm loop.
 """
@@ -91,7 +98,7 @@ CONNECTION = "demo-dev"
 SQL = "SELECT id, name FROM customers WHERE id = 7"
 ITERATIONS = 200
 WARMUP = 20
-COLD_RUNS = 3
+COLD_RUNS = 7
 COLD_TIMEOUT_S = 60.0
 RESULT_MARK = "BENCH_API_COLD "
 
@@ -200,6 +207,21 @@ def _api_event(stack: LocalStack, state: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+# The reference for the cold start, run alternately with it in the same environment: a fresh
+# interpreter that imports stock boto3 and builds the three clients the API's first request uses,
+# what the smallest Python function using those services pays before any work of its own.
+REFERENCE_CODE = """
+import time
+t0 = time.perf_counter()
+import json, sys
+import boto3
+session = boto3.session.Session()
+for service in ("dynamodb", "secretsmanager", "s3"):
+    session.client(service)
+print(sys.argv[1] + json.dumps({"reference_ms": (time.perf_counter() - t0) * 1000}))
+"""
+
+
 def _compile_our_code() -> None:
     """Fresh bytecode for our modules, so no run pays for compiling a recently edited file."""
     ok = compileall.compile_dir(str(LAYER / "gatehouse"), quiet=1)
@@ -208,22 +230,41 @@ def _compile_our_code() -> None:
         raise RuntimeError("our code does not compile")
 
 
-def _cold_start(event: dict[str, Any]) -> dict[str, float]:
+def _cold_env() -> dict[str, str]:
     # os.environ holds the stack's handler environment while the stack is up.
-    env = {
+    return {
         **os.environ,
         "PYTHONPATH": str(LAYER),
         "PYTHONDONTWRITEBYTECODE": "1",
         "LAMBDA_TASK_ROOT": str(API_HANDLER_PATH.parent),
         "POWERTOOLS_TRACE_DISABLED": "true",
     }
+
+
+def _reference_ms() -> float:
+    proc = subprocess.run(
+        [sys.executable, "-c", REFERENCE_CODE, RESULT_MARK],
+        capture_output=True,
+        text=True,
+        env=_cold_env(),
+        cwd=str(ROOT),
+        timeout=COLD_TIMEOUT_S,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"the reference subprocess failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return float(json.loads(lines[-1][len(RESULT_MARK) :])["reference_ms"])
+
+
+def _cold_start(event: dict[str, Any]) -> dict[str, float]:
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", COLD_START_CODE, str(API_HANDLER_PATH), "200", RESULT_MARK],
         input=json.dumps(event),
         capture_output=True,
         text=True,
-        env=env,
+        env=_cold_env(),
         cwd=str(ROOT),
         timeout=COLD_TIMEOUT_S,
         check=False,
@@ -252,7 +293,17 @@ def _local_stack() -> Iterator[tuple[LocalStack, dict[str, Any]]]:
 def _cold_starts(stack: LocalStack, state: dict[str, Any], runs: int) -> list[dict[str, float]]:
     event = _api_event(stack, state)
     _compile_our_code()
-    return [_cold_start(event) for _ in range(runs)]
+    runs_out = []
+    for i in range(runs):
+        # Alternate which goes first, so machine noise hits both alike.
+        if i % 2:
+            figures = _cold_start(event)
+            figures["reference_ms"] = _reference_ms()
+        else:
+            reference = _reference_ms()
+            figures = {**_cold_start(event), "reference_ms": reference}
+        runs_out.append(figures)
+    return runs_out
 
 
 def _cold_medians(cold: list[dict[str, float]]) -> dict[str, float]:
@@ -265,6 +316,10 @@ def _cold_medians(cold: list[dict[str, float]]) -> dict[str, float]:
         "cold_start_first_request_ms": cold_median("first_ms"),
         "cold_second_request_ms": cold_median("second_ms"),
         "cold_start_process_ms": cold_median("process_ms"),
+        "cold_start_boto3_reference_ms": cold_median("reference_ms"),
+        "cold_start_over_boto3_reference": round(
+            statistics.median(c["cold_ms"] / c["reference_ms"] for c in cold), 2
+        ),
     }
 
 
