@@ -241,27 +241,13 @@ def _cold_env() -> dict[str, str]:
     }
 
 
-def _reference_ms() -> float:
-    proc = subprocess.run(
-        [sys.executable, "-c", REFERENCE_CODE, RESULT_MARK],
-        capture_output=True,
-        text=True,
-        env=_cold_env(),
-        cwd=str(ROOT),
-        timeout=COLD_TIMEOUT_S,
-        check=False,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"the reference subprocess failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return float(json.loads(lines[-1][len(RESULT_MARK) :])["reference_ms"])
-
-
-def _cold_start(event: dict[str, Any]) -> dict[str, float]:
+def _fresh_interpreter(what: str, code: str, *args: str, stdin: str = "") -> tuple[dict[str, Any], float]:
+    """Run `code` in a fresh interpreter with the handler's environment; its marked JSON line and
+    the process's wall time in ms."""
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", COLD_START_CODE, str(API_HANDLER_PATH), "200", RESULT_MARK],
-        input=json.dumps(event),
+        [sys.executable, "-c", code, *args, RESULT_MARK],
+        input=stdin,
         capture_output=True,
         text=True,
         env=_cold_env(),
@@ -272,11 +258,22 @@ def _cold_start(event: dict[str, Any]) -> dict[str, float]:
     process_ms = (time.perf_counter() - started) * 1000
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"the cold-start subprocess failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    figures = json.loads(lines[-1][len(RESULT_MARK) :])
+        raise RuntimeError(f"the {what} subprocess failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return dict(json.loads(lines[-1][len(RESULT_MARK) :])), process_ms
+
+
+def _reference_ms() -> float:
+    figures, _ = _fresh_interpreter("reference", REFERENCE_CODE)
+    return float(figures["reference_ms"])
+
+
+def _cold_start(event: dict[str, Any]) -> dict[str, float]:
+    figures, process_ms = _fresh_interpreter(
+        "cold-start", COLD_START_CODE, str(API_HANDLER_PATH), "200", stdin=json.dumps(event)
+    )
     figures["process_ms"] = process_ms
     figures["cold_ms"] = figures["import_ms"] + figures["first_ms"]
-    return dict(figures)
+    return figures
 
 
 @contextmanager
