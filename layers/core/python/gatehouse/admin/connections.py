@@ -396,21 +396,20 @@ def _ssh(options: ConnectionOptions, attributes: dict[str, Any]) -> Built:
 def _check_with_executor(plan: ConnectionPlan) -> None:
     """Read the settings as the kind's executor will at run time, so they cannot disagree later."""
     connection = plan.connection(secret_id=plan.secret_name)
+    # Each kind's module is imported only for a connection of that kind (SSH brings asyncssh).
     try:
         if plan.kind == "http":
-            from gatehouse.targets.http import parse_target
+            from gatehouse.targets import http
 
-            parse_target(connection)
+            http.check_settings(connection, plan.credential)
         elif plan.kind == "kubernetes":
             from gatehouse.targets import kubernetes
 
-            kubernetes._api_server(connection)
-            kubernetes._resource_types(connection)
+            kubernetes.check_settings(connection, plan.credential)
         elif plan.kind == "ssh":
             from gatehouse.targets import ssh
 
-            ssh._Target.from_connection(connection)
-            ssh._Auth.from_credential(plan.credential)
+            ssh.check_settings(connection, plan.credential)
     except GatehouseError as exc:
         raise RegistrationError(exc.message) from exc
 

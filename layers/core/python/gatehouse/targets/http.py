@@ -562,6 +562,11 @@ def resolve(target: HttpTarget) -> tuple[str, ...]:
     return tuple(addresses)
 
 
+def check_settings(connection: Connection, credential: Mapping[str, Any]) -> None:
+    """Read the connection's settings as `execute` will (HttpConfigError if they do not hold)."""
+    parse_target(connection)
+
+
 # --- classification --------------------------------------------------------------------------
 
 

@@ -402,6 +402,12 @@ def _text(checked: _Checked) -> str:
     return " ".join(parts)
 
 
+def check_settings(connection: Connection, credential: Mapping[str, Any]) -> None:
+    """Read the connection's settings as `execute` will (the API server, its CA, the resources)."""
+    _api_server(connection)
+    _resource_types(connection)
+
+
 def classify(command: KubernetesCommand, connection: Connection) -> Classified:
     """The request's class: read, write, exec, secrets or unknown. Bad input raises instead."""
     checked = _check(command, connection)

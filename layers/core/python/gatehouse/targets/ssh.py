@@ -124,6 +124,13 @@ def execute(
     )
 
 
+def check_settings(connection: Connection, credential: Mapping[str, Any]) -> None:
+    """Read the connection's settings and credential as `execute` will, without connecting."""
+    _check_kind(connection)
+    _Target.from_connection(connection)
+    _Auth.from_credential(credential)
+
+
 def _check_kind(connection: Connection) -> None:
     if connection.kind != KIND:
         raise SshRefusedError(
