@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import boto3
 import pytest
+from boto3.exceptions import ResourceNotExistsError
 from botocore.exceptions import DataNotFoundError, UnknownServiceError
 from moto import mock_aws
 
@@ -37,6 +38,13 @@ def test_an_unknown_service_or_api_version_is_still_refused():
         session.client("no-such-service")
     with pytest.raises(DataNotFoundError):
         session.client("dynamodb", api_version="1999-01-01")
+
+
+def test_a_service_without_boto3_resources_is_refused_as_boto3_refuses_it():
+    # secretsmanager has a client model and no resources-1 file.
+    with pytest.raises(ResourceNotExistsError):
+        aws.session(region_name="us-east-1").resource("secretsmanager")
+    assert aws.session(region_name="us-east-1").resource("dynamodb").meta.service_name == "dynamodb"
 
 
 def test_clients_work_against_aws(aws_env: None):
