@@ -82,8 +82,9 @@ def _get_app() -> APIGatewayHttpResolver:
             gc.disable()  # see _collect_again
         try:
             runtime = build_runtime(Settings.from_env())
-            # The table's name is fixed (gatehouse.names), in infra/tables.py as in the local stack.
-            store = dynamodb_store_factory(names.IDEMPOTENCY_TABLE)
+            # The table's name is fixed (gatehouse.names), in infra/tables.py as in the local stack;
+            # its client is the service's: a keyed request builds no second DynamoDB client.
+            store = dynamodb_store_factory(names.IDEMPOTENCY_TABLE, runtime.dynamodb)
             _app = build_app(runtime.service, runtime.registry, idempotency_store=store)
         finally:
             _collect_again()

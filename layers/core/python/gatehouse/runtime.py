@@ -27,6 +27,8 @@ class Runtime:
     settings: Settings
     service: Gatehouse
     registry: Registry
+    # The DynamoDB client the service uses, for other tables of the same function (idempotency).
+    dynamodb: Any
 
 
 def build_runtime(settings: Settings, session: Any = None) -> Runtime:
@@ -52,4 +54,4 @@ def build_runtime(settings: Settings, session: Any = None) -> Runtime:
         requests=RequestStore(ddb, settings.requests_table),
         s3_client=session.client("s3", config=_LOG_CONFIG),
     )
-    return Runtime(settings=settings, service=service, registry=registry)
+    return Runtime(settings=settings, service=service, registry=registry, dynamodb=ddb)
