@@ -430,8 +430,10 @@ class ProxyTokenGrants:
 
 def default_grants() -> ProxyTokenGrants:
     """Built on the first POST /v1/proxy-tokens from the function's environment (never at import)."""
-    import boto3
     from botocore.config import Config
 
+    from gatehouse import aws
+
     config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=3, read_timeout=10)
-    return ProxyTokenGrants.from_settings(Settings.from_env(), boto3.client("secretsmanager", config=config))
+    secrets_client = aws.session().client("secretsmanager", config=config)
+    return ProxyTokenGrants.from_settings(Settings.from_env(), secrets_client)

@@ -27,8 +27,10 @@ class Runtime:
     settings: Settings
     service: Gatehouse
     registry: Registry
-    # The DynamoDB client the service uses, for other tables of the same function (idempotency).
+    # The clients the service uses, for the function's other work (idempotency, proxy passwords):
+    # each kind of client is built once per process.
     dynamodb: Any
+    secretsmanager: Any
 
 
 def build_runtime(settings: Settings, session: Any = None) -> Runtime:
@@ -40,7 +42,8 @@ def build_runtime(settings: Settings, session: Any = None) -> Runtime:
     registry = Registry(
         ddb, settings.connections_table, settings.principals_table, cache_seconds=CACHE_SECONDS
     )
-    secrets = SecretStore(session.client("secretsmanager", config=_BOTO_CONFIG))
+    secretsmanager = session.client("secretsmanager", config=_BOTO_CONFIG)
+    secrets = SecretStore(secretsmanager)
     service = Gatehouse(
         settings,
         registry=registry,
@@ -54,4 +57,6 @@ def build_runtime(settings: Settings, session: Any = None) -> Runtime:
         requests=RequestStore(ddb, settings.requests_table),
         s3_client=session.client("s3", config=_LOG_CONFIG),
     )
-    return Runtime(settings=settings, service=service, registry=registry, dynamodb=ddb)
+    return Runtime(
+        settings=settings, service=service, registry=registry, dynamodb=ddb, secretsmanager=secretsmanager
+    )
