@@ -14,8 +14,10 @@ import pytest
 
 from gatehouse import names
 from gatehouse.audit.events import parse_events
+from gatehouse.audit.log import SessionLog
 from gatehouse.config import Settings
 from gatehouse.ddb import to_item
+from gatehouse.exceptions import AuditWriteError
 from gatehouse.local.approve import local_voter
 from gatehouse.policy import PolicyEngine
 from gatehouse.policy.engine import default_schema_path
@@ -310,6 +312,43 @@ def test_a_policy_change_after_the_request_is_honoured(stack, voter, strict_serv
         strict_service._policy = PolicyEngine.from_sources(QUORUM_POLICIES, SCHEMA)
     assert amount(stack, 7) == before
     assert "policy_changed" in (stack.client().get_request(rid).body.get("error") or "")
+
+
+def test_a_refusal_whose_closing_write_fails_still_answers_denied(stack, voter, strict_service, monkeypatch):
+    # The policies change before the approval lands, and the session log refuses the refusal's
+    # closing write: the record says denied (nothing ran), and so must the step's answer.
+    before = amount(stack, 13)
+    answer = stack.client().submit("demo-prod", "UPDATE orders SET amount = amount + 100 WHERE id = 13")
+    rid = answer.body["request_id"]
+    wait_for_message(voter, rid)
+    wait_until(lambda: "notified" in session_kinds(stack, rid))
+    resume = strict_service._approvals._resume
+
+    def resume_failing_close(request_id: str) -> SessionLog:
+        session = resume(request_id)
+
+        def close() -> dict[str, Any]:
+            raise AuditWriteError("the session log is unavailable (injected)")
+
+        monkeypatch.setattr(session, "close", close)
+        return session
+
+    monkeypatch.setattr(strict_service._approvals, "_resume", resume_failing_close)
+    forbid = {
+        "forbid.cedar": '@id("freeze") forbid (principal, action == Gatehouse::Action::"sql:write", resource);',
+        **QUORUM_POLICIES,
+    }
+    strict_service._policy = PolicyEngine.from_sources(forbid, SCHEMA)
+    try:
+        strict_service._requests.transition(
+            rid, expect=("pending_approval",), status="approved", decided_by="alice"
+        )
+        assert strict_service.execute_approved(rid)["status"] == "denied"
+    finally:
+        strict_service._policy = PolicyEngine.from_sources(QUORUM_POLICIES, SCHEMA)
+    assert amount(stack, 13) == before
+    record = stack.client().get_request(rid).body
+    assert record["status"] == "denied" and "policy_changed" in (record.get("error") or "")
 
 
 def stack_principal(stack):

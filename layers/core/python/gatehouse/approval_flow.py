@@ -207,9 +207,25 @@ class ApprovalFlow:
         try:
             status = self._run_approved(record, session)
         except GatehouseError as exc:
-            self._g._finish(record, status="failed", error=f"{exc.code}: {exc.message}")
-            status = "failed"
+            status = self._after_failure(request_id, record, exc)
         return {"request_id": request_id, "status": status}
+
+    def _after_failure(self, request_id: str, record: RequestRecord, exc: GatehouseError) -> str:
+        """The answer of a run that raised: the final status it had stored, else failed.
+
+        A refusal, a drift or a late approval is stored before its closing events are written; when
+        that write fails, what is stored stands (nothing ran) and is the answer, never `failed`.
+        """
+        try:
+            stored = self._g._requests.get(request_id).status
+        except GatehouseError:
+            stored = "executing"  # unknown: finish it as failed, best effort
+        if stored != "executing":
+            # The code only: a target's message may quote the data.
+            log.error("request %s: %s after it was %s", request_id, exc.code, stored)
+            return stored
+        self._g._finish(record, status="failed", error=f"{exc.code}: {exc.message}")
+        return "failed"
 
     def announce_outcome(self, request_id: str) -> dict[str, Any]:
         """Show the request's outcome in its Slack message (the last step of every ending).
