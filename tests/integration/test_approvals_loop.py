@@ -288,16 +288,14 @@ def test_two_groups_need_one_approver_from_each(stack, voter, strict_service):
     assert wait_decided(stack, rid)["status"] == "executed"
 
 
-def test_a_policy_change_after_the_request_is_honoured(stack, voter, strict_service):
-    before = amount(stack, 7)
-    answer = stack.client().submit("demo-prod", "UPDATE orders SET amount = amount + 100 WHERE id = 7")
-    rid = answer.body["request_id"]
+def approved_under_a_freeze(stack, voter, strict_service, rid: str) -> dict[str, Any]:
+    """Approve `rid` behind the stack's workflow after the policies changed to forbid prod writes;
+    what strict_service's Execute step answers."""
     # The stack's own Notify step has run to its end (message posted, `notified` recorded): the
     # record is changed below behind the workflow's back, and a Notify still running would see
     # it approved and hand the approval to the stack's workflow as well.
     wait_for_message(voter, rid)
     wait_until(lambda: "notified" in session_kinds(stack, rid))
-    # The policies change before the approval lands: prod writes are now forbidden.
     forbid = {
         "forbid.cedar": '@id("freeze") forbid (principal, action == Gatehouse::Action::"sql:write", resource);',
         **QUORUM_POLICIES,
@@ -307,9 +305,17 @@ def test_a_policy_change_after_the_request_is_honoured(stack, voter, strict_serv
         strict_service._requests.transition(
             rid, expect=("pending_approval",), status="approved", decided_by="alice"
         )
-        assert strict_service.execute_approved(rid)["status"] == "denied"
+        return dict(strict_service.execute_approved(rid))
     finally:
         strict_service._policy = PolicyEngine.from_sources(QUORUM_POLICIES, SCHEMA)
+
+
+def test_a_policy_change_after_the_request_is_honoured(stack, voter, strict_service):
+    before = amount(stack, 7)
+    answer = stack.client().submit("demo-prod", "UPDATE orders SET amount = amount + 100 WHERE id = 7")
+    rid = answer.body["request_id"]
+    # The policies change before the approval lands: prod writes are now forbidden.
+    assert approved_under_a_freeze(stack, voter, strict_service, rid)["status"] == "denied"
     assert amount(stack, 7) == before
     assert "policy_changed" in (stack.client().get_request(rid).body.get("error") or "")
 
@@ -320,8 +326,6 @@ def test_a_refusal_whose_closing_write_fails_still_answers_denied(stack, voter, 
     before = amount(stack, 13)
     answer = stack.client().submit("demo-prod", "UPDATE orders SET amount = amount + 100 WHERE id = 13")
     rid = answer.body["request_id"]
-    wait_for_message(voter, rid)
-    wait_until(lambda: "notified" in session_kinds(stack, rid))
     resume = strict_service._approvals._resume
 
     def resume_failing_close(request_id: str) -> SessionLog:
@@ -334,18 +338,7 @@ def test_a_refusal_whose_closing_write_fails_still_answers_denied(stack, voter, 
         return session
 
     monkeypatch.setattr(strict_service._approvals, "_resume", resume_failing_close)
-    forbid = {
-        "forbid.cedar": '@id("freeze") forbid (principal, action == Gatehouse::Action::"sql:write", resource);',
-        **QUORUM_POLICIES,
-    }
-    strict_service._policy = PolicyEngine.from_sources(forbid, SCHEMA)
-    try:
-        strict_service._requests.transition(
-            rid, expect=("pending_approval",), status="approved", decided_by="alice"
-        )
-        assert strict_service.execute_approved(rid)["status"] == "denied"
-    finally:
-        strict_service._policy = PolicyEngine.from_sources(QUORUM_POLICIES, SCHEMA)
+    assert approved_under_a_freeze(stack, voter, strict_service, rid)["status"] == "denied"
     assert amount(stack, 13) == before
     record = stack.client().get_request(rid).body
     assert record["status"] == "denied" and "policy_changed" in (record.get("error") or "")
