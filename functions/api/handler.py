@@ -3,7 +3,6 @@
 # ruff: noqa: E402 (in Lambda, the imports below run with the cyclic collector paused: see _collect_again)
 from __future__ import annotations
 
-import functools
 import gc
 import os
 
@@ -26,7 +25,7 @@ from gatehouse import names
 from gatehouse.api import build_app, dynamodb_store_factory, error_answer, preflight
 from gatehouse.config import Settings
 from gatehouse.exceptions import GatehouseError
-from gatehouse.runtime import Runtime, build_runtime
+from gatehouse.runtime import build_runtime
 
 logger = Logger(service=names.API_FUNCTION)
 
@@ -75,13 +74,6 @@ def traced(handler: Handler) -> Handler:
     return tracer.capture_lambda_handler(capture_response=False)(handler)
 
 
-def grants_from_runtime(runtime: Runtime) -> Any:
-    """The proxy password issuer, built on the first POST /v1/proxy-tokens with the service's client."""
-    from gatehouse.proxy_tokens import ProxyTokenGrants
-
-    return ProxyTokenGrants.from_settings(runtime.settings, runtime.secretsmanager)
-
-
 def _get_app() -> APIGatewayHttpResolver:
     # Built on the first invocation, then reused by the warm container.
     global _app
@@ -97,7 +89,7 @@ def _get_app() -> APIGatewayHttpResolver:
                 runtime.service,
                 runtime.registry,
                 idempotency_store=store,
-                proxy_tokens=functools.partial(grants_from_runtime, runtime),
+                proxy_tokens=runtime.proxy_token_grants,
             )
         finally:
             _collect_again()

@@ -32,6 +32,13 @@ class Runtime:
     dynamodb: Any
     secretsmanager: Any
 
+    def proxy_token_grants(self) -> Any:
+        """The proxy password issuer, with the service's Secrets Manager client. Imported here, on
+        the first POST /v1/proxy-tokens: most processes never issue one."""
+        from gatehouse.proxy_tokens import ProxyTokenGrants
+
+        return ProxyTokenGrants.from_settings(self.settings, self.secretsmanager)
+
 
 def build_runtime(settings: Settings, session: Any = None) -> Runtime:
     """Clients come from `session` (a boto3 Session) so tests can point them at moto."""
