@@ -22,7 +22,7 @@ from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gatehouse import names
-from gatehouse.api import build_app, dynamodb_store_factory, error_answer, preflight
+from gatehouse.api import build_app, dynamodb_store_factory, error_answer, first_request, preflight
 from gatehouse.config import Settings
 from gatehouse.exceptions import GatehouseError
 from gatehouse.runtime import build_runtime
@@ -74,14 +74,14 @@ def traced(handler: Handler) -> Handler:
     return tracer.capture_lambda_handler(capture_response=False)(handler)
 
 
-def _get_app() -> APIGatewayHttpResolver:
+def _get_app(event: dict[str, Any]) -> APIGatewayHttpResolver:
     # Built on the first invocation, then reused by the warm container.
     global _app
     if _app is None:
         if _PAUSES_COLLECTOR:
             gc.disable()  # see _collect_again
         try:
-            runtime = build_runtime(Settings.from_env())
+            runtime = build_runtime(Settings.from_env(), first=first_request(event))
             # The table's name is fixed (gatehouse.names), in infra/tables.py as in the local stack;
             # its client is the service's: a keyed request builds no second DynamoDB client.
             store = dynamodb_store_factory(names.IDEMPOTENCY_TABLE, runtime.dynamodb)
@@ -104,7 +104,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         event = preflight(event)
     except GatehouseError as exc:
         return error_answer(exc)
-    return _get_app().resolve(event, context)
+    return _get_app(event).resolve(event, context)
 
 
 _collect_again()

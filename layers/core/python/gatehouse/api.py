@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
 
     from gatehouse.proxy_tokens import ProxyTokenGrants
+    from gatehouse.runtime import FirstRequest
     from gatehouse.service import Gatehouse, Outcome
 from gatehouse.targets.commands import HttpCommand, KubernetesCommand, SshCommand
 from gatehouse.values import jsonable, result_view
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_SQL_CHARS = 100_000
+CONNECTION_NAME_MAX = 128
 # Our bodies are flat objects; 32 levels leaves room for nested `http`/`kubernetes` commands and
 # stays far below the recursion limit a deep document would otherwise hit inside json.loads.
 MAX_JSON_DEPTH = 32
@@ -125,7 +127,7 @@ class SubmitRequest(BaseModel):
     )
 
     connection: str = Field(
-        min_length=1, max_length=128, pattern=NO_NUL, description="Registered connection name"
+        min_length=1, max_length=CONNECTION_NAME_MAX, pattern=NO_NUL, description="Registered connection name"
     )
     sql: str | None = Field(
         # No NUL pattern here: a NUL in SQL is refused by the classifier, on record (see _check_strings).
@@ -281,7 +283,10 @@ class ProxyTokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     connection: str = Field(
-        min_length=1, max_length=128, pattern=NO_NUL, description="Registered postgres connection name"
+        min_length=1,
+        max_length=CONNECTION_NAME_MAX,
+        pattern=NO_NUL,
+        description="Registered postgres connection name",
     )
     # Bounds as gatehouse.proxy_tokens MIN_TTL_S / MAX_TTL_S (12 h); default 15 minutes.
     ttl_s: int | None = Field(default=None, ge=60, le=43_200, description="Lifetime in seconds (900)")
@@ -550,6 +555,27 @@ def preflight(event: dict[str, Any]) -> dict[str, Any]:
             f"the request body is not UTF-8 (byte {exc.start})", code="invalid_utf8"
         ) from exc
     return {**event, "body": text, "isBase64Encoded": False}
+
+
+def first_request(event: Mapping[str, Any]) -> FirstRequest | None:
+    """What a `POST /v1/requests` event will read first (gatehouse.runtime.FirstRequest), or None.
+
+    Read off a preflighted event for a cold process's head start only: the route parses and
+    validates the body again, and refuses it with the right answer when it is wrong.
+    """
+    from gatehouse.runtime import FirstRequest
+
+    if (event.get("routeKey") or "") != "POST /v1/requests":
+        return None
+    try:
+        principal_key = caller_from_event(event).principal_key
+        body = parse_json_object(str(event.get("body") or ""))
+    except GatehouseError:
+        return None
+    connection = body.get("connection")
+    if not isinstance(connection, str) or not 0 < len(connection) <= CONNECTION_NAME_MAX:
+        return None
+    return FirstRequest(principal_key=principal_key, connection=connection)
 
 
 def error_answer(exc: GatehouseError) -> dict[str, Any]:
