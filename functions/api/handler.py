@@ -16,20 +16,19 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.shared import constants
 from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gatehouse import names
-from gatehouse.api import build_app, dynamodb_store_factory, error_answer, first_request, preflight
+from gatehouse.api_core import AgentApi, dynamodb_store_factory, error_answer, first_request, preflight
 from gatehouse.config import Settings
 from gatehouse.exceptions import GatehouseError
 from gatehouse.runtime import build_runtime
 
 logger = Logger(service=names.API_FUNCTION)
 
-_app: APIGatewayHttpResolver | None = None
+_app: AgentApi | None = None
 
 
 def _collect_again() -> None:
@@ -74,7 +73,7 @@ def traced(handler: Handler) -> Handler:
     return tracer.capture_lambda_handler(capture_response=False)(handler)
 
 
-def _get_app(event: dict[str, Any]) -> APIGatewayHttpResolver:
+def _get_app(event: dict[str, Any]) -> AgentApi:
     # Built on the first invocation, then reused by the warm container.
     global _app
     if _app is None:
@@ -85,7 +84,7 @@ def _get_app(event: dict[str, Any]) -> APIGatewayHttpResolver:
             # The table's name is fixed (gatehouse.names), in infra/tables.py as in the local stack;
             # its client is the service's: a keyed request builds no second DynamoDB client.
             store = dynamodb_store_factory(names.IDEMPOTENCY_TABLE, runtime.dynamodb)
-            _app = build_app(
+            _app = AgentApi(
                 runtime.service,
                 runtime.registry,
                 idempotency_store=store,

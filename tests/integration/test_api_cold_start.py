@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +17,7 @@ import pytest
 from gatehouse import names
 from gatehouse.config import ConfigError
 from gatehouse.local.apigw import LambdaContext
-from gatehouse.local.stack import API_HANDLER_PATH, LambdaFunction
+from gatehouse.local.stack import API_HANDLER_PATH, REPO_ROOT, LambdaFunction
 from tests.integration.test_handler_events import EVENTS, body_of, load, signed_in
 
 
@@ -89,3 +92,53 @@ def test_outside_lambda_an_environment_freezes_nothing(local_stack, monkeypatch,
     assert answer["statusCode"] == 200, answer
     assert gc.get_freeze_count() == frozen_before
     assert gc.isenabled()
+
+
+# A fresh interpreter, as a cold Lambda environment: the handler serves the events on stdin, one
+# per line, and says after each which of the heavier libraries it had imported by then.
+_SERVE_FRESH = """
+import importlib.util, json, sys, uuid
+from gatehouse.local.apigw import LambdaContext
+ARN = "arn:aws:lambda:eu-west-1:123456789012:function:gatehouse-api"
+spec = importlib.util.spec_from_file_location("api_handler", sys.argv[1])
+handler = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(handler)
+for line in sys.stdin:
+    context = LambdaContext("gatehouse-api", ARN, str(uuid.uuid4()))
+    answer = handler.lambda_handler(json.loads(line), context)
+    print(json.dumps({"status": answer["statusCode"], "pydantic": "pydantic" in sys.modules}))
+"""
+
+
+def test_a_cold_start_that_runs_sql_never_loads_the_validating_app(local_stack):
+    # Given a fresh API environment and, in turn, a read, a malformed read and a listing
+    read = signed_in(load("api_post_request_read.json"), local_stack)
+    malformed = {**read, "body": json.dumps({"connection": "demo-dev", "sql": ""})}
+    listing = signed_in(load("api_get_connections.json"), local_stack)
+    stdin = "\n".join(json.dumps(e) for e in (read, read, malformed, listing)) + "\n"
+
+    # When it serves them
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_FRESH, str(API_HANDLER_PATH)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT / "layers" / "core" / "python"),
+            "POWERTOOLS_TRACE_DISABLED": "true",
+        },
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+    # Then the reads are answered without pydantic (~60 ms of a cold start); the first body the
+    # light check is not sure of, and the first other route, are answered by the validating app
+    assert answers == [
+        {"status": 200, "pydantic": False},
+        {"status": 200, "pydantic": False},
+        {"status": 400, "pydantic": True},
+        {"status": 200, "pydantic": True},
+    ]

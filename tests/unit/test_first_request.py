@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gatehouse.api import first_request
+from gatehouse.api_core import first_request
 from gatehouse.runtime import FirstRequest
 
 ROLE_SESSION = "arn:aws:sts::123456789012:assumed-role/agent-runner/session-42"

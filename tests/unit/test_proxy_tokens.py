@@ -16,7 +16,7 @@ import pytest
 from moto import mock_aws
 
 from gatehouse import names
-from gatehouse.api import error_body
+from gatehouse.api_core import error_body
 from gatehouse.config import ConfigError, Settings
 from gatehouse.exceptions import BadRequestError, SecretUnavailableError, UnknownConnectionError
 from gatehouse.local.provision import create_masking_key, create_proxy_token_key

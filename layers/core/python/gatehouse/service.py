@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gatehouse import aws
 from gatehouse.approval_flow import ApprovalFlow, VoteResult
@@ -63,8 +63,10 @@ from gatehouse.models import (
 from gatehouse.policy import PolicyEngine
 from gatehouse.registry import Registry
 from gatehouse.secrets import SecretStore
-from gatehouse.target_requests import TargetCommand, TargetRequests
 from gatehouse.targets.postgres import PostgresExecutor
+
+if TYPE_CHECKING:
+    from gatehouse.target_requests import TargetCommand, TargetRequests
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ class Gatehouse:
         self._notifier_client = notifier
         self._aws_session = aws_session
         self._approvals = ApprovalFlow(self)
-        self._targets = TargetRequests(self)
+        self._target_requests: TargetRequests | None = None
         self._clock = clock
         self._new_id = new_id
         self._sleep = sleep
@@ -157,6 +159,16 @@ class Gatehouse:
     @property
     def policy(self) -> PolicyEngine:
         return self._policy
+
+    @property
+    def _targets(self) -> TargetRequests:
+        # HTTP, Kubernetes and SSH commands: their models are pydantic's, which an SQL request
+        # (and so most cold starts) never needs.
+        if self._target_requests is None:
+            from gatehouse.target_requests import TargetRequests
+
+            self._target_requests = TargetRequests(self)
+        return self._target_requests
 
     @property
     def registry(self) -> Registry:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from gatehouse import names
-from gatehouse.api import error_answer
+from gatehouse.api_core import error_answer
 from gatehouse.config import Settings
 from gatehouse.exceptions import GatehouseError, SecretUnavailableError
 from gatehouse.secrets import SecretStore
