@@ -464,3 +464,26 @@ def test_random_garbage_never_raises_and_unparseable_is_unknown() -> None:
 )
 def test_each_statement_names_its_own_kind(text, command):
     assert classify("postgres", text).statements[0].command == command
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE pg_settings SET setting = 'off' WHERE name = 'default_transaction_read_only'",
+        "UPDATE pg_catalog.pg_settings SET setting = 'evil, public' WHERE name = 'search_path'",
+        "update PG_SETTINGS set setting = 'x' where name = current_setting('x')",
+        "INSERT INTO pg_settings (name, setting) VALUES ('role', 'postgres')",
+        "WITH s AS (UPDATE pg_settings SET setting = 'on' WHERE name = 'x' RETURNING name) SELECT * FROM s",
+        "MERGE INTO pg_settings s USING (SELECT 1) v ON true WHEN MATCHED THEN UPDATE SET setting = 'off'",
+    ],
+)
+def test_writing_pg_settings_is_set_config_in_disguise(sql: str) -> None:
+    # The view's rules call set_config for every row written, on whatever setting the WHERE names.
+    result = classify_sql(sql)
+    assert result.cls is StatementClass.PRIVILEGE
+    assert any("pg_settings" in s.reason for s in result.statements)
+
+
+def test_reading_pg_settings_or_writing_a_user_table_of_that_name_is_not():
+    assert only("SELECT name, setting FROM pg_settings").cls is READ
+    assert only("UPDATE app.pg_settings SET setting = 'x'").cls is WRITE

@@ -32,3 +32,22 @@ def test_detail_value_lists_are_redacted():
 
 def test_a_text_without_quotes_is_unchanged():
     assert redact_error_text("division by zero", NAMES) == "division by zero"
+
+
+def test_bytes_an_encoding_error_lists_are_redacted():
+    # convert_from(decode('f0' || substr(replace(ssn, '-', ''), 1, 6), 'hex'), 'UTF8') made the
+    # SSN's digits into these bytes.
+    text = 'invalid byte sequence for encoding "UTF8": 0xf0 0x43 0x47 0x09'
+    out = redact_error_text(text, NAMES)
+    assert "0x" not in out and "43" not in out and "47" not in out
+    assert out.startswith("invalid byte sequence for encoding")
+    text = (
+        'character with byte sequence 0xe2 0x82 0xac in encoding "UTF8" has no equivalent in '
+        'encoding "LATIN1"'
+    )
+    assert "0x" not in redact_error_text(text, NAMES)
+
+
+def test_a_value_glued_to_letters_is_redacted():
+    out = redact_error_text("date field value out of range: x434709213y-13-01", NAMES)
+    assert "434709213" not in out and "13" not in out

@@ -156,6 +156,22 @@ def test_a_hot_loop_with_other_constants_is_decided_once():
         ),
         ("SELECT nextval('a')", "SELECT nextval('b')"),
         ("SET statement_timeout = 5", "SET statement_timeout = 0"),
+        # A constant in these clauses may be a column's position: ORDER BY 2 may sort by an SSN.
+        (
+            "SELECT id, ssn FROM customers ORDER BY 1 LIMIT 3",
+            "SELECT id, ssn FROM customers ORDER BY 2 LIMIT 3",
+        ),
+        ("SELECT id, ssn FROM customers ORDER BY 'x'", "SELECT id, ssn FROM customers ORDER BY 2"),
+        ("SELECT id, ssn FROM customers GROUP BY 1, 2", "SELECT id, ssn FROM customers GROUP BY 2, 1"),
+        ("SELECT DISTINCT ON (1) id, ssn FROM customers", "SELECT DISTINCT ON (2) id, ssn FROM customers"),
+        (
+            "SELECT * FROM (SELECT id, ssn FROM customers ORDER BY 1 DESC LIMIT 5) s",
+            "SELECT * FROM (SELECT id, ssn FROM customers ORDER BY 2 DESC LIMIT 5) s",
+        ),
+        (
+            "SELECT id, ssn FROM customers GROUP BY ROLLUP (1, 2)",
+            "SELECT id, ssn FROM customers GROUP BY ROLLUP (2, 1)",
+        ),
     ],
 )
 def test_a_constant_that_may_matter_is_decided_afresh(first: str, second: str):

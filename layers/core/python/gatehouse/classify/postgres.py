@@ -620,6 +620,12 @@ class _Walk:
         target = body.get("relation")
         if target:
             self._relation(target, frozenset())
+            if target.get("relname") == "pg_settings" and target.get("schemaname") in (None, "pg_catalog"):
+                # The view's rules run set_config for each row written: any setting, the role and
+                # the read-only mode included, named by a WHERE clause this cannot judge.
+                self.findings.append(
+                    (PRIVILEGE, "writing pg_settings runs set_config on the settings it names, role included")
+                )
 
     def _field_calls(self, items: list[Node] | tuple[()], start: int) -> None:
         for item in items[start:]:

@@ -18,6 +18,10 @@ REDACTED = "[REDACTED]"
 _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
 # A number outside the redacted quotes (digits, with a sign, a decimal part or an exponent).
 _NUMBER = re.compile(r"(?<![\w\[])[-+]?\d[\d.,:]*(?:e[-+]?\d+)?(?![\w\]])", re.IGNORECASE)
+# What is left of a word with a digit in it: the bytes an encoding error lists (`invalid byte
+# sequence for encoding "UTF8": 0xf0 0x43 0x47`, where a crafted value turns a protected one into
+# bytes), a value glued to letters. Type names like int4 go too, in these texts only.
+_DIGIT_WORD = re.compile(r"\b\w*\d\w*\b")
 # `=(...)` after a key column list, `contains (...)` for a failing row; the value list runs to
 # the closing parenthesis that ends the line's clause (values may hold parentheses themselves).
 _DETAIL_VALUES = re.compile(r"(=\(|contains \()(.*)(\))", re.DOTALL)
@@ -36,9 +40,11 @@ def redact_error_text(text: str, identifiers: Set[str], *, detail: bool = False)
         first, last = text.index('"'), text.rindex('"')
         out = f'{text[:first]}"{REDACTED}"{text[last + 1 :]}'
     # Some messages repeat a computed value without quotes (`make_date`: "date field value out of
-    # range: 434709213-13-01", `chr`: "requested character too large ...: 435823325"): numbers
-    # go too. Messages stay readable; a type modifier like varchar(3) is a small loss.
+    # range: 434709213-13-01", `chr`: "requested character too large ...: 435823325", encoding
+    # errors list the bytes in hex): numbers and words with a digit go too. Messages stay
+    # readable; a type modifier like varchar(3) or a name like int4 is a small loss.
     out = _NUMBER.sub(REDACTED, out)
+    out = _DIGIT_WORD.sub(REDACTED, out)
     if detail:
         out = _DETAIL_VALUES.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(3)}", out)
     return out

@@ -11,12 +11,16 @@ adds is the cache, and the rules for when a cached decision may stand for a new 
   by attribute notation and run no hidden code. For those, a constant cannot change what the
   statement does or what it reads: `WHERE aid = 17` and `WHERE aid = 42` are one decision. Any
   statement where a constant might matter (`set_config('role', ...)`, `EXPLAIN (ANALYZE true)`,
-  `query_to_xml('...')`) is decided afresh for every new text.
+  `query_to_xml('...')`) is decided afresh for every new text. So is one with a constant in ORDER
+  BY, GROUP BY or DISTINCT ON: there `2` names the second column (`ORDER BY 2` may sort by a
+  protected one, which a policy can ask approval for), and `ORDER BY 1`, `ORDER BY 2` and
+  `ORDER BY 'x'` have one fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -24,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pglast.parser import ParseError, fingerprint
+from pglast.parser import ParseError, fingerprint, parse_sql_json
 
 from gatehouse.models import Connection, Principal
 from gatehouse.service import Decided, Gatehouse
@@ -33,6 +37,8 @@ TTL_S = 5.0
 MAX_ENTRIES = 4096
 # Statement kinds whose decision cannot depend on the value of a constant (see the module doc).
 _FINGERPRINTABLE = frozenset({"select", "insert", "update", "delete"})
+# Clauses where a bare constant is a column's position, not a value (see the module doc).
+_POSITIONAL_CLAUSES = ("sortClause", "groupClause", "distinctClause")
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,39 @@ def fingerprintable(decided: Decided) -> bool:
         if lineage.field_calls or lineage.hidden_code or lineage.untraceable or lineage.opaque:
             return False
     return True
+
+
+def names_columns_by_position(sql: str) -> bool:
+    """True when a constant sits in an ORDER BY, GROUP BY or DISTINCT ON list, at any depth (a
+    grouping set, a sort expression, a subquery's clause): its value may name a column."""
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except ParseError:
+        return True
+    stack: list[object] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _POSITIONAL_CLAUSES and _holds_constant(value):
+                    return True
+                stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def _holds_constant(clause: object) -> bool:
+    stack = [clause]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "A_Const" in node:
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 class DecisionCache:
@@ -145,7 +184,7 @@ class DecisionCache:
         self.misses += 1
         decided = self._service.decide(principal, connection, sql)
         self._by_text.put(text_key, decided, now)
-        if print_key is not None and fingerprintable(decided):
+        if print_key is not None and fingerprintable(decided) and not names_columns_by_position(sql):
             self._by_fingerprint.put(print_key, decided, now)
         return decided
 
