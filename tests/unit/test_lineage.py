@@ -300,3 +300,57 @@ def test_row_counts_that_depend_on_a_protected_value_are_oracles():
 def test_a_whole_row_expanded_with_parens_keeps_each_columns_rule():
     plans = masked("SELECT (c).* FROM customers c", 7)
     assert plans[0] is None and plans[6] is None and plans[5] is not None and plans[5][1] == "redact"
+
+
+# Postgres names an unaliased output after what is inside it (FigureColname); a later reference by
+# that name (the other side of a USING, an outer level) must find the same column Postgres reads.
+CLEAN_NAMED = "LEFT JOIN (SELECT NULL::text AS {n}) clean USING ({n})"
+
+
+@pytest.mark.parametrize(
+    ("inner", "name"),
+    [
+        ("(SELECT reverse(ssn))", "reverse"),
+        ("(SELECT replace(email, '@', ' at ') AS e)", "e"),
+        ("(SELECT reverse(ssn) UNION SELECT 'a' LIMIT 1)", "reverse"),
+        ("(SELECT * FROM (SELECT reverse(ssn) FROM customers LIMIT 1) q)", "reverse"),
+        ("CASE WHEN id > 0 THEN 'a' ELSE reverse(ssn) END", "reverse"),
+        ("COALESCE(reverse(ssn))", "coalesce"),
+        ("GREATEST(reverse(ssn), '')", "greatest"),
+        ("NULLIF(reverse(ssn), '')", "nullif"),
+        ("ROW(reverse(ssn))", '"row"'),
+        ("ARRAY[reverse(name)]", '"array"'),
+        ("ARRAY(SELECT reverse(name))", '"array"'),
+        ("(reverse(ssn))::text", "reverse"),
+        ("(ssn || '')::text", '"text"'),
+        ("CASE WHEN true THEN ssn || '' END", '"case"'),
+        ('reverse(ssn) COLLATE "C"', "reverse"),
+    ],
+)
+def test_an_unnamed_output_is_named_as_postgres_names_it(inner, name):
+    sql = f"SELECT {name} FROM (SELECT {inner} FROM customers) x {CLEAN_NAMED.format(n=name)}"
+    [plan] = masked(sql, 1)
+    assert plan is not None and plan[1] == "redact", plan
+
+
+def test_a_reference_from_an_outer_level_finds_the_subquery_column():
+    sql = (
+        "SELECT (SELECT reverse FROM (SELECT (SELECT reverse(c.ssn))) x) "
+        "FROM customers c, (SELECT 'clean'::text AS reverse) o"
+    )
+    [plan] = masked(sql, 1)
+    assert plan is not None and plan[1] == "redact", plan
+
+
+def test_a_function_in_from_with_an_alias_names_its_column_after_the_alias():
+    sql = "SELECT (SELECT reverse(u) FROM customers c, unnest(ARRAY[c.ssn]) AS u LIMIT 1) FROM (SELECT 'x'::text AS u) o"
+    [plan] = masked(sql, 1)
+    assert plan is not None and plan[1] == "redact", plan
+    # ... and with column aliases, the column takes those
+    assert masked("SELECT v FROM customers c, unnest(ARRAY[c.ssn]) AS u(v)", 1)[0] is not None
+
+
+def test_a_name_lineage_cannot_tell_makes_the_statement_untraceable():
+    # `*` over a function lineage cannot list: Postgres names the subquery after its first column.
+    [lineage] = trace("SELECT (SELECT * FROM some_function() f) FROM customers")
+    assert lineage.untraceable

@@ -214,6 +214,10 @@ class _Analyzer:
         self.hidden_code: dict[str, None] = {}  # code the text runs without naming it (views, domains)
         self.unsafe_calls: dict[str, None] = {}  # calls of functions not known to be reads
         self.too_deep = False
+        # A scalar subquery's column whose name lineage cannot tell (`(SELECT * FROM ...)` over a
+        # shape it cannot list): a name that is not Postgres' could misdirect a later reference.
+        self.unnamed = False
+        self._first_outputs: dict[int, Output | None] = {}  # EXPR sublinks traced: their first column
         self._calls_made = 0
 
     # -- queries ---------------------------------------------------------------------------
@@ -612,6 +616,11 @@ class _Analyzer:
             names.append("ordinality")
         if not known_shape and not colnames:
             return _Item(name=alias.get("aliasname"), columns=None, unknown_flow=flow)
+        functions = list(body.get("functions") or [])
+        if len(functions) == 1 and alias.get("aliasname") and not colnames and _scalar_names(functions[0]):
+            # FROM f(...) AS a: a function returning one value names its column a, too
+            # (chooseScalarFunctionAlias in parse_relation.c).
+            names[0] = str(alias["aliasname"])
         columns = [(colnames[i] if i < len(colnames) else n, flow) for i, n in enumerate(names)]
         if body.get("ordinality"):
             columns[-1] = (columns[-1][0], EMPTY)
@@ -635,7 +644,19 @@ class _Analyzer:
                     return item.star()  # (c).* is c.*: each column with its own flow
             flow = self.expr(body.get("arg"), scope)
             return [Output("*", flow, star=True)]
-        return [Output(name or _figure_name(val), self.expr(val, scope))]
+        flow = self.expr(val, scope)  # first: it traces the subqueries whose names _figure needs
+        return [Output(name or self._figure_name(val), flow)]
+
+    def _figure_name(self, val: Any) -> str:
+        return _figure_name(val, self._sublink_name)
+
+    def _sublink_name(self, body: Node) -> str | None:
+        """The name Postgres gives a scalar subquery: its first column's, as traced."""
+        first = self._first_outputs.get(id(body))
+        if first is None or first.star:
+            self.unnamed = True
+            return None
+        return first.name
 
     def _star(self, qualifier: list[Node], scope: _Scope) -> list[Output]:
         names = [str(f.get("String", {}).get("sval", "")) for f in qualifier]
@@ -862,6 +883,8 @@ class _Analyzer:
         outputs = self.statement_outputs(kind, sub, scope.levels, scope.ctes)
         value = merge(o.flow for o in outputs)
         link = body.get("subLinkType", "")
+        if link == "EXPR_SUBLINK":
+            self._first_outputs[id(body)] = outputs[0] if outputs else None
         test = self._expr(body.get("testexpr"), scope)
         if link in ("EXPR_SUBLINK", "ARRAY_SUBLINK", "MULTIEXPR_SUBLINK"):
             return merge([value, test], computed=link == "ARRAY_SUBLINK", how="(SELECT ...)")
@@ -971,7 +994,13 @@ class LineageEngine:
             opaque=opaque,
             referenced=frozenset(analyzer.referenced | {src for o in outputs for src in o.flow.sources}),
             hidden_code=tuple(analyzer.hidden_code),
-            untraceable="the statement nests too deep to trace" if analyzer.too_deep else "",
+            untraceable=(
+                "the statement nests too deep to trace"
+                if analyzer.too_deep
+                else "a scalar subquery's column has a name lineage cannot tell"
+                if analyzer.unnamed
+                else ""
+            ),
         )
 
 
@@ -1095,6 +1124,22 @@ def _coldef_names(items: Iterable[Node]) -> list[str]:
     return [str((i.get("ColumnDef") or {}).get("colname", "")) for i in items if "ColumnDef" in i]
 
 
+def _scalar_names(wrapped: Node) -> bool:
+    """True for a function in FROM whose one column takes its name from the function: no column
+    definitions, not one of the functions whose columns are listed (SRF_COLUMNS), and not an
+    unnest of several arrays."""
+    parts = (wrapped.get("List") or {}).get("items") or []
+    kind, fn = _unwrap(parts[0] if parts else {})
+    if kind != "FuncCall" or (len(parts) > 1 and parts[1]):
+        return False
+    name = _func_name(fn)
+    if name in SRF_COLUMNS:
+        return False
+    if name == "unnest":
+        return len(fn.get("args") or ()) == 1
+    return _single_column_function(name)
+
+
 def _func_name(body: Node) -> str:
     parts = [str(p.get("String", {}).get("sval", "")) for p in body.get("funcname") or ()]
     if len(parts) == 2 and parts[0] == "pg_catalog":
@@ -1107,23 +1152,125 @@ def _type_name(body: Node) -> str:
     return names[-1] if names else "type"
 
 
-def _figure_name(node: Any) -> str:
-    """The column name Postgres gives an unnamed output (FigureColname, roughly)."""
+SublinkName = Callable[[Node], "str | None"]
+
+
+def _figure_name(node: Any, sublink: SublinkName | None = None) -> str:
+    """The column name Postgres gives an unnamed output: FigureColname (parser/parse_target.c).
+
+    It must be Postgres' name exactly: a later reference by name (an outer query level, the
+    other side of a USING) resolves to what Postgres resolves it to, or lineage would follow a
+    column of the same name that is not the one read. `sublink` names a scalar subquery from its
+    traced columns (a `*` in it included); without it, from its text.
+    """
+    _strength, name = _figure(node, sublink or _first_output_name)
+    return name or "?column?"
+
+
+# The names FigureColnameInternal gives constructs that act like functions (strength 2).
+_SQL_VALUE_NAMES = {
+    "SVFOP_CURRENT_DATE": "current_date",
+    "SVFOP_CURRENT_TIME": "current_time",
+    "SVFOP_CURRENT_TIME_N": "current_time",
+    "SVFOP_CURRENT_TIMESTAMP": "current_timestamp",
+    "SVFOP_CURRENT_TIMESTAMP_N": "current_timestamp",
+    "SVFOP_LOCALTIME": "localtime",
+    "SVFOP_LOCALTIME_N": "localtime",
+    "SVFOP_LOCALTIMESTAMP": "localtimestamp",
+    "SVFOP_LOCALTIMESTAMP_N": "localtimestamp",
+    "SVFOP_CURRENT_ROLE": "current_role",
+    "SVFOP_CURRENT_USER": "current_user",
+    "SVFOP_USER": "user",
+    "SVFOP_SESSION_USER": "session_user",
+    "SVFOP_CURRENT_CATALOG": "current_catalog",
+    "SVFOP_CURRENT_SCHEMA": "current_schema",
+}
+_XML_NAMES = {
+    "IS_XMLCONCAT": "xmlconcat",
+    "IS_XMLELEMENT": "xmlelement",
+    "IS_XMLFOREST": "xmlforest",
+    "IS_XMLPARSE": "xmlparse",
+    "IS_XMLPI": "xmlpi",
+    "IS_XMLROOT": "xmlroot",
+    "IS_XMLSERIALIZE": "xmlserialize",
+}
+_NAMED_KINDS = {
+    "GroupingFunc": "grouping",
+    "A_ArrayExpr": "array",
+    "RowExpr": "row",
+    "CoalesceExpr": "coalesce",
+    "XmlSerialize": "xmlserialize",
+}
+
+
+def _figure(node: Any, sublink: SublinkName) -> tuple[int, str | None]:
+    """FigureColnameInternal: (strength, name); strength 2 is a real name, 1 a fallback."""
     kind, body = _unwrap(node)
+    if not kind:
+        return 0, None
     if kind == "ColumnRef":
         names = _names(body.get("fields"))
-        return names[-1] if names else "?column?"
-    if kind == "FuncCall":
-        return _func_name(body).rsplit(".", 1)[-1]
-    if kind == "TypeCast":
-        inner = _figure_name(body.get("arg"))
-        return inner if inner != "?column?" else _type_name(body.get("typeName") or {})
+        return (2, names[-1]) if names else (0, None)
     if kind == "A_Indirection":
         names = _names(body.get("indirection"))
-        return names[-1] if names else _figure_name(body.get("arg"))
+        return (2, names[-1]) if names else _figure(body.get("arg"), sublink)
+    if kind == "FuncCall":
+        parts = _names(body.get("funcname"))
+        return (2, parts[-1]) if parts else (0, None)
+    if kind == "A_Expr":
+        return (2, "nullif") if body.get("kind") == "AEXPR_NULLIF" else (0, None)
+    if kind == "TypeCast":
+        strength, name = _figure(body.get("arg"), sublink)
+        if strength <= 1:
+            names = _names((body.get("typeName") or {}).get("names"))
+            if names:
+                return 1, names[-1]
+        return strength, name
+    if kind == "CollateClause":
+        return _figure(body.get("arg"), sublink)
+    if kind == "SubLink":
+        link = body.get("subLinkType")
+        if link == "EXISTS_SUBLINK":
+            return 2, "exists"
+        if link == "ARRAY_SUBLINK":
+            return 2, "array"
+        if link == "EXPR_SUBLINK":
+            name = sublink(body)
+            return (2, name) if name else (0, None)
+        return 0, None
     if kind == "CaseExpr":
-        return "case"
-    return "?column?"
+        strength, name = _figure(body.get("defresult"), sublink)
+        return (strength, name) if strength > 1 else (1, "case")
+    if kind in _NAMED_KINDS:
+        return 2, _NAMED_KINDS[kind]
+    if kind == "MinMaxExpr":
+        op = {"IS_GREATEST": "greatest", "IS_LEAST": "least"}.get(str(body.get("op")))
+        return (2, op) if op else (0, None)
+    if kind == "SQLValueFunction":
+        named = _SQL_VALUE_NAMES.get(str(body.get("op")))
+        return (2, named) if named else (0, None)
+    if kind == "XmlExpr":
+        named = _XML_NAMES.get(str(body.get("op")))
+        return (2, named) if named else (0, None)
+    return 0, None
+
+
+def _first_output_name(sublink: Node) -> str | None:
+    """The name of a scalar subquery's one column from its text (its leftmost SELECT's first
+    target: the alias, or the name figured from it); None when the text does not tell."""
+    kind, body = _unwrap(sublink.get("subselect"))
+    while kind == "SelectStmt" and body.get("op") not in (None, "SETOP_NONE"):
+        kind, body = _unwrap({"SelectStmt": body.get("larg") or {}})
+    if kind != "SelectStmt":
+        return None
+    targets = body.get("targetList") or []
+    if not targets:
+        return None
+    target = (targets[0] or {}).get("ResTarget") or {}
+    if target.get("name"):
+        return str(target["name"])
+    strength, name = _figure(target.get("val"), _first_output_name)
+    return name if strength > 0 else None
 
 
 def _rename(outputs: list[Output], names: Sequence[str]) -> list[Output]:
