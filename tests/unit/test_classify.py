@@ -487,3 +487,25 @@ def test_writing_pg_settings_is_set_config_in_disguise(sql: str) -> None:
 def test_reading_pg_settings_or_writing_a_user_table_of_that_name_is_not():
     assert only("SELECT name, setting FROM pg_settings").cls is READ
     assert only("UPDATE app.pg_settings SET setting = 'x'").cls is WRITE
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET statement_timeout = 0",
+        "SET LOCAL statement_timeout TO DEFAULT",
+        "SET SESSION Statement_Timeout = '1h'",
+        "RESET statement_timeout",
+        "RESET ALL",
+        "SET lock_timeout = 0",
+        "SET idle_in_transaction_session_timeout = 0",
+        "SELECT set_config('statement_timeout', '0', false)",
+    ],
+)
+def test_lifting_the_time_limit_gatehouse_sets_is_privilege(sql: str) -> None:
+    # The executor's SET LOCAL statement_timeout bounds every run; a plain SET after it wins.
+    assert classify_sql(sql).cls is StatementClass.PRIVILEGE
+
+
+def test_other_session_settings_stay_session() -> None:
+    assert only("SET work_mem = '64MB'").cls is StatementClass.SESSION

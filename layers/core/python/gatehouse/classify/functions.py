@@ -221,9 +221,17 @@ IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
 # Settings that escalate without changing the role. search_path decides which schema a name
 # resolves to: a user schema ahead of pg_catalog replaces allowlisted functions with user code.
 # session_replication_role = replica switches triggers (audit triggers, FK checks) off.
+# The timeouts bound what one request may hold: Gatehouse sets statement_timeout (SET LOCAL) on
+# every run, and a plain SET after it overrides that for the rest of the transaction.
+_LIFTS_A_BOUND = "can lift the time limit Gatehouse puts on every statement"
 ESCALATING_SETTINGS = {
     "search_path": "decides which schema names resolve to (user code can shadow built-ins)",
     "session_replication_role": "can switch triggers and foreign-key checks off",
+    "statement_timeout": _LIFTS_A_BOUND,
+    "lock_timeout": _LIFTS_A_BOUND,
+    "idle_in_transaction_session_timeout": _LIFTS_A_BOUND,
+    "idle_session_timeout": _LIFTS_A_BOUND,
+    "transaction_timeout": _LIFTS_A_BOUND,
 }
 
 

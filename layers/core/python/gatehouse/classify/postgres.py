@@ -33,7 +33,10 @@ Decisions where the product brief left a choice:
 - Changing who the session acts as is privilege: `SET ROLE`, `SET SESSION AUTHORIZATION`, their
   `RESET`s, `set_config('role', ...)`, and `DISCARD ALL` (which includes
   `SET SESSION AUTHORIZATION DEFAULT`). So is changing who may see what: `ALTER ... OWNER TO`,
-  row-level security switches and policies, security labels, user mappings.
+  row-level security switches and policies, security labels, user mappings; and the settings
+  that escalate without a role (`search_path`, `session_replication_role`), lift the time limit
+  Gatehouse sets on every run (`statement_timeout`, `lock_timeout` and the idle timeouts, `RESET
+  ALL`), or write `pg_settings` (whose rules call `set_config`).
 - Cluster-wide objects and code loaded into the server are admin: databases, tablespaces,
   extensions, languages, foreign-data wrappers and servers, publications, subscriptions, event
   triggers.
@@ -434,7 +437,7 @@ def _variable_set(body: Node) -> Finding:
         label = "SET TRANSACTION" if name == "TRANSACTION" else f"SET {name}"
         return TRANSACTION, f"{label} changes the transaction's characteristics"
     if kind == "VAR_RESET_ALL":
-        return SESSION, "RESET ALL resets session settings"
+        return PRIVILEGE, "RESET ALL also resets the statement timeout Gatehouse sets"
     return SESSION, f"{verb} {name.lower()} changes a session setting"
 
 
