@@ -13,7 +13,7 @@ from gatehouse.classify.functions import (
     classify_function,
     is_known_to_act,
 )
-from gatehouse.classify.postgres import classify_sql
+from gatehouse.classify.postgres import MAX_CTES, classify_sql
 from gatehouse.exceptions import ClassificationError
 from gatehouse.models import StatementClass
 
@@ -509,3 +509,23 @@ def test_lifting_the_time_limit_gatehouse_sets_is_privilege(sql: str) -> None:
 
 def test_other_session_settings_stay_session() -> None:
     assert only("SET work_mem = '64MB'").cls is StatementClass.SESSION
+
+
+def _chained_ctes(n: int) -> str:
+    chain = ", ".join(f"c{i} AS (SELECT * FROM c{i - 1})" for i in range(1, n))
+    return f"WITH c0 AS (SELECT 1), {chain} SELECT * FROM c{n - 1}"
+
+
+def test_a_text_with_too_many_ctes_is_refused_before_it_runs() -> None:
+    # Planning them outlasts any statement timeout, and the backend ignores cancel meanwhile.
+    result = classify_sql(_chained_ctes(MAX_CTES + 1))
+    assert result.parse_error is not None and f"at most {MAX_CTES}" in result.parse_error
+    assert result.cls is UNKNOWN
+    # nested CTEs count too
+    nested = "SELECT * FROM (" + _chained_ctes(MAX_CTES) + ") a, (WITH x AS (SELECT 1) SELECT * FROM x) b"
+    assert classify_sql(nested).parse_error is not None
+
+
+def test_a_text_with_many_ctes_within_the_bound_is_classified() -> None:
+    result = classify_sql(_chained_ctes(MAX_CTES))
+    assert result.parse_error is None and result.cls is READ

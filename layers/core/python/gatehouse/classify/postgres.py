@@ -82,6 +82,10 @@ UNKNOWN = StatementClass.UNKNOWN
 
 KIND = "postgres"
 EMPTY_STATEMENT = "empty statement"
+# Planning a chain of CTEs takes time that grows faster than their number and that the statement
+# timeout does not bound (3,000 chained CTEs held a backend, deaf to cancel and terminate, for
+# over ten minutes): a text with more is refused before it reaches the server.
+MAX_CTES = 100
 
 Node = dict[str, Any]
 Finding = tuple[StatementClass, str]
@@ -299,6 +303,11 @@ def classify_sql(text: str) -> Classification:
     raw_statements = tree.get("stmts") or []
     if not raw_statements:
         return _unparseable(text, EMPTY_STATEMENT)
+    ctes = _count_ctes(tree)
+    if ctes > MAX_CTES:
+        return _unparseable(
+            text, f"the text defines {ctes} CTEs; Gatehouse takes at most {MAX_CTES} in one text"
+        )
     # The parser's locations count UTF-8 bytes; a missing length means "to the end".
     encoded = text.encode("utf-8")
     statements = []
@@ -330,6 +339,20 @@ def classify_statement(node: Node, text: str) -> Statement:
         reason=reason,
         command=kind.removesuffix("Stmt").lower(),
     )
+
+
+def _count_ctes(tree: Any) -> int:
+    count = 0
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            if "CommonTableExpr" in node:
+                count += 1
+            stack.extend(v for v in node.values() if type(v) is dict or type(v) is list)
+        elif type(node) is list:
+            stack.extend(node)
+    return count
 
 
 def _unparseable(text: str, message: str) -> Classification:
