@@ -403,3 +403,63 @@ def test_an_agent_cannot_read_another_sessions_sql_in_flight(local_stack):
         assert star.status_code == 200 and "marker-4242" not in json.dumps(star.body)
     finally:
         other.close()
+
+
+# Found by red-teaming: an unaliased output that Postgres names after what is inside it (a scalar
+# subquery after its column, CASE after its ELSE, COALESCE/ARRAY/ROW after the construct, a
+# function in FROM after its alias), then referenced by that name beside a clean column of it.
+NAMED_AS_POSTGRES_NAMES_THEM = {
+    "scalar-subquery-using": "SELECT reverse FROM (SELECT (SELECT reverse(ssn)) FROM customers) x "
+    "LEFT JOIN (SELECT NULL::text AS reverse) y USING (reverse) LIMIT 3",
+    "scalar-subquery-outer-level": "SELECT (SELECT reverse FROM (SELECT (SELECT reverse(c.ssn))) x) "
+    "FROM customers c, (SELECT 'clean'::text AS reverse) o LIMIT 3",
+    "scalar-subquery-alias": "SELECT e FROM (SELECT (SELECT replace(email, '@', ' at ') AS e) FROM customers) x "
+    "LEFT JOIN (SELECT NULL::text AS e) y USING (e)",
+    "case-else": "SELECT reverse FROM (SELECT CASE WHEN id < 0 THEN 'a' ELSE reverse(ssn) END FROM customers) x "
+    "LEFT JOIN (SELECT NULL::text AS reverse) y USING (reverse)",
+    "coalesce": "SELECT x.coalesce FROM (SELECT COALESCE(reverse(ssn)) FROM customers) x, "
+    "(SELECT 'clean'::text AS coalesce) y",
+    "function-alias": "SELECT (SELECT reverse(u) FROM customers c, unnest(ARRAY[c.ssn]) AS u LIMIT 1) "
+    "FROM (SELECT 'x'::text AS u) o",
+}
+
+
+@pytest.mark.parametrize("name", list(NAMED_AS_POSTGRES_NAMES_THEM))
+def test_outputs_are_named_as_postgres_names_them(local_stack, secrets_in_db, name):
+    answer = local_stack.client().submit(PROD, NAMED_AS_POSTGRES_NAMES_THEM[name])
+    # A join on the protected value is an oracle (approval); a plain read is masked.
+    assert answer.status_code in (200, 202), answer.body
+    assert_no_leak(secrets_in_db, answer.body)
+    if answer.status_code == 200:
+        assert answer.body["row_count"] > 0 and answer.body["masked"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE customers SET notes = name WHERE id <= 2",
+        "UPDATE customers SET notes = reverse(ssn) WHERE id <= 3",
+        "UPDATE orders SET status = (SELECT translate(email, '@.', '#,') FROM customers c "
+        "WHERE c.id = orders.customer_id) WHERE id <= 3",
+        "INSERT INTO orders (customer_id, amount, created_at, status) "
+        "SELECT id, 1, now(), phone FROM customers WHERE id <= 2",
+    ],
+)
+def test_a_dry_run_preview_masks_what_the_write_put_in_each_column(local_stack, secrets_in_db, sql):
+    # The 202 carries the preview's sample rows: the values after the write, not the table's own.
+    answer = local_stack.client().submit(PROD, sql, reason="preview masking")
+    assert answer.status_code == 202, answer.body
+    assert answer.body["preview"]["mode"] in ("dry_run", "explain")
+    assert_no_leak(secrets_in_db, answer.body)
+
+
+@pytest.mark.parametrize("offset", [1, 4, 7])
+def test_an_encoding_error_lists_no_bytes_of_a_protected_value(local_stack, secrets_in_db, offset):
+    sql = (
+        f"SELECT convert_from(decode('f0' || substr(replace(ssn, '-', ''), {offset}, 6), 'hex'), 'UTF8') "
+        "FROM customers WHERE id = 1"
+    )
+    answer = local_stack.client().submit(PROD, sql)
+    assert answer.status_code == 422, answer.body
+    assert "0x" not in answer.body["message"], answer.body["message"]
+    assert_no_leak(secrets_in_db, answer.body)

@@ -351,3 +351,30 @@ def test_a_write_with_its_own_ctes_is_dry_run_with_them(con: pg8000.native.Conne
     assert (answer["mode"], entry["error"], entry["affected_rows"]) == ("dry_run", None, 3)
     assert entry["sample_rows"]["rows"] == [[1, 1], [2, 2], [3, 3]]
     assert snapshot(con) == before
+
+
+@pytest.mark.parametrize(
+    ("sql", "why"),
+    [
+        (
+            # the CTE's INSERT fills customers.id from its sequence; the top-level UPDATE does not
+            "with x as (insert into customers (name) values ('new') returning id)"
+            " update ledger set amount = amount where id in (select id from x)",
+            "the default of \"customers\".id (nextval('customers_id_seq'::regclass)) may not be undone",
+        ),
+        (
+            "with x as (update audited set note = note returning id) delete from ledger where id in (select id from x)",
+            '"audited" has triggers (audited_t)',
+        ),
+    ],
+)
+def test_what_a_data_modifying_cte_writes_is_checked_like_the_statements_own_target(
+    con: pg8000.native.Connection, sql: str, why: str
+) -> None:
+    before = snapshot(con)
+
+    answer = preview(con, sql, "dry_run")
+
+    assert answer["mode"] == "explain"
+    assert answer["fallback"].startswith(why), answer["fallback"]
+    assert snapshot(con) == before

@@ -459,20 +459,30 @@ class ApprovalFlow:
 
     def preview(self, connection: Any, traced: Any, masker: Any, mode: str) -> dict[str, Any]:
         """What the write would do, computed before anyone is asked. Never raises."""
-        from gatehouse.preview import preview_statements  # only requests that need approval pay
+        from gatehouse.preview import assigned_columns, preview_statements  # only approvals pay
         from gatehouse.targets.postgres import connect
 
         catalog = traced.catalog
         relations = [catalog.resolve(*_split(r)) for r in traced.classification.relations] if catalog else []
         known = [r for r in relations if r is not None]
 
+        # A sample row holds the values after the write: a column the statement assigns may now
+        # hold anything it read (`SET notes = reverse(ssn)`), so it is masked as made from all
+        # of that; a column it leaves alone holds its own value.
+        assigned = assigned_columns(traced.classification.statements)
+        read = frozenset().union(*(lineage.referenced for lineage in traced.lineage))
+
         def mask_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[Any]:
-            flows = [
-                merge([Flow(frozenset({f"{r.qualified}.{c}"})) for r in known if c in r.columns])
-                if any(c in r.columns for r in known)
-                else Flow(opaque="a sample column Gatehouse could not trace")
-                for c in columns
-            ]
+            flows = []
+            for c in columns:
+                own = (
+                    merge([Flow(frozenset({f"{r.qualified}.{c}"})) for r in known if c in r.columns])
+                    if any(c in r.columns for r in known)
+                    else Flow(opaque="a sample column Gatehouse could not trace")
+                )
+                if assigned is None or c in assigned:
+                    own = merge([own, Flow(read)], computed=True, how="the write")
+                flows.append(own)
             return masker.mask_rows(columns, list(rows), plan_columns(masker.profile, columns, flows)).rows
 
         try:

@@ -48,6 +48,7 @@ from typing import Any
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 from pglast import ast, parse_sql
+from pglast.enums import CmdType
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
@@ -237,7 +238,9 @@ def _dry_run(
         try:
             plans = [_rewrite(stmt) for stmt in statements]
             for stmt, (target, _sampled, sets_default) in zip(statements, plans, strict=True):
-                _check_target(con, stmt, target, sets_default)
+                _check_target(con, stmt.command, target, sets_default)
+                for other, command, other_default in written_by_ctes(parse_sql(stmt.text)[0].stmt):
+                    _check_target(con, command, other, other_default)
         except _Blocked as exc:
             return str(exc)
         except _DRIVER_ERRORS as exc:
@@ -266,6 +269,37 @@ def _dry_run(
     return out
 
 
+# The commands a data-modifying CTE can hold, as Statement.command names them.
+_CTE_WRITES = {
+    ast.InsertStmt: "insert",
+    ast.UpdateStmt: "update",
+    ast.DeleteStmt: "delete",
+    ast.MergeStmt: "merge",
+}
+
+
+def _quoted_target(relation: ast.RangeVar) -> str:
+    parts = [p for p in (relation.catalogname, relation.schemaname, relation.relname) if p]
+    return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+
+
+def written_by_ctes(node: Any) -> list[tuple[str, str, bool]]:
+    """(target, command, sets a column to DEFAULT) for each table the statement's own
+    data-modifying CTEs write: their defaults and triggers run in a dry run too."""
+    with_clause = getattr(node, "withClause", None)
+    found = []
+    for cte in (with_clause.ctes or ()) if with_clause is not None else ():
+        query = getattr(cte, "ctequery", None)
+        command = _CTE_WRITES.get(type(query))
+        if command is None:
+            continue
+        relation = getattr(query, "relation", None)
+        if not isinstance(relation, ast.RangeVar) or relation.relname is None:
+            raise _Blocked(f"a data-modifying WITH ({command.upper()}) names no table to dry-run on")
+        found.append((_quoted_target(relation), command, "SetToDefault" in _node_names(query)))
+    return found
+
+
 def _rewrite(stmt: Statement) -> tuple[str, str | None, bool]:
     """(target relation, the sampling query or None for a count only, sets a column to DEFAULT)."""
     try:
@@ -278,8 +312,7 @@ def _rewrite(stmt: Statement) -> tuple[str, str | None, bool]:
     relation = getattr(node, "relation", None)
     if not isinstance(relation, ast.RangeVar) or relation.relname is None:
         raise _Blocked(f"the {stmt.command.upper()} names no table to dry-run on")
-    parts = [p for p in (relation.catalogname, relation.schemaname, relation.relname) if p]
-    target = ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+    target = _quoted_target(relation)
     sets_default = "SetToDefault" in _node_names(node)
     if stmt.command not in SAMPLED_COMMANDS:
         return target, None, sets_default
@@ -306,6 +339,32 @@ def _rewrite(stmt: Statement) -> tuple[str, str | None, bool]:
     return target, sampled, sets_default
 
 
+def assigned_columns(statements: Sequence[Statement]) -> frozenset[str] | None:
+    """The columns the statements' writes assign (UPDATE SET, INSERT and MERGE column lists),
+    or None when they may assign every column (an INSERT or MERGE INSERT without a column list,
+    a text that does not parse here)."""
+    names: set[str] = set()
+    for stmt in statements:
+        try:
+            parsed = parse_sql(stmt.text)
+        except ParseError:
+            return None
+        for raw in parsed:
+            node = raw.stmt
+            if isinstance(node, ast.InsertStmt):
+                if not node.cols:
+                    return None
+                names.update(str(c.name) for c in node.cols)
+            elif isinstance(node, ast.UpdateStmt):
+                names.update(str(t.name) for t in node.targetList or ())
+            elif isinstance(node, ast.MergeStmt):
+                for clause in node.mergeWhenClauses or ():
+                    if clause.commandType == CmdType.CMD_INSERT and not clause.targetList:
+                        return None
+                    names.update(str(t.name) for t in clause.targetList or ())
+    return frozenset(names)
+
+
 def _node_names(node: Any) -> set[str]:
     names: set[str] = set()
     stack: list[Any] = [node]
@@ -319,7 +378,7 @@ def _node_names(node: Any) -> set[str]:
     return names
 
 
-def _check_target(con: pg8000.native.Connection, stmt: Statement, target: str, sets_default: bool) -> None:
+def _check_target(con: pg8000.native.Connection, command: str, target: str, sets_default: bool) -> None:
     rows = con.run(_TARGET_CODE, name=target)
     if not rows:
         raise _Blocked(f"{target} is not a table the dry run can find")
@@ -328,7 +387,7 @@ def _check_target(con: pg8000.native.Connection, stmt: Statement, target: str, s
         raise _Blocked(f"{target} is not a plain table (relkind {relkind}): its changes may run elsewhere")
     if triggers:
         raise _Blocked(f"{target} has triggers ({triggers}) whose effects a rollback may not undo")
-    if stmt.command not in DEFAULT_FILLING and not sets_default:
+    if command not in DEFAULT_FILLING and not sets_default:
         return
     if isinstance(defaults, str):
         defaults = json.loads(defaults)
