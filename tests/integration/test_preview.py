@@ -363,7 +363,8 @@ def test_a_write_with_its_own_ctes_is_dry_run_with_them(con: pg8000.native.Conne
             "the default of \"customers\".id (nextval('customers_id_seq'::regclass)) may not be undone",
         ),
         (
-            "with x as (update audited set note = note returning id) delete from ledger where id in (select id from x)",
+            "with x as (update audited set note = note returning id)"
+            " delete from ledger where id in (select id from x)",
             '"audited" has triggers (audited_t)',
         ),
     ],
