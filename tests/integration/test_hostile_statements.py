@@ -56,6 +56,8 @@ PLANTED = (
     "CREATE OPERATOR public.=== (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.evil_eq)",
     "CREATE VIEW public.innocent AS SELECT id, name, public.evil() AS touched FROM customers",
     "CREATE DOMAIN public.evil_dom AS integer CHECK (public.evil() > 0)",
+    # An overload pg_catalog lacks: an unqualified initcap(42) resolves to it, not to the built-in.
+    f"CREATE FUNCTION public.initcap(integer) RETURNS text LANGUAGE sql AS $$ {EVIL_BODY}::text $$",
 )
 
 
@@ -168,6 +170,8 @@ HOSTILE: tuple[Hostile, ...] = (
     denied("query-to-xml", "SELECT query_to_xml('delete from orders', true, true, '')", "unknown"),
     denied("planted-function", "SELECT public.evil()", "unknown"),
     denied("planted-function-in-where", "SELECT name FROM customers WHERE evil() > 0", "unknown"),
+    denied("planted-overload-of-a-built-in", "SELECT initcap(42)", "unknown"),
+    denied("planted-overload-in-where", "SELECT id FROM orders WHERE initcap(id) = 'x'", "unknown"),
     denied("quoted-function-name", "SELECT \"NextVal\"('customers_id_seq')", "unknown"),
     # Text the parser rejects: bad input, nothing runs.
     unparseable("truncated-delete", "DELETE FROM orders WHERE"),

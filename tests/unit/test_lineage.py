@@ -354,3 +354,15 @@ def test_a_name_lineage_cannot_tell_makes_the_statement_untraceable():
     # `*` over a function lineage cannot list: Postgres names the subquery after its first column.
     [lineage] = trace("SELECT (SELECT * FROM some_function() f) FROM customers")
     assert lineage.untraceable
+
+
+def test_a_call_a_user_function_of_the_name_could_take_is_hidden_code():
+    # public.lower(integer) exists: lower(42) resolves to it, not to pg_catalog.lower(text).
+    planted = Catalog.build([CUSTOMERS], ["pg_catalog", "public"], functions=["lower"])
+    [lineage] = trace("SELECT lower(42)", planted)
+    assert lineage.hidden_code and "lower" in lineage.hidden_code[0]
+    [lineage] = trace("SELECT upper(name) FROM customers", planted)
+    assert not lineage.hidden_code
+    # qualified with pg_catalog, it can only be the built-in
+    [lineage] = trace("SELECT pg_catalog.lower(name) FROM customers", planted)
+    assert not lineage.hidden_code

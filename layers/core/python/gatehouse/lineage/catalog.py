@@ -48,6 +48,9 @@ SELECT json_build_object(
   'operators', (SELECT coalesce(json_agg(DISTINCT o.oprname), '[]'::json)
                   FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
                  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
+  'functions', (SELECT coalesce(json_agg(DISTINCT p.proname), '[]'::json)
+                  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
   'relations', (
     SELECT coalesce(json_agg(json_build_array(
       c.oid::bigint, n.nspname, c.relname, c.relkind,
@@ -113,6 +116,9 @@ class Catalog:
     # functions): code a statement runs without naming it.
     domains: frozenset[str] = frozenset()
     operators: frozenset[str] = frozenset()
+    # Names of user-defined functions: an unqualified call of one of them may resolve to it rather
+    # than to the built-in of that name (an overload the built-in lacks, lower(integer), wins).
+    functions: frozenset[str] = frozenset()
     # Every type name: a cast to a name not here was created since the snapshot (refresh).
     types: frozenset[str] = frozenset()
 
@@ -126,6 +132,7 @@ class Catalog:
         domains: Iterable[str] = (),
         operators: Iterable[str] = (),
         types: Iterable[str] = (),
+        functions: Iterable[str] = (),
     ) -> Catalog:
         rels = {(r.schema, r.name): r for r in relations}
         names = {r.name for r in rels.values()} | {c for r in rels.values() for c in r.columns}
@@ -138,6 +145,7 @@ class Catalog:
             domains=frozenset(domains),
             operators=frozenset(operators),
             types=frozenset(types),
+            functions=frozenset(functions),
         )
 
     @classmethod
@@ -162,9 +170,12 @@ class Catalog:
             domains = [str(d) for d in doc.get("domains") or ()]
             operators = [str(o) for o in doc.get("operators") or ()]
             types = [str(t) for t in doc.get("types") or ()]
+            functions = [str(f) for f in doc.get("functions") or ()]
         except (ValueError, TypeError, KeyError) as exc:
             raise CatalogError(f"the target's catalog answer is malformed: {exc}") from exc
-        return cls.build(relations, path, loaded_at, domains=domains, operators=operators, types=types)
+        return cls.build(
+            relations, path, loaded_at, domains=domains, operators=operators, types=types, functions=functions
+        )
 
     def resolve(self, name: str, schema: str | None = None) -> Relation | None:
         """The relation a name means, as the server resolves it (search_path order)."""

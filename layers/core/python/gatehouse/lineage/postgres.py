@@ -871,6 +871,11 @@ class _Analyzer:
             # A set-returning call in the select list multiplies rows by what its arguments hold.
             self.filtered.extend(args)
         cls, _ = classify_function(parts)
+        if cls is StatementClass.READ and parts[-1] in self.catalog.functions and parts[0] != "pg_catalog":
+            # A user-defined function of the allowlisted name: Postgres may call it instead (an
+            # overload the built-in lacks wins), and its code is not the built-in's.
+            self.hidden_code[f"function {parts[-1]} (a user-defined function has that name)"] = None
+            cls = StatementClass.UNKNOWN
         if cls is not StatementClass.READ:
             # The classifier already counts it in the text itself; inside a view nothing else would.
             self.unsafe_calls[name] = None
