@@ -10,19 +10,38 @@ says what the next server message belongs to.
 Decisions: every statement text goes through `DecisionCache.decide`, i.e. the service's one
 decision path (classify -> lineage -> Cedar). A Query message is decided whole, as the API decides
 a request: the strictest statement decides it. In the extended protocol the statement is decided
-at Parse, an approval is claimed at each Execute.
+at Parse, an approval is claimed at the first Execute of each portal bound from it, and a portal
+of a statement that needs approval may carry no parameter values (the approver approved a text,
+not values bound to it later).
+
+Names: the server runs whatever it holds under a statement or portal name, so the proxy keeps its
+own table of them, each with the text it decided, and never forwards a message the two could
+disagree on. Binding, describing or executing a name the proxy does not hold is refused (26000,
+34000), and so is creating one it holds (42P05, 42P03), as the server itself would. A record is
+made when its Parse or Bind is forwarded and rolled back when the server refuses or skips that
+message; a later batch that names a record the server has not confirmed yet waits for its answer.
+Every way the server drops names is followed: Close, `DEALLOCATE`, `DISCARD ALL`, `CLOSE`, a
+`PREPARE` or `DECLARE` of the same name, any simple Query (the unnamed statement and portal), the
+end of a transaction and `ROLLBACK TO` (portals). A portal bound through the protocol cannot be run
+by SQL `FETCH`/`MOVE` (that would skip its approval and its masking plan).
 
 Refusals keep Postgres's own semantics: instead of the refused message the proxy sends the server
-a statement that fails (`DO ... RAISE`), so an open transaction is aborted and the rest of an
-extended-protocol batch is skipped exactly as a real error would; the client gets the proxy's
-ErrorResponse in its place.
+something that fails (a Query `DO ... RAISE` in a transaction block, a Parse that cannot succeed in
+an extended-protocol batch), so an open transaction is aborted and the rest of a batch is skipped
+exactly as a real error would, and no statement or portal of the client is touched; the client
+gets the proxy's ErrorResponse in its place.
 
 Read-only: the upstream session starts with `default_transaction_read_only=on`. Only a message
 Cedar allowed that is not a read lifts it, for its own transaction: in autocommit by `SET
 default_transaction_read_only = off` before and `= on` after (pipelined, no extra round trip); in
-a transaction block only as its first statement (`SET TRANSACTION READ WRITE`). A block that began
-with a read stays read-only: a later write in it fails with 25006. Clients cannot lift it
-(gatehouse.proxy.postgres.guard).
+a transaction block only as its first statement (`SET TRANSACTION READ WRITE`). The server starts
+a transaction with the first Parse, Bind, Describe or Execute of a batch, so an extended-protocol
+write is lifted there (its Parse or Bind opens the batch) or not at all: a write in a transaction
+that already began read-only is refused (25006) before anything of it runs or an approval is
+claimed. The restore after an autocommit lift is certain only once the server has run it outside
+a block without an error (a ROLLBACK undoes one run inside the client's block, a cancel or a
+failed block stops one): until then, the proxy forwards no statement it did not lift outside a
+block before a restore has been confirmed. Clients cannot lift it (gatehouse.proxy.postgres.guard).
 """
 
 from __future__ import annotations
@@ -35,14 +54,14 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from gatehouse.exceptions import GatehouseError
 from gatehouse.masking.errors import redact_error_text
-from gatehouse.models import Connection, Effect, Principal, StatementClass
+from gatehouse.models import Connection, Effect, Principal, Statement, StatementClass
 from gatehouse.proxy.postgres import messages as m
 from gatehouse.proxy.postgres.codec import BackendParser, FrontendParser
 from gatehouse.proxy.postgres.exceptions import ProtocolError
@@ -59,13 +78,41 @@ READ_SIZE = 256 * 1024
 # What the server is sent in place of a refused message: an error raised server-side, so the
 # transaction and the batch end as they would for any error. Its text is replaced by ours.
 _RAISE = "DO $gatehouse$BEGIN RAISE EXCEPTION 'refused by Gatehouse'; END$gatehouse$"
+# The same for a refused extended-protocol message: a Parse that fails (the text does not parse;
+# if the client took the name, 42P05), so it neither drops nor makes a statement or portal.
+_REFUSE_PARSE = m.Parse("gatehouse_refused", "REFUSED BY GATEHOUSE")
 _LIFT_AUTOCOMMIT = "SET default_transaction_read_only = off"
 _RESTORE_AUTOCOMMIT = "SET default_transaction_read_only = on"
 _LIFT_BLOCK = "SET TRANSACTION READ WRITE"
+_DEMOTE_BLOCK = "SET TRANSACTION READ ONLY"
+# How often the proxy sends the restore again before it refuses the statement that waits for it.
+_RESTORE_ATTEMPTS = 3
 SQLSTATE_DENIED = "42501"
 SQLSTATE_BACKLOG = "57P03"
 SQLSTATE_SYNTAX = "42601"
 SQLSTATE_INTERNAL = "XX000"
+SQLSTATE_READ_ONLY = "25006"
+SQLSTATE_CANCELED = "57014"
+SQLSTATE_UNSUPPORTED = "0A000"
+SQLSTATE_DUPLICATE_STATEMENT = "42P05"
+SQLSTATE_DUPLICATE_PORTAL = "42P03"
+SQLSTATE_UNKNOWN_STATEMENT = "26000"
+SQLSTATE_UNKNOWN_PORTAL = "34000"
+# Where a write stands (_write_lift): lifted in autocommit, lifted as its block's first statement,
+# in a transaction that is read-write already, or in one that began read-only.
+_AUTOCOMMIT, _BLOCK, _LIFTED_ALREADY, _CANNOT = "autocommit", "block", "", "cannot"
+# The answers the server ends with ReadyForQuery, and the ones it skips after an error in a batch.
+_CYCLE_ENDS = frozenset({"query", "swallow", "restore", "refusal", "sync"})
+_SKIPPED = frozenset({"parse", "bind", "describe", "execute", "close", "refusal_ext"})
+# What the server answers (besides an error) to the messages whose answer is one of a kind.
+_ANSWERS: dict[str, type[m.Message] | tuple[type[m.Message], ...]] = {
+    "parse": m.ParseComplete,
+    "bind": m.BindComplete,
+    "close": m.CloseComplete,
+    "describe": (m.ParameterDescription, m.RowDescription, m.NoData),
+}
+# Statement kinds (Statement.command) that make or drop statement and portal names in SQL.
+_NAMING = frozenset({"prepare", "deallocate", "discard", "declarecursor", "closeportal"})
 
 
 class _Refusal(Exception):
@@ -89,21 +136,26 @@ class _Refusal(Exception):
         self.recorded = False  # the recorder wrote the refusal itself (a durable write failed)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Statement:
-    """A prepared statement (extended protocol) or a Query's text, decided."""
+    """A prepared statement (extended protocol), decided: what the server holds under its name."""
 
     sql: str
     decided: Decided
     claim: bool = False  # needs an approved request claimed at each run
     fields: tuple[m.FieldDescription, ...] | None = None  # from a Describe
+    param_types: tuple[int, ...] = ()  # as its Parse declared them (to parse it again)
+    # The cycle its Parse went in: until the server has answered that cycle it may still refuse it.
+    cycle: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Portal:
     statement: _Statement
     result_formats: tuple[int, ...]
     fields: tuple[m.FieldDescription, ...] | None = None
+    cycle: int = 0  # the cycle its Bind went in (as for _Statement)
+    claimed: bool = False  # an Execute of it claimed its statement's approval: the run goes on
 
 
 @dataclass
@@ -123,7 +175,9 @@ class _Run:
 class _Expect:
     """What to do with the server's answer to one message sent upstream."""
 
-    kind: str  # query | swallow | refusal | parse | bind | describe | execute | close | sync | synthetic
+    # query | swallow | restore | refusal | refusal_ext | parse | bind | describe | execute | close
+    # | sync | synthetic
+    kind: str
     run: _Run | None = None
     statement: _Statement | None = None
     portal: _Portal | None = None
@@ -134,6 +188,13 @@ class _Expect:
     index: int = 0
     masker: ResultMasker | None = None
     payload: bytes = b""  # synthetic: bytes to send when this reaches the head
+    name: str = ""  # parse, bind: the name the record was made under (rolled back on an error)
+    # A message the server answers with ReadyForQuery: the cycle it ends (see ProxySession._cycle).
+    cycle: int = -1
+    # restore: the lift it undoes, whether the server refused it, the status it left the session in.
+    gen: int = 0
+    failed: bool = False
+    status: str = ""
 
 
 class ProxySession:
@@ -155,11 +216,31 @@ class ProxySession:
         self._expect: deque[_Expect] = deque()
         self._statements: dict[str, _Statement] = {}
         self._portals: dict[str, _Portal] = {}
+        # Portal names bound in the current transaction, even if no longer held: SQL FETCH and
+        # MOVE cannot run them (name -> the cycle of its last Bind; cleared when the transaction ends).
+        self._bound: dict[str, int] = {}
         self._skip_until_sync = False
-        self._batch_lifted = False  # this extended batch lifted read-only in autocommit
-        self._batch_started = False  # something of the current extended batch went upstream
+        # Cycles: the messages up to one the server answers with ReadyForQuery (Sync, Query).
+        self._cycle = 0  # the cycle messages sent now belong to
+        self._answered = -1  # every cycle up to this one is answered
+        self._progress = asyncio.Event()  # set at each ReadyForQuery
+        # The current extended-protocol batch (up to Sync).
+        self._batch_open = False  # a Parse/Bind/Describe/Execute of it went upstream
+        self._batch_rw = False  # it was lifted in autocommit (restored after its Sync)
+        self._batch_unclaimed = False  # lifted for a statement whose approval is not claimed yet
+        self._batch_used = False  # it parsed, bound or ran more than transaction control
+        self._block_ended = False  # it ended a block while the restore is not certain
+        # The transaction block, as the proxy predicts it (the server's ReadyForQuery corrects it).
         self._in_block = False
-        self._block_used = False
+        self._block_used = False  # something ran or was parsed in it: SET TRANSACTION is too late
+        self._block_rw = False  # lifted for a write (or begun in a lifted transaction)
+        self._block_unclaimed = False
+        self._block_cycle = -1  # the cycle its BEGIN went in
+        # The session default: read-write from a lift until the server confirms a restore.
+        self._rw_default = False
+        self._lift_gen = 0
+        self._restore: _Expect | None = None  # the last restore sent
+        self._restore_after_copy = False  # a lifted COPY FROM STDIN: restore after its CopyDone
         self._status = "I"
         self._encoding = "utf-8"
         self._busy_since: float | None = None
@@ -394,42 +475,53 @@ class ProxySession:
             self._busy_since = time.monotonic()
             self._cancel_sent = False
 
+    def _end_cycle(self, out: list[bytes], message: m.Message, expect: _Expect) -> None:
+        """Send a message the server answers with ReadyForQuery (a Sync or a Query): a cycle ends."""
+        out.append(message.encode())
+        expect.cycle = self._cycle
+        self._cycle += 1
+        self._push(expect)
+
+    async def _answered_through(self, cycle: int) -> None:
+        while self._answered < cycle:
+            self._progress.clear()
+            await self._progress.wait()
+
     async def _handle(self, message: m.Message, out: list[bytes]) -> None:
-        if isinstance(message, m.Query):
-            await self._query(message, out)
+        if isinstance(message, (m.Query, m.FunctionCall)):
+            if self._batch_open:
+                # The server would end the batch here (or, after an error in it, skip the message
+                # and answer nothing): end it with a Sync of our own, so every answer has its place.
+                self._sync(out, forward=False)
+            if isinstance(message, m.Query):
+                await self._query(message, out)
+            else:
+                # The fast-path call runs a function by OID, past every classifier: never through here.
+                refusal = _Refusal(
+                    SQLSTATE_DENIED, "Gatehouse does not allow the fast-path function call protocol"
+                )
+                self._refuse_simple("(fast-path function call)", refusal, out)
         elif isinstance(message, (m.CopyData, m.CopyDone, m.CopyFail)):
             out.append(message.encode())  # COPY FROM STDIN data: its statement was decided
+            if self._restore_after_copy and not isinstance(message, m.CopyData):
+                self._restore_after_copy = False
+                self._inject_restore(out)
         elif self._skip_until_sync and not isinstance(message, m.Sync):
             return  # after an error the server skips to Sync; so does the proxy
         elif isinstance(message, m.Parse):
             await self._parse(message, out)
         elif isinstance(message, m.Bind):
-            self._bind(message, out)
+            await self._bind(message, out)
         elif isinstance(message, m.Describe):
-            self._describe(message, out)
+            await self._describe(message, out)
         elif isinstance(message, m.Execute):
             await self._execute(message, out)
         elif isinstance(message, m.Close):
-            (self._statements if message.kind == "S" else self._portals).pop(message.name, None)
-            out.append(message.encode())
-            self._push(_Expect("close"))
+            self._close(message, out)
         elif isinstance(message, m.Sync):
-            self._skip_until_sync = False
-            out.append(message.encode())
-            self._push(_Expect("sync"))
-            if self._batch_lifted:
-                self._inject(out, _RESTORE_AUTOCOMMIT)
-                self._batch_lifted = False
-            self._batch_started = False
+            self._sync(out)
         elif isinstance(message, m.Flush):
             out.append(message.encode())
-        elif isinstance(message, m.FunctionCall):
-            # The fast-path call runs a function by OID, past every classifier: never through here.
-            refusal = _Refusal(
-                SQLSTATE_DENIED, "Gatehouse does not allow the fast-path function call protocol"
-            )
-            self._record_refusal("(fast-path function call)", refusal)
-            self._synthetic(refusal.error.encode() + m.ReadyForQuery(self._status).encode())
         else:
             raise ProtocolError(f"unexpected message {type(message).__name__} after startup")
 
@@ -439,9 +531,65 @@ class ProxySession:
             return
         self._push(_Expect("synthetic", payload=payload, forward=True))
 
-    def _inject(self, out: list[bytes], sql: str) -> None:
-        out.append(m.Query(sql).encode())
-        self._push(_Expect("swallow", forward=False))
+    def _send_query(self, out: list[bytes], message: m.Message, expect: _Expect) -> _Statement | None:
+        """A simple Query upstream; the unnamed statement it drops (the server drops its unnamed
+        statement and portal at every Query, so the proxy's records of them go too)."""
+        self._end_cycle(out, message, expect)
+        self._portals.pop("", None)
+        return self._statements.pop("", None)
+
+    def _inject(
+        self, out: list[bytes], sql: str, kind: str = "swallow", *, keep_unnamed: bool = True
+    ) -> _Expect:
+        """A statement of the proxy's own, its answer swallowed."""
+        expect = _Expect(kind, forward=False, gen=self._lift_gen)
+        unnamed = self._send_query(out, m.Query(sql), expect)
+        if unnamed is not None and keep_unnamed and not self._in_block:
+            # The client may still bind its unnamed statement (pg8000 parses, then binds in another
+            # batch): parse the same text again, in a batch of its own so a failure stays there.
+            # Not in a block, where a failing Parse would abort the client's transaction.
+            self._statements[""] = unnamed
+            out.append(m.Parse("", unnamed.sql, unnamed.param_types).encode())
+            self._push(_Expect("parse", statement=unnamed, forward=False))
+            self._end_cycle(out, m.Sync(), _Expect("sync", forward=False))
+        return expect
+
+    def _inject_lift(self, out: list[bytes], *, keep_unnamed: bool = True) -> None:
+        self._lift_gen += 1
+        self._rw_default = True
+        self._inject(out, _LIFT_AUTOCOMMIT, keep_unnamed=keep_unnamed)
+
+    def _inject_restore(self, out: list[bytes]) -> _Expect:
+        self._restore = self._inject(out, _RESTORE_AUTOCOMMIT, "restore")
+        return self._restore
+
+    async def _settle_read_only(self, out: list[bytes]) -> None:
+        """Before a statement the proxy does not lift: the session default must be read-only again.
+
+        Only a restore the server ran outside a block without an error (ReadyForQuery 'I') is
+        certain: one it ran inside the client's block is undone by a ROLLBACK, a cancelled one or
+        one in a failed block did nothing. Until one is, a statement outside a block waits for a
+        restore, sent again if the last one failed. Inside the client's block (which began in the
+        lifted transaction) the statement runs in that block; its end brings the next one here.
+        """
+        for _ in range(_RESTORE_ATTEMPTS):
+            if not self._rw_default:
+                return
+            restore = self._restore
+            if restore is None or restore.cycle <= self._answered:
+                if self._answered == self._cycle - 1 and self._status in ("T", "E"):
+                    return  # every cycle is answered and the server says: in the client's block
+                restore = self._inject_restore(out)
+            self._send_upstream(out)
+            await self._answered_through(restore.cycle)
+            if self._rw_default and restore.status in ("T", "E"):
+                return
+        if self._rw_default:
+            raise _Refusal(
+                SQLSTATE_CANCELED,
+                "Gatehouse could not make the session read-only again (its restore was cancelled or "
+                "failed), so the statement did not run; send it again",
+            )
 
     async def _decide(self, sql: str) -> Decided:
         assert self.principal is not None and self.connection is not None
@@ -452,8 +600,9 @@ class ProxySession:
             decided = await self._ctx.call(cache.decide, self.principal, self.connection, sql)
         return decided
 
-    async def _verdict(self, sql: str, *, claim_now: bool) -> tuple[Decided, Any]:
-        """The decision for `sql`, or a _Refusal; with `claim_now`, an approval claimed for it."""
+    async def _verdict(self, sql: str) -> Decided:
+        """The decision for `sql`, or a _Refusal (an approval is claimed by the caller, once it
+        knows the statement can run)."""
         try:
             decided = await self._decide(sql)
         except GatehouseError as exc:
@@ -486,10 +635,15 @@ class ProxySession:
                 outcome="denied",
                 decided=decided,
             )
-        claimed = None
-        if decision.effect is Effect.APPROVAL and claim_now:
-            claimed = await self._claim_or_hold(sql, decided)
-        return decided, claimed
+        fetched = self._fetched_portal(decided)
+        if fetched is not None:
+            raise _Refusal(
+                SQLSTATE_DENIED,
+                f'portal "{fetched}" was bound through the protocol: run it with Execute, not FETCH '
+                "or MOVE (Gatehouse claims its approval and plans its masking at Execute)",
+                decided=decided,
+            )
+        return decided
 
     async def _claim_or_hold(self, sql: str, decided: Decided) -> Any:
         assert self.principal is not None and self.connection is not None
@@ -497,6 +651,12 @@ class ProxySession:
         claimed = await self._ctx.call(service.claim_approved, self.principal, self.connection, sql)
         if claimed is not None:
             return claimed
+        await self._hold(sql, decided)
+
+    async def _hold(self, sql: str, decided: Decided) -> NoReturn:
+        """A new request for approval of `sql`; always raises the refusal that names it."""
+        assert self.principal is not None
+        service = self._ctx.service
         try:
             record = await self._ctx.call(
                 service.hold_for_approval,
@@ -526,140 +686,416 @@ class ProxySession:
             request_id=record.request_id,
         )
 
+    async def _approval_waiting(self, sql: str) -> bool:
+        """An approved request a claim of `sql` would take (`Gatehouse.claim_approved`), looked at
+        without taking it."""
+        assert self.principal is not None and self.connection is not None
+        records = await self._ctx.call(self._ctx.service.list_requests, self.principal)
+        now = time.time()
+        return any(
+            r.status == "approved"
+            and r.origin == "proxy"
+            and r.connection == self.connection.name
+            and r.command == sql
+            and not (r.approval_expires_at and now > r.approval_expires_at)
+            for r in records
+        )
+
+    async def _refuse_unliftable(self, sql: str, decided: Decided, why: str) -> None:
+        """A write that cannot get a read-write transaction here: refused before it runs, and
+        before an approval is claimed for it. One that needs approval and has none is held for
+        one first (the approver then sees it; it must come again where it can be lifted)."""
+        if decided.decision.effect is Effect.APPROVAL and not await self._approval_waiting(sql):
+            await self._hold(sql, decided)
+        raise _Refusal(SQLSTATE_READ_ONLY, why, decided=decided)
+
+    def _release(self, claimed: Any, refusal: _Refusal) -> None:
+        """An approval claimed for a statement refused after all: its request ends failed."""
+        if claimed is not None:
+            self._ctx.background(
+                self._ctx.service.finish_claimed, claimed, ok=False, error=f"{refusal.sqlstate}: {refusal}"
+            )
+
+    # -- read-only, per transaction ------------------------------------------------------------
+
+    def _write_lift(self) -> str:
+        """How a write gets a read-write transaction (_CANNOT: it cannot any more)."""
+        if not self._in_block:
+            return _AUTOCOMMIT
+        if self._block_rw:
+            return _LIFTED_ALREADY
+        if not self._block_used:
+            return _BLOCK
+        return _CANNOT
+
+    def _txn_rw(self) -> bool:
+        """The transaction the next statement runs in is one the proxy lifted."""
+        return self._block_rw if self._in_block else self._batch_rw
+
+    def _refuse_unclaimed(self, decided: Decided) -> None:
+        """A transaction lifted for a statement that needs approval is read-write before that
+        approval is claimed: until it is, nothing but writes (and COMMIT/ROLLBACK) runs in it."""
+        unclaimed = self._block_unclaimed if self._in_block else self._batch_unclaimed
+        if unclaimed and not _writes(decided) and not _transaction_only(decided):
+            raise _Refusal(
+                SQLSTATE_DENIED,
+                "Gatehouse lifted read-only in this transaction for a statement that needs approval "
+                "and is not claimed yet: only writes run in it until then; run this one in its own "
+                "transaction",
+                decided=decided,
+            )
+
+    def _refuse_end_midway(self, decided: Decided) -> None:
+        """While the restore is uncertain, whatever follows a COMMIT/ROLLBACK in the same message
+        would run with the session default read-write: the restore must come between."""
+        if not self._rw_default:
+            return
+        statements = decided.classification.statements
+        if any(s.command == "transaction" and _transaction_kind(s.text) == "end" for s in statements[:-1]):
+            raise _Refusal(
+                SQLSTATE_UNSUPPORTED,
+                "Gatehouse restores read-only once this transaction ends: send what follows "
+                "COMMIT or ROLLBACK in a message of its own",
+                decided=decided,
+            )
+
+    def _refuse_after_end(self) -> None:
+        if self._block_ended:
+            raise _Refusal(
+                SQLSTATE_UNSUPPORTED,
+                "Gatehouse restores read-only once a transaction ends: after COMMIT or ROLLBACK, "
+                "send Sync before the next statement",
+            )
+
     # -- simple protocol -----------------------------------------------------------------------
 
     async def _query(self, message: m.Query, out: list[bytes]) -> None:
         sql = message.sql
+        self._restore_after_copy = False
         if not sql.strip():
-            out.append(message.encode())  # the server answers EmptyQueryResponse
-            self._push(_Expect("query", run=None))
+            self._send_query(out, message, _Expect("query", run=None))  # EmptyQueryResponse
             return
+        claimed = None
         try:
-            decided, claimed = await self._verdict(sql, claim_now=True)
-        except _Refusal as refusal:
-            self._refuse_simple(sql, refusal, out)
-            return
-        run = _Run(sql, decided, 0.0, claimed)
-        try:
+            decided = await self._verdict(sql)
+            writes = _writes(decided)
+            if not writes or self._in_block:
+                await self._settle_read_only(out)
+            lift = self._write_lift() if writes else _LIFTED_ALREADY
+            if lift == _CANNOT:
+                await self._refuse_unliftable(sql, decided, _BEGAN_READ_ONLY)
+            if lift != _AUTOCOMMIT:
+                self._refuse_end_midway(decided)
+                self._refuse_unclaimed(decided)
+            opened, first = _left_open(decided) if lift == _AUTOCOMMIT else (False, None)
+            if opened and first is not None and not _statement_writes(first):
+                raise _Refusal(SQLSTATE_UNSUPPORTED, _OPEN_BLOCK, decided=decided)
+            if decided.decision.effect is Effect.APPROVAL:
+                claimed = await self._claim_or_hold(sql, decided)
+            run = _Run(sql, decided, 0.0, claimed)
             await self._durable_decision(run)
         except _Refusal as refusal:
+            self._release(claimed, refusal)
             self._refuse_simple(sql, refusal, out)
             return
-        writes = _writes(decided)
-        lift_after = False
-        if writes:
-            if not self._in_block:
-                self._inject(out, _LIFT_AUTOCOMMIT)
-                lift_after = True
-            elif not self._block_used:
-                self._inject(out, _LIFT_BLOCK)
-        self._track_transaction(decided)
+        if lift == _AUTOCOMMIT:
+            self._inject_lift(out, keep_unnamed=False)
+        elif lift == _BLOCK:
+            self._inject(out, _LIFT_BLOCK)
+            self._block_rw = True
+        if claimed is not None and writes:
+            self._block_unclaimed = False
+        self._track(decided, lifted=lift == _AUTOCOMMIT, unclaimed=False)
         run.started = time.perf_counter()
-        out.append(message.encode())
-        self._push(_Expect("query", run=run))
-        if lift_after:
-            self._inject(out, _RESTORE_AUTOCOMMIT)
+        self._send_query(out, message, _Expect("query", run=run))
+        if lift == _AUTOCOMMIT:
+            if opened and first is None:
+                # `INSERT ...; BEGIN`: the block began in the lifted transaction, but not with the
+                # write. Read-only, as a block that begins with a read is (and that can be set at
+                # any point of a transaction; nothing has run in this one).
+                self._inject(out, _DEMOTE_BLOCK)
+                self._block_rw = False
+            if _copies_from_client(decided):
+                self._restore_after_copy = True  # the server takes nothing but COPY data till then
+            else:
+                self._inject_restore(out)
 
     def _refuse_simple(self, sql: str, refusal: _Refusal, out: list[bytes]) -> None:
         self._record_refusal(sql, refusal)
         if self._status == "T" or self._in_block:
             # Inside a transaction the server must fail too, so the block is aborted as by any error.
-            out.append(m.Query(_RAISE).encode())
-            self._push(_Expect("refusal", refusal=refusal))
+            self._send_query(out, m.Query(_RAISE), _Expect("refusal", refusal=refusal))
         else:
             self._synthetic(refusal.error.encode() + m.ReadyForQuery(self._status).encode())
 
     # -- extended protocol ---------------------------------------------------------------------
 
+    async def _open_batch(
+        self, out: list[bytes], statement: _Statement | None, *, keep_unnamed: bool
+    ) -> None:
+        """Before the first Parse/Bind/Describe/Execute of a batch, which starts the server's
+        transaction: where read-only is lifted for a write (the one named), or made sure of."""
+        if statement is not None and _writes(statement.decided):
+            if not self._in_block:
+                self._inject_lift(out, keep_unnamed=keep_unnamed)
+                self._batch_rw, self._batch_unclaimed = True, statement.claim
+            elif not self._block_rw and not self._block_used:
+                self._inject(out, _LIFT_BLOCK)
+                self._block_rw, self._block_unclaimed = True, statement.claim
+            # Otherwise the block is read-write already, or began read-only: Execute decides.
+        if not self._batch_rw:
+            await self._settle_read_only(out)
+        self._batch_open = True
+
+    async def _held(self, table: dict[str, Any], name: str, out: list[bytes]) -> Any:
+        """The proxy's record under `name` (a _Statement or _Portal), or None.
+
+        A record made in an earlier batch that the server has not answered yet may still be
+        refused, and the server then keeps what it had under that name: wait for its word.
+        """
+        record = table.get(name)
+        if record is not None and self._answered < record.cycle < self._cycle:
+            self._send_upstream(out)
+            await self._answered_through(record.cycle)
+            record = table.get(name)
+        return record
+
     async def _parse(self, message: m.Parse, out: list[bytes]) -> None:
+        name, sql = message.statement, message.sql
         try:
-            decided, _ = await self._verdict(message.sql, claim_now=False)
+            if name and await self._held(self._statements, name, out) is not None:
+                raise _Refusal(SQLSTATE_DUPLICATE_STATEMENT, f'prepared statement "{name}" already exists')
+            self._refuse_after_end()
+            decided = await self._verdict(sql)
+            statement = _Statement(
+                sql,
+                decided,
+                decided.decision.effect is Effect.APPROVAL,
+                param_types=tuple(message.param_types),
+            )
+            if not self._batch_open:
+                await self._open_batch(out, statement, keep_unnamed=bool(name))
         except _Refusal as refusal:
-            self._refuse_extended(message.sql, refusal, out)
+            if not name:
+                self._statements.pop("", None)  # the server drops it at every unnamed Parse
+            self._refuse_extended(sql, refusal, out)
             return
-        needs_claim = decided.decision.effect is Effect.APPROVAL
-        self._statements[message.statement] = _Statement(message.sql, decided, needs_claim)
+        statement.cycle = self._cycle
+        self._statements[name] = statement
         out.append(message.encode())
-        self._batch_started = True
-        self._push(_Expect("parse"))
+        self._push(_Expect("parse", statement=statement, name=name))
+        self._use_block(statement)
 
     def _refuse_extended(self, sql: str, refusal: _Refusal, out: list[bytes]) -> None:
         self._record_refusal(sql, refusal)
-        out.append(m.Parse("", _RAISE).encode())
-        out.append(m.Bind("", "").encode())
-        out.append(m.Execute("").encode())
+        out.append(_REFUSE_PARSE.encode())
         self._push(_Expect("refusal_ext", refusal=refusal))
         self._skip_until_sync = True
-        self._batch_started = True
+        self._batch_open = True
 
-    def _bind(self, message: m.Bind, out: list[bytes]) -> None:
-        statement = self._statements.get(message.statement)
-        if statement is not None:
-            portal = _Portal(statement, tuple(message.result_formats))
-            if statement.fields is not None:
-                portal.fields = _with_formats(statement.fields, portal.result_formats)
-            self._portals[message.portal] = portal
+    async def _bind(self, message: m.Bind, out: list[bytes]) -> None:
+        statement: _Statement | None = None
+        try:
+            self._refuse_after_end()
+            statement = await self._held(self._statements, message.statement, out)
+            if statement is None:
+                raise _Refusal(SQLSTATE_UNKNOWN_STATEMENT, _no_statement(message.statement))
+            if message.portal and await self._held(self._portals, message.portal, out) is not None:
+                raise _Refusal(SQLSTATE_DUPLICATE_PORTAL, f'cursor "{message.portal}" already exists')
+            if statement.claim and message.params:
+                raise _Refusal(
+                    SQLSTATE_DENIED,
+                    "Gatehouse: this statement needs approval, and an approval covers the text "
+                    "the approver saw, not parameter values bound to it: send it with its values "
+                    "written inline (no $1, $2...)",
+                    decided=statement.decided,
+                )
+            if not self._batch_open:
+                await self._open_batch(out, statement, keep_unnamed=True)
+        except _Refusal as refusal:
+            if not message.portal:
+                self._portals.pop("", None)
+            label = statement.sql if statement is not None else f"(Bind of statement {message.statement!r})"
+            self._refuse_extended(label, refusal, out)
+            return
+        portal = _Portal(statement, tuple(message.result_formats), cycle=self._cycle)
+        if statement.fields is not None:
+            portal.fields = _with_formats(statement.fields, portal.result_formats)
+        self._portals[message.portal] = portal
+        if message.portal:
+            self._bound[message.portal] = self._cycle
         out.append(message.encode())
-        self._batch_started = True
-        self._push(_Expect("bind"))
+        self._push(_Expect("bind", portal=portal, name=message.portal))
+        self._use_block(statement)
 
-    def _describe(self, message: m.Describe, out: list[bytes]) -> None:
-        out.append(message.encode())
+    async def _describe(self, message: m.Describe, out: list[bytes]) -> None:
         expect = _Expect("describe", describe_kind=message.kind)
-        if message.kind == "S":
-            expect.statement = self._statements.get(message.name)
-        else:
-            expect.portal = self._portals.get(message.name)
-        self._batch_started = True
+        try:
+            self._refuse_after_end()
+            if message.kind == "S":
+                expect.statement = await self._held(self._statements, message.name, out)
+                if expect.statement is None:
+                    raise _Refusal(SQLSTATE_UNKNOWN_STATEMENT, _no_statement(message.name))
+            else:
+                expect.portal = await self._held(self._portals, message.name, out)
+                if expect.portal is None:
+                    raise _Refusal(SQLSTATE_UNKNOWN_PORTAL, _no_portal(message.name))
+            if not self._batch_open:
+                await self._open_batch(out, None, keep_unnamed=True)
+        except _Refusal as refusal:
+            self._refuse_extended(f"(Describe of {message.kind} {message.name!r})", refusal, out)
+            return
+        out.append(message.encode())
         self._push(expect)
 
     async def _execute(self, message: m.Execute, out: list[bytes]) -> None:
-        portal = self._portals.get(message.portal)
-        if portal is None:
-            out.append(message.encode())  # the server answers: portal does not exist
-            self._push(_Expect("execute"))
-            return
-        statement = portal.statement
+        portal: _Portal | None = None
         claimed = None
-        decided = statement.decided
         try:
-            if statement.claim:
-                decided, claimed = await self._verdict(statement.sql, claim_now=True)
+            self._refuse_after_end()
+            portal = await self._held(self._portals, message.portal, out)
+            if portal is None:
+                raise _Refusal(SQLSTATE_UNKNOWN_PORTAL, _no_portal(message.portal))
+            statement = portal.statement
+            if not self._batch_open:
+                await self._open_batch(out, None, keep_unnamed=True)
+            decided = statement.decided
+            writes = _writes(decided)
+            if writes and not self._txn_rw():
+                # Checked before any approval is claimed: a write that cannot run uses up none.
+                if statement.claim:
+                    decided = await self._verdict(statement.sql)
+                why = _BATCH_READ_ONLY
+                if self._in_block:
+                    why = _BLOCK_IN_BATCH if self._block_cycle == self._cycle else _BEGAN_READ_ONLY
+                await self._refuse_unliftable(statement.sql, decided, why)
+            self._refuse_unclaimed(decided)
+            if self._batch_rw and not self._in_block and _begins_block(decided):
+                # What follows BEGIN here would run in a read-write block whatever it is.
+                raise _Refusal(SQLSTATE_UNSUPPORTED, _BEGIN_IN_LIFTED_BATCH, decided=decided)
+            if statement.claim and not portal.claimed:
+                decided = await self._verdict(statement.sql)
+                if decided.decision.effect is Effect.APPROVAL:
+                    claimed = await self._claim_or_hold(statement.sql, decided)
+                    portal.claimed = True
             elif self._ctx.recorder.backlogged:
                 raise _Refusal(SQLSTATE_BACKLOG, "the Gatehouse session log is behind; try again shortly")
             run = _Run(statement.sql, decided, 0.0, claimed)
             await self._durable_decision(run)
         except _Refusal as refusal:
-            self._refuse_extended(statement.sql, refusal, out)
+            self._release(claimed, refusal)
+            label = portal.statement.sql if portal is not None else f"(Execute of portal {message.portal!r})"
+            self._refuse_extended(label, refusal, out)
             return
-        if _writes(decided):
-            if not self._in_block and not self._batch_started and not self._batch_lifted:
-                self._inject(out, _LIFT_AUTOCOMMIT)
-                self._batch_lifted = True
-            elif self._in_block and not self._block_used and not self._batch_started:
-                self._inject(out, _LIFT_BLOCK)
-        self._track_transaction(decided)
+        if claimed is not None and writes:
+            self._block_unclaimed = self._batch_unclaimed = False
+        self._track(decided, lifted=self._batch_rw, unclaimed=self._batch_unclaimed)
+        if not _transaction_only(decided):
+            self._batch_used = True
+        if self._rw_default and _ends_block(decided):
+            self._block_ended = True
         if portal.fields is None:
             # The rows' shape (types, formats, source columns) is needed to mask them: ask.
             out.append(m.Describe("P", message.portal).encode())
             self._push(_Expect("describe", describe_kind="P", portal=portal, forward=False))
         run.started = time.perf_counter()
         out.append(message.encode())
-        self._batch_started = True
         self._push(_Expect("execute", run=run, portal=portal))
 
-    # -- transactions and the log --------------------------------------------------------------
+    def _close(self, message: m.Close, out: list[bytes]) -> None:
+        if message.kind == "S":
+            closed = self._statements.pop(message.name, None)
+            # Closing a statement closes the portals made from it too (the protocol's rule).
+            for name in [n for n, p in self._portals.items() if p.statement is closed]:
+                del self._portals[name]
+        else:
+            self._portals.pop(message.name, None)
+        out.append(message.encode())
+        self._push(_Expect("close"))
 
-    def _track_transaction(self, decided: Decided) -> None:
-        for stmt in decided.classification.statements:
-            if stmt.cls is StatementClass.TRANSACTION and stmt.command == "transaction":
-                kind = _transaction_kind(stmt.text)
-                if kind == "begin":
-                    self._in_block, self._block_used = True, False
-                elif kind == "end":
-                    self._in_block, self._block_used = False, False
-            elif self._in_block:
+    def _sync(self, out: list[bytes], *, forward: bool = True) -> None:
+        self._skip_until_sync = False
+        self._end_cycle(out, m.Sync(), _Expect("sync", forward=forward))
+        if self._batch_rw:
+            self._inject_restore(out)
+        self._batch_open = self._batch_rw = self._batch_unclaimed = self._block_ended = False
+        self._batch_used = False
+
+    def _use_block(self, statement: _Statement) -> None:
+        # Parse and Bind take the transaction's snapshot: SET TRANSACTION READ WRITE is too late.
+        if not _transaction_only(statement.decided):
+            self._batch_used = True
+            if self._in_block:
                 self._block_used = True
+
+    # -- transactions, names and the log -------------------------------------------------------
+
+    def _track(self, decided: Decided, *, lifted: bool, unclaimed: bool) -> None:
+        """What a statement being forwarded does to the transaction and to the server's names."""
+        for index, stmt in enumerate(decided.classification.statements):
+            kind = _transaction_kind(stmt.text) if stmt.command == "transaction" else ""
+            if kind == "begin" and not self._in_block:
+                # BEGIN makes a block of the transaction it runs in: what ran before it in the
+                # same message or batch is in the block. Begun in a lifted transaction (its first
+                # statement a write: see _query), a block is read-write. BEGIN inside a block
+                # changes nothing.
+                self._in_block, self._block_cycle = True, self._cycle
+                self._block_used = index > 0 or self._batch_used
+                self._block_rw, self._block_unclaimed = lifted, unclaimed
+            elif kind == "end":
+                self._end_block()
+            else:
+                if kind == "rollback_to":
+                    self._portals.clear()  # it closes the portals opened since the savepoint
+                if self._in_block:
+                    self._block_used = True
+            if stmt.command in _NAMING:
+                self._forget_names(stmt.text)
+
+    def _end_block(self) -> None:
+        self._in_block = self._block_used = self._block_rw = self._block_unclaimed = False
+
+    def _forget_names(self, text: str) -> None:
+        """SQL that makes or drops statement or portal names: the proxy no longer vouches for
+        them (it holds less than the server then, never something else)."""
+        try:
+            tree = parse_sql(text)
+        except ParseError:
+            return
+        for raw in tree:
+            node = raw.stmt
+            if isinstance(node, ast.DeallocateStmt):
+                if getattr(node, "isall", False) or node.name is None:
+                    self._statements.clear()
+                else:
+                    self._statements.pop(node.name, None)
+            elif isinstance(node, ast.PrepareStmt):
+                self._statements.pop(node.name or "", None)
+            elif isinstance(node, ast.DeclareCursorStmt):
+                self._portals.pop(node.portalname or "", None)
+            elif isinstance(node, ast.ClosePortalStmt):
+                if node.portalname is None:
+                    self._portals.clear()
+                else:
+                    self._portals.pop(node.portalname, None)
+            elif isinstance(node, ast.DiscardStmt) and getattr(node.target, "name", "") == "DISCARD_ALL":
+                self._statements.clear()
+                self._portals.clear()
+
+    def _fetched_portal(self, decided: Decided) -> str | None:
+        """A portal bound through the protocol in this transaction that SQL FETCH or MOVE names."""
+        for stmt in decided.classification.statements:
+            if stmt.command != "fetch" or not self._bound:
+                continue
+            try:
+                tree = parse_sql(stmt.text)
+            except ParseError:
+                continue
+            for raw in tree:
+                node = raw.stmt
+                if isinstance(node, ast.FetchStmt) and (node.portalname or "") in self._bound:
+                    return node.portalname
+        return None
 
     def _mode_sync(self, decided: Decided) -> bool:
         assert self.connection is not None
@@ -800,26 +1236,17 @@ class ProxySession:
     def _step(self, head: _Expect, message: m.Message, out: list[Any]) -> None:
         kind = head.kind
         if isinstance(message, m.ReadyForQuery):
-            self._status = message.status
-            if kind in ("query", "swallow", "refusal", "sync"):
-                if kind == "query" and head.run is not None:
-                    self._complete(head)
-                self._pop()
-                if not self._expect:
-                    # The server's word on the transaction is the last one.
-                    self._in_block = message.status != "I"
-                    if not self._in_block:
-                        self._block_used = False
-                if head.forward:
-                    out.append(message.encode())
-                return
+            if kind not in _CYCLE_ENDS:
+                raise _lost_track(message, head)
+            self._ready(head, message, out)
+            return
         if isinstance(message, m.ErrorResponse):
             self._error(head, message, out)
             return
-        if kind == "swallow":
-            return
-        if kind in ("refusal", "refusal_ext"):
-            return  # ParseComplete/BindComplete of the injected DO
+        if kind in ("swallow", "restore", "refusal", "refusal_ext"):
+            return  # the answers to the proxy's own statements
+        if kind == "sync" or not isinstance(message, _ANSWERS.get(kind, m.Message)):
+            raise _lost_track(message, head)
         if kind in ("parse", "bind", "close"):
             self._pop()
             if head.forward:
@@ -861,6 +1288,36 @@ class ProxySession:
         if isinstance(message, m.CopyDone) and head.refusal is not None:
             return
         out.append(message.encode())  # CopyInResponse and anything else the client drives
+
+    def _ready(self, head: _Expect, message: m.ReadyForQuery, out: list[Any]) -> None:
+        status = message.status
+        self._status = status
+        if head.kind == "query" and head.run is not None:
+            self._complete(head)
+        if head.kind == "restore":
+            head.status = status
+            if not head.failed and status == "I" and head.gen == self._lift_gen:
+                self._rw_default = False  # run outside a block, no error: read-only for good
+        self._pop()
+        self._answered = head.cycle
+        self._progress.set()
+        if status == "I":
+            # The transaction ended, and every portal with it (Bind makes no holdable ones).
+            for name in [n for n, p in self._portals.items() if p.cycle <= head.cycle]:
+                del self._portals[name]
+            for name in [n for n, cycle in self._bound.items() if cycle <= head.cycle]:
+                del self._bound[name]
+        if not self._expect:
+            self._server_says(in_block=status != "I")
+        if head.forward:
+            out.append(message.encode())
+
+    def _server_says(self, *, in_block: bool) -> None:
+        """With nothing else on its way, the server's word on the transaction is the last one."""
+        if in_block and not self._in_block:
+            self._in_block = self._block_used = True  # a block the proxy did not see begin
+        elif not in_block and self._in_block:
+            self._end_block()
 
     def _described(self, head: _Expect, message: m.Message) -> None:
         if not isinstance(message, m.RowDescription):
@@ -944,6 +1401,9 @@ class ProxySession:
             self._pop()
             self._drop_until_sync()
             return
+        if head.kind in ("swallow", "restore"):
+            head.failed = True  # the proxy's own statement: its ReadyForQuery ends it
+            return
         run = head.run
         safe = self._safe_error(message, run.decided if run is not None else None)
         if run is not None:
@@ -957,19 +1417,34 @@ class ProxySession:
                 self._complete(head)
                 head.run = None  # recorded; its ReadyForQuery still ends the expectation
             return
-        if head.kind == "swallow":
-            return
+        if head.kind == "sync":
+            return  # an error ending the batch (a deferred constraint at commit): ReadyForQuery follows
         self._pop()
+        self._forget_record(head)
         if run is not None and head.kind == "execute":
             self._complete(head)
         self._drop_until_sync()
 
     def _drop_until_sync(self) -> None:
-        """After an error the server skips every message up to Sync: their expectations go too."""
-        while self._expect and self._expect[0].kind in ("parse", "bind", "describe", "execute", "close"):
-            self._expect.popleft()
+        """After an error the server skips every message up to Sync: their expectations go too,
+        and so do the records their Parse and Bind made (the server made none)."""
+        while self._expect and self._expect[0].kind in _SKIPPED:
+            skipped = self._expect.popleft()
+            self._forget_record(skipped)
+            if skipped.kind == "execute" and skipped.run is not None:
+                skipped.run.error = "skipped: an earlier message of its batch failed"
+                self._complete(skipped)
         if not self._expect:
             self._busy_since = None
+
+    def _forget_record(self, head: _Expect) -> None:
+        """The server refused (or skipped) a Parse or Bind: the record it would have made goes."""
+        if head.kind == "parse" and head.statement is not None:
+            if self._statements.get(head.name) is head.statement:
+                del self._statements[head.name]
+        elif head.kind == "bind" and head.portal is not None:
+            if self._portals.get(head.name) is head.portal:
+                del self._portals[head.name]
 
     def _complete(self, head: _Expect) -> None:
         run = head.run
@@ -991,7 +1466,26 @@ class ProxySession:
             decided = head.run.decided if head is not None and head.run is not None else None
             out.append(self._safe_notice(message, decided).encode())
             return
+        if isinstance(message, m.NotificationResponse):
+            out.append(self._safe_notification(message).encode())
+            return
         out.append(message.encode())
+
+    def _safe_notification(self, message: m.NotificationResponse) -> m.NotificationResponse:
+        """A LISTEN notification as the agent may see it.
+
+        No lineage reaches a payload (`pg_notify('c', ssn)`), so the connection's content
+        detectors run on it and on the channel; with no masker nothing of either passes. The
+        sender is named by the proxy's own key, as in BackendKeyData: this session's for its own
+        notifications, 0 for another backend's (its real PID is the server's business).
+        """
+        masker = self._ctx.masker_for(self.connection)
+        if masker is None:
+            channel = payload = "[REDACTED]"
+        else:
+            channel, payload = masker.mask_text(message.channel), masker.mask_text(message.payload)
+        own = self._upstream is not None and message.process_id == self._upstream.backend_pid
+        return m.NotificationResponse(self.process_id if own else 0, channel, payload)
 
     def _safe_error(self, message: m.ErrorResponse, decided: Decided | None) -> m.ErrorResponse:
         return m.ErrorResponse(self._safe_fields(message.fields, decided))
@@ -1051,9 +1545,101 @@ def _env(connection: Connection) -> str | None:
 
 def _writes(decided: Decided) -> bool:
     """A statement that needs a read-write transaction (anything Cedar allowed beyond a read)."""
+    return any(_statement_writes(stmt) for stmt in decided.classification.statements)
+
+
+def _statement_writes(stmt: Statement) -> bool:
+    return stmt.cls not in (StatementClass.READ, StatementClass.TRANSACTION, StatementClass.SESSION)
+
+
+def _transaction_only(decided: Decided) -> bool:
+    statements = decided.classification.statements
+    return bool(statements) and all(s.cls is StatementClass.TRANSACTION for s in statements)
+
+
+def _begins_block(decided: Decided) -> bool:
+    return any(
+        s.command == "transaction" and _transaction_kind(s.text) == "begin"
+        for s in decided.classification.statements
+    )
+
+
+def _left_open(decided: Decided) -> tuple[bool, Statement | None]:
+    """Whether a message's statements leave a transaction block open, and the first statement
+    in that block (None: nothing follows its BEGIN)."""
+    opened, first = False, None
     for stmt in decided.classification.statements:
-        if stmt.cls not in (StatementClass.READ, StatementClass.TRANSACTION, StatementClass.SESSION):
-            return True
+        kind = _transaction_kind(stmt.text) if stmt.command == "transaction" else ""
+        if kind == "begin" and not opened:
+            opened, first = True, None
+        elif kind == "end":
+            opened, first = False, None
+        elif opened and first is None:
+            first = stmt
+    return opened, first
+
+
+def _ends_block(decided: Decided) -> bool:
+    return any(
+        s.command == "transaction" and _transaction_kind(s.text) == "end"
+        for s in decided.classification.statements
+    )
+
+
+_BEGAN_READ_ONLY = (
+    "this transaction block began read-only (its first statement was not a write), so Gatehouse "
+    "cannot lift it for this write, and it did not run: start the block with the write"
+)
+_OPEN_BLOCK = (
+    "Gatehouse lifts read-only for this message's write, and the transaction block it leaves open "
+    "would stay read-write although it does not begin with a write: begin the block with the "
+    "write, or send BEGIN in a message of its own"
+)
+_BEGIN_IN_LIFTED_BATCH = (
+    "Gatehouse lifted read-only for this batch's write: a transaction block cannot begin in it; "
+    "send BEGIN in a batch of its own (Gatehouse lifts the block for the write that comes first)"
+)
+_BLOCK_IN_BATCH = (
+    "Gatehouse lifts read-only for a transaction block before the batch of its first statement, "
+    "and this block began in the same batch as the write: the write did not run; send BEGIN, "
+    "Sync, then the write"
+)
+_BATCH_READ_ONLY = (
+    "Gatehouse lifts read-only for a write before the first message of its batch (its Parse, or "
+    "its Bind), and this batch began with something else: the write did not run; send it first "
+    "in a batch of its own"
+)
+
+
+def _no_statement(name: str) -> str:
+    return (
+        f'prepared statement "{name}" does not exist' if name else "unnamed prepared statement does not exist"
+    )
+
+
+def _no_portal(name: str) -> str:
+    return f'portal "{name}" does not exist'
+
+
+def _lost_track(message: m.Message, head: _Expect) -> ProtocolError:
+    """An answer in no place the proxy expects one: ending the session beats guessing whose it is."""
+    log.error("proxy lost track of the server: %s while expecting %s", type(message).__name__, head.kind)
+    return ProtocolError("Gatehouse lost track of the server's answers; the session is closed")
+
+
+def _copies_from_client(decided: Decided) -> bool:
+    """`COPY ... FROM STDIN`: until CopyDone the server takes nothing but the client's data."""
+    for stmt in decided.classification.statements:
+        if stmt.command != "copy":
+            continue
+        try:
+            tree = parse_sql(stmt.text)
+        except ParseError:
+            continue
+        for raw in tree:
+            node = raw.stmt
+            if isinstance(node, ast.CopyStmt) and node.is_from and not node.filename and not node.is_program:
+                return True
     return False
 
 
@@ -1070,6 +1656,8 @@ def _transaction_kind(text: str) -> str:
         return "begin"
     if kind in ("TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK", "TRANS_STMT_PREPARE") and not node.chain:
         return "end"
+    if kind == "TRANS_STMT_ROLLBACK_TO":
+        return "rollback_to"
     return ""
 
 
