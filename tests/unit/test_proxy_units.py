@@ -15,7 +15,7 @@ from gatehouse.models import Connection, Decision, Effect, Principal
 from gatehouse.policy import PolicyEngine
 from gatehouse.proxy.postgres import messages as m
 from gatehouse.proxy.postgres.codec import BackendParser
-from gatehouse.proxy.postgres.decisions import DecisionCache, fingerprintable
+from gatehouse.proxy.postgres.decisions import DecisionCache, fingerprintable, literal_shape
 from gatehouse.proxy.postgres.guard import (
     StartupRefused,
     copies_to_client,
@@ -172,6 +172,15 @@ def test_a_hot_loop_with_other_constants_is_decided_once():
             "SELECT id, ssn FROM customers GROUP BY ROLLUP (1, 2)",
             "SELECT id, ssn FROM customers GROUP BY ROLLUP (2, 1)",
         ),
+        # pglast's fingerprint ignores a target list's order, its aliases and its constants: each
+        # pair shares one, and the first's lineage would mask the wrong column of the second.
+        ("SELECT id, ssn || '' FROM customers", "SELECT ssn || '', id FROM customers"),
+        (
+            "SELECT x.a FROM (SELECT id AS a, ssn || '' AS b FROM customers) x",
+            "SELECT x.a FROM (SELECT ssn || '' AS a, id AS b FROM customers) x",
+        ),
+        ("SELECT 'x', ssn || '' FROM customers", "SELECT ssn || '', 'x' FROM customers"),
+        ("SELECT 'a' AS x, 'b' AS y FROM customers", "SELECT 1 FROM customers"),
     ],
 )
 def test_a_constant_that_may_matter_is_decided_afresh(first: str, second: str):
@@ -192,6 +201,16 @@ def test_decisions_are_per_principal_and_connection():
     assert cache.cached(other, CONNECTION, sql) is None
     assert cache.cached(PRINCIPAL, dataclasses.replace(CONNECTION, name="demo-prod"), sql) is None
     assert cache.cached(PRINCIPAL, CONNECTION, sql) is not None
+
+
+def test_texts_that_differ_only_in_literal_values_share_a_shape():
+    assert literal_shape("SELECT abalance FROM a WHERE aid = 17") == literal_shape(
+        "SELECT abalance FROM a WHERE aid = 42 -- another"
+    )
+    assert literal_shape("SELECT 'é' FROM t") == literal_shape("SELECT 'ü' FROM t")
+    assert literal_shape("SELECT 1 FROM t") != literal_shape("SELECT '1' FROM t")
+    assert literal_shape("SELECT a, b FROM t") != literal_shape("SELECT b, a FROM t")
+    assert literal_shape("SELECT a AS x FROM t") != literal_shape("SELECT a AS y FROM t")
 
 
 def test_only_plain_statements_are_fingerprintable():

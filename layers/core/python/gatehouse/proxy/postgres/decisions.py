@@ -6,15 +6,19 @@ adds is the cache, and the rules for when a cached decision may stand for a new 
 
 - the exact text, for the principal, the connection and the policy set, for `TTL_S` seconds
   (the registry's own cache bound: a changed agent or connection is seen as soon as by the API);
-- the query fingerprint (pglast: the parse tree with constants taken out) for the same key, but
-  only for plain SELECT/INSERT/UPDATE/DELETE statements that call no function, select no field
-  by attribute notation and run no hidden code. For those, a constant cannot change what the
-  statement does or what it reads: `WHERE aid = 17` and `WHERE aid = 42` are one decision. Any
-  statement where a constant might matter (`set_config('role', ...)`, `EXPLAIN (ANALYZE true)`,
-  `query_to_xml('...')`) is decided afresh for every new text. So is one with a constant in ORDER
-  BY, GROUP BY or DISTINCT ON: there `2` names the second column (`ORDER BY 2` may sort by a
-  protected one, which a policy can ask approval for), and `ORDER BY 1`, `ORDER BY 2` and
-  `ORDER BY 'x'` have one fingerprint.
+- the text's literal shape (the scanner's tokens with every literal's value taken out, its kind
+  kept, comments dropped) for the same key, but only for plain SELECT/INSERT/UPDATE/DELETE
+  statements that call no function, select no field by attribute notation and run no hidden
+  code. For those, a literal's value cannot change what the statement does or what it reads:
+  `WHERE aid = 17` and `WHERE aid = 42` are one decision. Any statement where a constant might
+  matter (`set_config('role', ...)`, `EXPLAIN (ANALYZE true)`, `query_to_xml('...')`) is decided
+  afresh for every new text. So is one with a constant in ORDER BY, GROUP BY or DISTINCT ON:
+  there `2` names the second column (`ORDER BY 2` may sort by a protected one, which a policy
+  can ask approval for).
+  Not pglast's fingerprint: it leaves constants out entirely and ignores the order of a target
+  list and its aliases, so `SELECT id AS a, ssn || '' AS b` and `SELECT ssn || '' AS a, id AS b`
+  share one, and the first's lineage (which masks the second column) would stand for the second
+  (whose first column is the protected one).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pglast.parser import ParseError, fingerprint, parse_sql_json
+from pglast.parser import ParseError, parse_sql_json, scan
 
 from gatehouse.models import Connection, Principal
 from gatehouse.service import Decided, Gatehouse
@@ -37,6 +41,9 @@ TTL_S = 5.0
 MAX_ENTRIES = 4096
 # Statement kinds whose decision cannot depend on the value of a constant (see the module doc).
 _FINGERPRINTABLE = frozenset({"select", "insert", "update", "delete"})
+# Token kinds whose text is a literal's value (taken out of the shape), and comments (dropped).
+_LITERALS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 # Clauses where a bare constant is a column's position, not a value (see the module doc).
 _POSITIONAL_CLAUSES = ("sortClause", "groupClause", "distinctClause")
 
@@ -93,6 +100,22 @@ def fingerprintable(decided: Decided) -> bool:
     return True
 
 
+def literal_shape(sql: str) -> bytes | None:
+    """The text with each literal's value replaced by its kind and comments dropped; None when
+    the scanner refuses it. Two texts with one shape differ only in their literals' values."""
+    try:
+        tokens = scan(sql)
+    except (ParseError, ValueError):
+        return None
+    data = sql.encode("utf-8")  # the scanner's offsets count bytes
+    parts = [
+        b"?" + token.name.encode() if token.name in _LITERALS else data[token.start : token.end + 1]
+        for token in tokens
+        if token.name not in _COMMENTS
+    ]
+    return b" ".join(parts)
+
+
 def names_columns_by_position(sql: str) -> bool:
     """True when a constant sits in an ORDER BY, GROUP BY or DISTINCT ON list, at any depth (a
     grouping set, a sort expression, a subquery's clause): its value may name a column."""
@@ -147,15 +170,15 @@ class DecisionCache:
         self.misses = 0
 
     def cached(self, principal: Principal, connection: Connection, sql: str) -> Decided | None:
-        """The cached decision for this text or its fingerprint, or None. No I/O: safe on the loop."""
+        """The cached decision for this text or its literal shape, or None. No I/O: safe on the loop."""
         now = self._clock()
         text_key = self._key(principal, connection, sql)
         found = self._by_text.get(text_key, now, self._ttl)
         if found is None:
-            try:
-                print_key = self._key(principal, connection, fingerprint(sql))
-            except ParseError:
+            shape = literal_shape(sql)
+            if shape is None:
                 return None
+            print_key = self._key(principal, connection, shape)
             found = self._by_fingerprint.get(print_key, now, self._ttl)
             if found is None:
                 return None
@@ -164,17 +187,16 @@ class DecisionCache:
         return found
 
     def decide(self, principal: Principal, connection: Connection, sql: str) -> Decided:
-        """Cached by text, then by fingerprint, else decided by the service (may do I/O)."""
+        """Cached by text, then by literal shape, else decided by the service (may do I/O)."""
         now = self._clock()
         text_key = self._key(principal, connection, sql)
         found = self._by_text.get(text_key, now, self._ttl)
         if found is not None:
             self.hits += 1
             return found
-        try:
-            print_key: Any = self._key(principal, connection, fingerprint(sql))
-        except ParseError:
-            print_key = None  # the service reports the parse error
+        shape = literal_shape(sql)
+        # No shape: the service reports the text's error, and nothing is cached by shape.
+        print_key: Any = self._key(principal, connection, shape) if shape is not None else None
         if print_key is not None:
             found = self._by_fingerprint.get(print_key, now, self._ttl)
             if found is not None:
@@ -188,5 +210,7 @@ class DecisionCache:
             self._by_fingerprint.put(print_key, decided, now)
         return decided
 
-    def _key(self, principal: Principal, connection: Connection, text: str) -> tuple[str, ...]:
+    def _key(
+        self, principal: Principal, connection: Connection, text: str | bytes
+    ) -> tuple[str | bytes, ...]:
         return (principal.name, principal.arn, connection.name, self._version, text)
