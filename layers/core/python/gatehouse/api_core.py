@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -174,21 +174,26 @@ def _not_json_constant(name: str) -> Any:
 TARGET_FIELDS = ("http", "kubernetes", "ssh")
 
 
-def _check_encodable(value: Any) -> None:
-    """No lone surrogate anywhere in `value` (it cannot be encoded, logged or hashed)."""
-    stack = [value]
+def _strings(*roots: Any) -> Iterator[str]:
+    """Every string in `roots`, keys included, however deep (no recursion)."""
+    stack = list(roots)
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise BadRequestError("a string holds a lone surrogate escape", code="invalid_text") from exc
+            yield item
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
+
+
+def _check_encodable(text: str) -> None:
+    """No lone surrogate in `text` (it cannot be encoded, logged or hashed)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequestError("a string holds a lone surrogate escape", code="invalid_text") from exc
 
 
 def _check_strings(value: Any) -> None:
@@ -198,30 +203,19 @@ def _check_strings(value: Any) -> None:
     read only the text before it, so a NUL can hide a statement), and that refusal belongs in the
     session log as the hostile attempt it is.
     """
-    stack: list[Any] = [value]
+    roots: list[Any] = [value]
     if isinstance(value, dict):
         # NUL is checked where it matters past the API: the SQL classifier refuses it on record,
         # and each target kind refuses control characters in paths, headers and commands (a NUL
         # inside an HTTP body's JSON is content, not an attack). Lone surrogates are refused here.
-        own = {k: v for k, v in value.items() if k not in ("sql", *TARGET_FIELDS)}
-        stack = [*value.keys(), *own.values()]
-        for name in ("sql", *TARGET_FIELDS):
-            if name in value:
-                _check_encodable(value[name])
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise BadRequestError("strings may not contain U+0000", code="invalid_text")
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise BadRequestError("a string holds a lone surrogate escape", code="invalid_text") from exc
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        commands = [value[name] for name in ("sql", *TARGET_FIELDS) if name in value]
+        for text in _strings(*commands):
+            _check_encodable(text)
+        roots = [*value.keys(), *(v for k, v in value.items() if k not in ("sql", *TARGET_FIELDS))]
+    for text in _strings(*roots):
+        if "\x00" in text:
+            raise BadRequestError("strings may not contain U+0000", code="invalid_text")
+        _check_encodable(text)
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
