@@ -53,6 +53,7 @@ import secrets as random_secrets
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -1084,17 +1085,11 @@ class ProxySession:
 
     def _fetched_portal(self, decided: Decided) -> str | None:
         """A portal bound through the protocol in this transaction that SQL FETCH or MOVE names."""
-        for stmt in decided.classification.statements:
-            if stmt.command != "fetch" or not self._bound:
-                continue
-            try:
-                tree = parse_sql(stmt.text)
-            except ParseError:
-                continue
-            for raw in tree:
-                node = raw.stmt
-                if isinstance(node, ast.FetchStmt) and (node.portalname or "") in self._bound:
-                    return node.portalname
+        if not self._bound:
+            return None
+        for node in _parsed(decided, "fetch"):
+            if isinstance(node, ast.FetchStmt) and (node.portalname or "") in self._bound:
+                return node.portalname
         return None
 
     def _mode_sync(self, decided: Decided) -> bool:
@@ -1627,19 +1622,24 @@ def _lost_track(message: m.Message, head: _Expect) -> ProtocolError:
     return ProtocolError("Gatehouse lost track of the server's answers; the session is closed")
 
 
-def _copies_from_client(decided: Decided) -> bool:
-    """`COPY ... FROM STDIN`: until CopyDone the server takes nothing but the client's data."""
+def _parsed(decided: Decided, command: str) -> Iterator[Any]:
+    """The parse trees of the decision's statements of `command` (those that parse here)."""
     for stmt in decided.classification.statements:
-        if stmt.command != "copy":
+        if stmt.command != command:
             continue
         try:
             tree = parse_sql(stmt.text)
         except ParseError:
             continue
         for raw in tree:
-            node = raw.stmt
-            if isinstance(node, ast.CopyStmt) and node.is_from and not node.filename and not node.is_program:
-                return True
+            yield raw.stmt
+
+
+def _copies_from_client(decided: Decided) -> bool:
+    """`COPY ... FROM STDIN`: until CopyDone the server takes nothing but the client's data."""
+    for node in _parsed(decided, "copy"):
+        if isinstance(node, ast.CopyStmt) and node.is_from and not node.filename and not node.is_program:
+            return True
     return False
 
 
