@@ -19,39 +19,22 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gatehouse import __version__
-from gatehouse.api_core import (  # noqa: F401 - also this module's names, as they were before the split
-    BODY_METHODS,
+from gatehouse.api_core import (
     COMMAND_FIELDS,
     CONNECTION_NAME_MAX,
-    IDEMPOTENCY_HEADER,
     IDEMPOTENCY_KEY_MAX,
     IDEMPOTENCY_KEY_PATTERN,
     JSON_MEDIA_TYPE,
-    MAX_BODY_BYTES,
-    MAX_JSON_DEPTH,
     MAX_REASON_CHARS,
     MAX_SQL_CHARS,
     NO_NUL,
-    REPLAYED_HEADER,
     REQUEST_ID_PATTERN,
-    IdempotencyInProgressError,
-    IdempotencyKeyReusedError,
-    IdempotencyUnavailableError,
-    StoredAnswer,
     Submissions,
-    UnsupportedMediaTypeError,
     _json,
     answer_errors,
     dumps,
-    dynamodb_store_factory,
-    error_answer,
-    error_body,
     error_response,
-    first_request,
-    outcome_body,
     parse_json_object,
-    preflight,
-    request_digest,
 )
 from gatehouse.models import Principal
 from gatehouse.registry import Registry
