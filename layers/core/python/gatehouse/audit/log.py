@@ -438,16 +438,24 @@ class SessionLog:
         with self._lock:
             return dict(self._stage(kind, cleaned))
 
-    def flush(self) -> list[dict[str, Any]]:
+    def flush(self, *, keep: bool = False, max_events: int | None = None) -> list[dict[str, Any]]:
         """Write everything staged, as one object (one per UTC day), and return the events stored.
 
         Returns once S3 has acknowledged every object: the events are durable. Nothing staged:
         no request, `[]`. On failure (AuditWriteError, or its SessionClosedError and
         ChainConflictError) the staged events are dropped and the chain stays where it was; an
         object that landed after all is adopted by the next flush.
+
+        With `keep`, staged events are final: built once, never re-chained, and kept staged (in
+        order) when a write fails, so the next flush writes the very same bytes. A writer that has
+        copied them elsewhere first (the proxy's write-ahead log) needs that: the copy and the
+        session's own objects must hold identical events. An object another writer stored at our
+        position is accepted only if it holds the first of our events, unchanged (a recovery from
+        that copy, or our own write whose answer was lost); anything else is ChainConflictError.
+        `max_events` (with `keep`) caps the events of one object: more are written as several.
         """
         with self._lock:
-            return self._flush()
+            return self._flush_kept(max_events) if keep else self._flush()
 
     def settle(self) -> int:
         """After a failed flush, adopt its object if it landed after all; return how many events that was.
@@ -468,7 +476,7 @@ class SessionLog:
             self._stage(kind, cleaned)
             return self._flush()[-1]
 
-    def close(self) -> dict[str, Any]:
+    def close(self, *, keep: bool = False, max_events: int | None = None) -> dict[str, Any]:
         """End the session: write what is staged and `session_closed` as one object; return a summary.
 
         The summary (not stored: the `session_closed` event is the session's manifest) has
@@ -477,11 +485,17 @@ class SessionLog:
         after a failure (the staged events are dropped, as in `flush`) call it again to write
         `session_closed`; once closed, it returns the summary. A session another writer closed
         first is adopted and summarised, unless events were staged: then SessionClosedError.
+        With `keep` (see `flush`), a failed close keeps what it staged, `session_closed` included,
+        and calling it again writes the same events.
         """
         with self._lock:
             if self._summary is not None:
                 return dict(self._summary)
-            if self._chain.closed_event is None:
+            if self._chain.closed_event is None and keep:
+                if not self._closing_staged():
+                    self._stage(events.EventKind.SESSION_CLOSED.value, {})
+                self._flush_kept(max_events)
+            elif self._chain.closed_event is None:
                 nothing_else = not self._staged
                 self._stage(events.EventKind.SESSION_CLOSED.value, {})
                 try:
@@ -501,8 +515,11 @@ class SessionLog:
             raise ValueError("use close() to end a session")
         return events.clean_fields(fields)
 
+    def _closing_staged(self) -> bool:
+        return bool(self._staged) and self._staged[-1].kind == events.EventKind.SESSION_CLOSED
+
     def _stage(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
-        if self._chain.closed_event is not None:
+        if self._chain.closed_event is not None or self._closing_staged():
             raise SessionClosedError(f"session {self.session_id} is closed")
         if fields.get("connection_env") is not None:
             self._session["connection_env"] = fields["connection_env"]
@@ -576,6 +593,75 @@ class SessionLog:
             self._rechain(pending)
         return stored
 
+    def _flush_kept(self, max_events: int | None = None) -> list[dict[str, Any]]:
+        """`flush(keep=True)`: the staged events stay as built, and staged until S3 holds them."""
+        stored: list[dict[str, Any]] = []
+        while self._staged:
+            if self._chain.closed_event is not None:
+                raise SessionClosedError(f"session {self.session_id} is closed")
+            first = self._staged[0].event
+            if first["seq"] != self._chain.next_seq or first["prev_hash"] != self._chain.last_hash:
+                raise ChainConflictError(
+                    f"session {self.session_id}: another writer moved the chain past events already copied"
+                )
+            day = first["time"][:10]
+            count = next(
+                (i for i, s in enumerate(self._staged) if s.event["time"][:10] != day), len(self._staged)
+            )
+            if max_events is not None:
+                count = min(count, max_events)
+            batch = [s.event for s in self._staged[:count]]
+            key = event_key(self.session_id, batch[0]["seq"], batch[0]["time"])
+            body = events.serialize_many(batch)
+            what = f"write event {batch[0]['seq']}" + (f"-{batch[-1]['seq']}" if count > 1 else "")
+            # A failure raises here with everything still staged: the next flush tries this key again.
+            if self._put_once(key, body, what):
+                self._advance(key, batch)
+                stored.extend(batch)
+                del self._staged[:count]
+                continue
+            existing = self._get(key, f"read {key}")
+            if existing == body:  # our own earlier attempt, whose answer was lost
+                self._advance(key, batch)
+                stored.extend(batch)
+                del self._staged[:count]
+                continue
+            # Another writer's object at our position: it must chain (checked by _adopt), and hold
+            # our events unchanged where it overlaps them (a recovery from a write-ahead copy).
+            ours = {staged.event["seq"]: staged.event for staged in self._staged}
+            adopted = self._adopt(key, existing)
+            for event in adopted:
+                mine = ours.get(event["seq"])
+                if mine is not None and mine != event:
+                    raise ChainConflictError(
+                        f"session {self.session_id}: {key} holds other events than this writer built"
+                    )
+                if mine is not None:
+                    stored.append(mine)
+            self._staged = [s for s in self._staged if s.event["seq"] >= self._chain.next_seq]
+        return stored
+
+    def stage_built(self, event: Mapping[str, Any]) -> None:
+        """Stage an event another writer built (a write-ahead copy) as it is, for `flush(keep=True)`.
+
+        It must be an intact event of this session (its hash checks out) that continues the stored
+        and staged events exactly; anything else is ChainConflictError and nothing is staged.
+        """
+        with self._lock:
+            seq, prev_hash = self._tail()
+            if (
+                event.get("session_id") != self.session_id
+                or event.get("seq") != seq
+                or event.get("prev_hash") != prev_hash
+                or events.event_hash(event) != event.get("hash")
+                or self._closing_staged()
+                or self._chain.closed_event is not None
+            ):
+                raise ChainConflictError(
+                    f"session {self.session_id}: event {event.get('seq')} does not continue the chain"
+                )
+            self._staged.append(_Staged(str(event["kind"]), {}, dict(event)))
+
     def _settle_pending(self) -> None:
         """After a failed flush, learn whether its put landed after all, and adopt it if it did."""
         key = self._pending_key
@@ -586,7 +672,7 @@ class SessionLog:
             self._adopt(key, body)
         self._pending_key = None
 
-    def _adopt(self, key: str, body: bytes) -> None:
+    def _adopt(self, key: str, body: bytes) -> list[dict[str, Any]]:
         """Accept an object stored at our next position if its events continue our chain exactly."""
         try:
             batch = events.parse_events(body)
@@ -615,6 +701,7 @@ class SessionLog:
         for event in batch:
             if event.get("connection_env"):
                 self._session["connection_env"] = event["connection_env"]
+        return batch
 
     def _advance(self, key: str, batch: list[dict[str, Any]]) -> None:
         chain = self._chain
@@ -658,30 +745,9 @@ class SessionLog:
 
     def _put_once(self, key: str, body: bytes, what: str) -> bool:
         """Create `key`; False if it already exists. Retries transient failures."""
-        checksum = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
-
-        def put() -> bool:
-            # Retention runs from the wall clock (S3's notion of now), not the injectable clock.
-            retain_until = datetime.now(UTC) + self._retention
-            try:
-                self._s3.put_object(
-                    Bucket=self._bucket,
-                    Key=key,
-                    Body=body,
-                    ContentType="application/x-ndjson",
-                    IfNoneMatch="*",
-                    ObjectLockMode="COMPLIANCE",
-                    ObjectLockRetainUntilDate=retain_until,
-                    ChecksumAlgorithm="SHA256",
-                    ChecksumSHA256=checksum,
-                )
-            except ClientError as exc:
-                if is_precondition_failed(exc):
-                    return False
-                raise
-            return True
-
-        return self._guard(what, put)
+        return put_locked(
+            self._s3, self._bucket, key, body, retention=self._retention, policy=self._retry, what=what
+        )
 
     def _get(self, key: str, what: str) -> bytes:
         body = self._get_if_exists(key, what)
@@ -703,6 +769,46 @@ class SessionLog:
 
     def _guard(self, what: str, fn: Callable[[], T]) -> T:
         return guarded(self._retry, what, fn)
+
+
+def put_locked(
+    s3_client: Any,
+    bucket: str,
+    key: str,
+    body: bytes,
+    *,
+    retention: timedelta,
+    policy: RetryPolicy,
+    what: str,
+) -> bool:
+    """Create `key` once, locked in COMPLIANCE mode for `retention`; False if it exists already.
+
+    Retries transient failures (`guarded`): AuditWriteError when they do not pass.
+    """
+    checksum = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+
+    def put() -> bool:
+        # Retention runs from the wall clock (S3's notion of now), not an injectable clock.
+        retain_until = datetime.now(UTC) + retention
+        try:
+            s3_client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/x-ndjson",
+                IfNoneMatch="*",
+                ObjectLockMode="COMPLIANCE",
+                ObjectLockRetainUntilDate=retain_until,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
+            )
+        except ClientError as exc:
+            if is_precondition_failed(exc):
+                return False
+            raise
+        return True
+
+    return guarded(policy, what, put)
 
 
 def guarded(policy: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
