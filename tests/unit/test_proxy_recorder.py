@@ -51,6 +51,7 @@ class S3Probe:
         self._s3 = s3
         self._lock = threading.Lock()
         self.puts = 0
+        self.keys: list[str] = []  # of the objects stored, in order
         self.stored_statements: set[str] = set()
         self.fail_puts = False
         self.script: deque[str] = deque()
@@ -64,6 +65,7 @@ class S3Probe:
         answer = self._s3.put_object(**kwargs)
         statements = {json.loads(line)["statement"] for line in kwargs["Body"].splitlines()}
         with self._lock:
+            self.keys.append(kwargs["Key"])
             self.stored_statements |= statements - {None}
         if outcome == "lost":
             raise client_error("InternalError", 500)
@@ -146,21 +148,25 @@ def test_a_durable_record_stores_the_buffered_events_before_it_in_order_and_the_
             decision="allow",
             statement_class="write",
         )
-        assert probe.puts == 1
+        # One write-ahead object made the decision and everything before it durable.
+        assert probe.puts == 1 and probe.keys[0].startswith("wal/dt=")
         session.record("executed", statement="UPDATE customers SET notes = 'x'", outcome="ok", row_count=3)
         await session.close()
         assert session.closed
 
     run(rec, scenario)
 
+    # The session's own object follows (here at close, the interval being long), the same events.
     stored = stored_objects(s3, "sess-1")
     assert [[e["kind"] for e in obj] for obj in stored] == [
-        ["session_started", "received", "decision"],
-        ["executed", "session_closed"],
+        ["session_started", "received", "decision", "executed", "session_closed"],
     ]
-    flat = [e for obj in stored for e in obj]
+    flat = stored[0]
     assert [e["seq"] for e in flat] == list(range(5))
     assert flat[3]["row_count"] == 3 and flat[0]["connection_env"] == "prod"
+    ahead = s3.get_object(Bucket=LOG_BUCKET, Key=probe.keys[0])["Body"].read()
+    session_object = s3.get_object(Bucket=LOG_BUCKET, Key=probe.keys[1])["Body"].read()
+    assert session_object.startswith(ahead) and ahead.count(b"\n") == 3  # byte for byte
     assert_verified(s3, sessions=1)
 
 
@@ -239,11 +245,15 @@ def test_sessions_waiting_one_statement_at_a_time_share_flush_cycles(s3):
     run(rec, scenario)
 
     stats = rec.stats
-    # 1,000 durable records: with group commit they wait for a few dozen cycles, not 1,000 in a row,
-    # and each put carries a session's whole backlog (executed, received, decision).
+    # 1,000 durable records: with group commit across sessions they wait for a few dozen cycles,
+    # each one write-ahead object for every session waiting then (not one object per session),
+    # and each session's own objects follow on the interval, not per statement.
     assert stats["durable_records"] == 1000
     assert stats["flush_cycles"] <= 1000 / 10, stats
-    assert probe.puts <= 1000 + 50, stats
+    assert stats["write_ahead_puts"] <= 1000 / 10, stats
+    assert stats["session_puts"] <= 50 * 3, stats
+    assert probe.puts == stats["write_ahead_puts"] + stats["session_puts"]
+    assert probe.puts <= 1000 / 4, stats
     assert stats["events_written"] == 50 * (1 + 3 * 20)
     assert_verified(s3, sessions=50)
 
@@ -323,8 +333,9 @@ def test_a_failing_s3_refuses_durable_statements_then_backlogs_and_everything_la
             for j in range(100):
                 session.record("received", statement=f"SELECT {j}")
                 accepted += 1
-        # Two events were pending already: the refused decision and the refusal itself.
-        assert accepted == 28
+        # Three events were pending already (not in the session's objects): session_started (in
+        # the write-ahead log only), the refused decision and the refusal itself.
+        assert accepted == 27
         assert backlogged.value.sqlstate == "57P03" and backlogged.value.code == "log_backlogged"
         assert rec.backlogged and rec.stats["pending_events"] == 30
         with pytest.raises(RecorderBackloggedError):
@@ -341,8 +352,8 @@ def test_a_failing_s3_refuses_durable_statements_then_backlogs_and_everything_la
     assert [e["kind"] for e in stored[:3]] == ["session_started", "decision", "refused"]
     assert stored[2]["statement"] == update and stored[2]["outcome"] == "refused"
     assert stored[2]["error"].startswith("audit_unavailable: ")
-    assert [e["statement"] for e in stored[3:31]] == [f"SELECT {j}" for j in range(28)]
-    assert [e["kind"] for e in stored[31:]] == ["decision", "session_closed"]
+    assert [e["statement"] for e in stored[3:30]] == [f"SELECT {j}" for j in range(27)]
+    assert [e["kind"] for e in stored[30:]] == ["decision", "session_closed"]
     assert rec.stats["failures"] >= 1
     assert_verified(s3, sessions=1)
 

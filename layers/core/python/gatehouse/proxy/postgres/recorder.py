@@ -4,39 +4,47 @@ Each client connection gets a `RecordedSession` (one `SessionLog`, one hash chai
 are written in two modes, chosen per statement by the caller:
 
 - `record_durable` (sync mode): returns once S3 holds the event and everything recorded before
-  it. One flusher task runs *cycles*: a cycle takes every session's pending events and writes
-  them, one object per session (a session with several pending events costs one PUT), sessions
-  in parallel on a thread pool. A durable record starts a cycle at once if none is running;
-  records that arrive while one runs share the next (group commit). So N sessions that each wait
-  for a statement cost about one PUT latency together, not N PUTs in a row.
-- `record` (async mode): buffered and returns at once. A cycle runs at least every
-  `flush_interval_s` while anything is pending, and at once when a session has
-  `max_batch_events` pending; no object holds more than `max_batch_events` events.
+  it. One flusher task runs *cycles*. A cycle builds every session's new events (chained, hashed,
+  serialized: once, never re-chained afterwards) and writes, in one write-ahead object
+  (`gatehouse.audit.wal`), the not-yet-durable events of every session that has a durable record
+  waiting; when S3 holds that object, all of those statements go on. A durable record starts a
+  cycle at once if none is running; records that arrive while one runs share the next. So N
+  sessions that each wait for a statement cost one PUT together, not N (group commit across
+  sessions), and a statement waits at most two PUT latencies when S3 is healthy.
+- `record` (async mode): buffered and returns at once.
 
-The window and the trade-off. In sync mode nothing is at risk: the statement waits for one cycle
-(a PUT, plus the rest of a cycle already in flight when it arrived: at most two PUT latencies
-when S3 is healthy), and it is refused if the write fails. In async mode the statement runs
-before its events are stored: a crash of the proxy loses at most the last `flush_interval_s`
-(or `max_batch_events` events) of each session, plus whatever an S3 outage held back, which is
+Every event also reaches its session's own objects (what `verify`, `replay` and Athena read), byte
+for byte as in the write-ahead copy, on the async schedule: at least every `flush_interval_s`
+while a session has events waiting, at once when it has `max_batch_events` waiting or closes; no
+object holds more than `max_batch_events` events. A session being written that way does not also
+go into the write-ahead object of that cycle: its own object is its durable write.
+
+The window and the trade-off. In sync mode nothing is at risk: a statement runs only once its
+event is in S3 (in the write-ahead object or its session's), and it is refused if that write
+fails. A proxy that dies after the write-ahead object and before the session's own object leaves
+the events in the write-ahead log only: `verify` reports them missing from the session (after a
+grace period) and `gatehouse audit recover` writes them in. In async mode the statement runs
+before its events are stored: a crash of the proxy loses at most the last `flush_interval_s` (or
+`max_batch_events` events) of each session, plus whatever an S3 outage held back, which is
 bounded below. Use sync for anything that changes data (the demo-prod connection does), async
 where throughput matters more than the last second of the log.
 
-Failure. A session whose write fails keeps its events (re-staged, in order, by the next cycle:
-`SessionLog` drops what a failed flush staged, so the recorder keeps its own copy); its durable
-waiters get the `AuditWriteError` (their statements must not run), and the recorder appends a
-`refused` event for each, so the chain says the statement was refused rather than leaving a bare
-decision. Failed sessions are retried every `flush_interval_s`. While more than
-`max_backlog_events` events are pending, or the oldest has waited over `max_backlog_age_s`, the
-recorder is *backlogged*: new records raise `RecorderBackloggedError` (SQLSTATE 57P03, "cannot
-connect now"), which also bounds memory, until it catches up. A write that failed after S3 had in
-fact stored the object (a lost acknowledgement) is adopted (`SessionLog.settle`), never written
-twice. A session another writer closed or forked cannot continue: its events are dropped (logged)
-and its later records raise `AuditWriteError`.
+Failure. Built events are kept until their session's objects hold them: a failed session write is
+retried (the same bytes) after `flush_interval_s`. A durable waiter whose write failed (the
+write-ahead object, or its session's own) gets the `AuditWriteError` (its statement must not
+run), and the recorder appends a `refused` event for it, so the chain says the statement was
+refused rather than leaving a bare decision. While more than `max_backlog_events` events are not
+in their sessions' objects, or the oldest has waited over `max_backlog_age_s`, the recorder is
+*backlogged*: new records raise `RecorderBackloggedError` (SQLSTATE 57P03, "cannot connect now"),
+which also bounds memory, until it catches up. A write that failed after S3 had in fact stored the
+object (a lost acknowledgement) is found by the retry of the same key, never written twice. A
+session another writer closed or forked cannot continue: its events are dropped (logged) and its
+later records raise `AuditWriteError`.
 
-Threading. Everything here runs on the event loop except the writes: `SessionLog` (hashing, JSON,
-boto3) is only touched in the pool's threads, and only by the cycle that owns that session, so
-never by two threads at once. Field validation runs on the loop so that a bad field fails at the
-caller. Call a `RecordedSession` only from the loop that started the recorder.
+Threading. Everything here runs on the event loop except building events and writing: `SessionLog`
+(hashing, JSON, boto3) is only touched in the pool's threads, and only by the cycle that owns that
+session, so never by two threads at once. Field validation runs on the loop so that a bad field
+fails at the caller. Call a `RecordedSession` only from the loop that started the recorder.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from typing import Any
 
 from gatehouse.audit import events
 from gatehouse.audit.log import ChainConflictError, RetryPolicy, SessionClosedError, SessionLog
+from gatehouse.audit.wal import WriteAheadLog
 from gatehouse.exceptions import AuditWriteError, GatehouseError
 
 log = logging.getLogger(__name__)
@@ -74,20 +83,23 @@ class RecorderBackloggedError(GatehouseError):
 
 @dataclass(slots=True)
 class _Item:
-    """One event waiting to be stored: what the caller passed (validated), and who waits for it."""
+    """One event on its way to S3: what the caller passed (validated), who waits, what it became."""
 
     kind: str
     fields: dict[str, Any]
     enqueued: float
     waiter: asyncio.Future[None] | None = None
+    line: bytes | None = None  # the stored event's bytes, once built (staged in the SessionLog)
+    ahead: bool = False  # in a stored write-ahead object: durable, not yet in the session's objects
 
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     """What one session's write in a cycle achieved (computed in a worker thread)."""
 
-    durable: int  # how many of the job's items are stored: always a prefix
+    stored: int  # how many of the session's built events its objects hold now: always a prefix
     objects: int
+    closed: bool = False  # session_closed is stored
     error: AuditWriteError | None = None
     permanent: bool = False  # the session cannot continue (closed or forked elsewhere, or a bug)
 
@@ -115,14 +127,19 @@ def _refusal(item: _Item, exc: AuditWriteError, now: float) -> _Item:
     return _Item(events.EventKind.REFUSED.value, events.clean_fields(fields), now)
 
 
+def _waiting(item: _Item) -> bool:
+    return item.waiter is not None and not item.waiter.done()
+
+
 class RecordedSession:
     """The session log of one proxy connection. Build it with `ProxyRecorder.open`."""
 
     def __init__(self, recorder: ProxyRecorder, session_log: SessionLog) -> None:
         self._recorder = recorder
         self._log = session_log
-        self._queue: deque[_Item] = deque()
-        self._inflight: list[_Item] = []  # taken by the running cycle
+        self._queue: deque[_Item] = deque()  # recorded, not built yet
+        self._built: list[_Item] = []  # built and staged in the SessionLog, not in its objects yet
+        self._retry_at = 0.0  # after a failed write of its objects, not before then
         self._closing = False
         self._closed = False
         self._close_waiter: asyncio.Future[None] | None = None
@@ -173,8 +190,14 @@ class RecordedSession:
         if self._close_waiter is None or self._close_waiter.done():
             self._close_waiter = asyncio.get_running_loop().create_future()
         waiter = self._close_waiter
+        self._retry_at = 0.0  # the caller waits: try now
         self._recorder._request_cycle()
         await waiter
+
+    def _oldest(self) -> float | None:
+        if self._built:
+            return self._built[0].enqueued
+        return self._queue[0].enqueued if self._queue else None
 
 
 class ProxyRecorder:
@@ -208,12 +231,12 @@ class ProxyRecorder:
         self._max_age = float(max_backlog_age_s)
         self._workers = workers
         self._retry = retry or RECORDER_RETRY
+        self._wal = WriteAheadLog(s3_client, bucket, retention_days=retention_days, retry=self._retry)
 
         self._sessions: dict[str, RecordedSession] = {}
-        self._pending = 0  # events recorded and not yet stored, in flight included
-        self._oldest: float | None = None  # when the oldest of them was recorded (monotonic)
+        self._pending = 0  # events recorded and not yet in their sessions' objects
+        self._oldest_at: float | None = None  # when the oldest of them was recorded (monotonic)
         self._urgent = False  # a durable record, a full batch or a close waits for a cycle
-        self._retry_at = 0.0  # after a failed cycle, the next one waits until then
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -223,6 +246,8 @@ class ProxyRecorder:
 
         self._cycles = 0
         self._objects = 0
+        self._ahead_objects = 0
+        self._ahead_events = 0
         self._events_written = 0
         self._durable_records = 0
         self._failures = 0
@@ -247,6 +272,7 @@ class ProxyRecorder:
         self._running = False
         for session in self._sessions.values():
             session._closing = True
+            session._retry_at = 0.0
         self._request_cycle()
         try:
             if self._sessions:
@@ -267,15 +293,18 @@ class ProxyRecorder:
             self._executor.shutdown(wait=False, cancel_futures=True)
         lost = AuditWriteError("the session recorder stopped before this event was stored")
         for session in self._sessions.values():
-            unstored = [*session._inflight, *session._queue]
+            unstored = [*session._built, *session._queue]
+            ahead = sum(1 for item in unstored if item.ahead)
             log.error(
-                "session recorder: session %s not closed, %d event(s) not stored",
+                "session recorder: session %s not closed, %d event(s) not stored in its log "
+                "(%d of them in the write-ahead log: `gatehouse audit recover` writes those)",
                 session.session_id,
                 len(unstored),
+                ahead,
             )
             for item in unstored:
-                if item.waiter is not None and not item.waiter.done():
-                    item.waiter.set_exception(_copy_error(lost))
+                if _waiting(item):
+                    item.waiter.set_exception(_copy_error(lost))  # type: ignore[union-attr]
             if session._close_waiter is not None and not session._close_waiter.done():
                 session._close_waiter.set_exception(_copy_error(lost))
         self._stopped = True
@@ -313,24 +342,34 @@ class ProxyRecorder:
 
     # -- state -----------------------------------------------------------------------------------
 
+    def _recompute_oldest(self) -> None:
+        # After a cycle or a break, not per record: `backlogged` is asked for every statement.
+        self._oldest_at = min(
+            (t for s in self._sessions.values() if (t := s._oldest()) is not None), default=None
+        )
+
     @property
     def backlogged(self) -> bool:
         """The log is behind past its bound: new statements must be refused (SQLSTATE 57P03)."""
         if self._pending >= self._max_backlog:
             return True
-        return self._oldest is not None and time.monotonic() - self._oldest > self._max_age
+        oldest = self._oldest_at
+        return oldest is not None and time.monotonic() - oldest > self._max_age
 
     @property
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and benchmarks."""
-        oldest = 0.0 if self._oldest is None else time.monotonic() - self._oldest
+        oldest = self._oldest_at
         return {
             "sessions": len(self._sessions),
             "pending_events": self._pending,
-            "oldest_pending_age_s": round(oldest, 3),
+            "oldest_pending_age_s": 0.0 if oldest is None else round(time.monotonic() - oldest, 3),
             "backlogged": self.backlogged,
             "flush_cycles": self._cycles,
-            "puts": self._objects,
+            "puts": self._objects + self._ahead_objects,
+            "session_puts": self._objects,
+            "write_ahead_puts": self._ahead_objects,
+            "write_ahead_events": self._ahead_events,
             "events_written": self._events_written,
             "durable_records": self._durable_records,
             "failures": self._failures,
@@ -364,12 +403,12 @@ class ProxyRecorder:
         if waiter is not None:
             self._durable_records += 1
             self._request_cycle()
-        elif len(session._queue) >= self._max_batch:
+        elif len(session._queue) + len(session._built) >= self._max_batch:
             self._request_cycle()
 
     def _enqueue(self, session: RecordedSession, item: _Item) -> None:
         if self._pending == 0:
-            self._oldest = item.enqueued
+            self._oldest_at = item.enqueued
             # The flusher sleeps without a timeout while nothing is pending: start its interval.
             self._wake.set()
         self._pending += 1
@@ -384,16 +423,27 @@ class ProxyRecorder:
         if not self._running and not self._sessions:
             self._drained.set()
 
+    def _write_due(self, session: RecordedSession, now: float) -> bool:
+        """Whether this cycle writes the session's own objects."""
+        if now < session._retry_at:
+            return False
+        if session._closing or len(session._built) >= self._max_batch:
+            return True
+        oldest = session._oldest()
+        return oldest is not None and now - oldest >= self._interval
+
     def _next_cycle_in(self, now: float) -> float | None:
         """Seconds until the next cycle is due; None while there is nothing to write."""
         if self._urgent:
             return 0.0
-        if self._pending == 0 and not any(s._closing for s in self._sessions.values()):
-            return None
-        due = self._retry_at
-        if self._oldest is not None:
-            due = max(due, self._oldest + self._interval)
-        return max(0.0, due - now)
+        due: float | None = None
+        for session in self._sessions.values():
+            oldest = now if session._closing else session._oldest()
+            if oldest is None:
+                continue
+            at = max(session._retry_at, oldest + (0.0 if session._closing else self._interval))
+            due = at if due is None else min(due, at)
+        return None if due is None else max(0.0, due - now)
 
     async def _run(self) -> None:
         while True:
@@ -411,136 +461,198 @@ class ProxyRecorder:
                 await self._cycle()
             except Exception:  # the flusher must outlive a bug, or every waiter hangs
                 log.exception("session recorder: a flush cycle failed")
-                self._retry_at = time.monotonic() + self._interval
                 # What that cycle held is in an unknown state: refuse it rather than guess.
                 error = AuditWriteError("the session recorder failed")
                 for session in list(self._sessions.values()):
-                    if session._inflight:
-                        self._break(session, session._inflight, error)
-                        session._inflight = []
+                    if session._built or session._queue:
+                        self._break(session, error)
 
     async def _cycle(self) -> None:
         self._urgent = False
-        jobs: list[tuple[RecordedSession, list[_Item], bool]] = []
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        # 1. Build what was recorded since the last cycle (in a worker: hashing and JSON).
+        builds: list[tuple[RecordedSession, list[_Item]]] = []
         for session in self._sessions.values():
-            if session._queue or session._closing:
+            if session._queue:
                 items = list(session._queue)
                 session._queue.clear()
-                session._inflight = items
-                jobs.append((session, items, session._closing))
-        if not jobs:
+                session._built.extend(items)  # staged by the build below, in this order
+                builds.append((session, items))
+        if builds:
+            failures = await loop.run_in_executor(self._executor, self._build, builds)
+            for session, error in failures:
+                self._break(session, error)
+        # 2. This cycle's writes: the sessions' own objects that are due, and one write-ahead object
+        # with the not-yet-durable events of every other session that has a durable record waiting.
+        now = time.monotonic()
+        writes = [s for s in self._sessions.values() if self._write_due(s, now)]
+        writing = {s.session_id for s in writes}
+        ahead: list[tuple[RecordedSession, list[_Item]]] = []
+        for session in self._sessions.values():
+            if session.session_id in writing or not any(_waiting(i) for i in session._built if not i.ahead):
+                continue
+            ahead.append((session, [i for i in session._built if not i.ahead]))
+        if not writes and not ahead:
             return
         self._cycles += 1
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        outcomes = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._executor, self._write, session._log, items, close)
-                for session, items, close in jobs
-            ),
-            return_exceptions=True,
-        )
-        failed = False
-        for (session, items, close), outcome in zip(jobs, outcomes, strict=True):
+        jobs: list[asyncio.Future[Any]] = [
+            loop.run_in_executor(self._executor, self._write, s._log, len(s._built), self._may_close(s))
+            for s in writes
+        ]
+        if ahead:
+            lines = [item.line for _, items in ahead for item in items if item.line is not None]
+            jobs.append(loop.run_in_executor(self._executor, self._wal.write, lines))
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        # 3. Settle: wake the waiters, keep what failed.
+        if ahead:
+            self._settle_ahead(ahead, outcomes[-1])
+        for session, outcome in zip(writes, outcomes, strict=False):
             if not isinstance(outcome, _Outcome):
                 error = AuditWriteError(f"the session recorder failed: {type(outcome).__name__}")
-                error.__cause__ = outcome
-                outcome = _Outcome(durable=0, objects=0, error=error, permanent=True)
-            failed = self._settle(session, items, close, outcome) or failed
-        now = time.monotonic()
-        self._last_cycle_s = now - started
+                error.__cause__ = outcome if isinstance(outcome, BaseException) else None
+                outcome = _Outcome(stored=0, objects=0, error=error, permanent=True)
+            self._settle(session, outcome)
+        self._recompute_oldest()
+        done = time.monotonic()
+        self._last_cycle_s = done - started
         self._max_cycle_s = max(self._max_cycle_s, self._last_cycle_s)
-        self._retry_at = now + self._interval if failed else 0.0
-        self._oldest = min(
-            (s._queue[0].enqueued for s in self._sessions.values() if s._queue),
-            default=None,
-        )
         if not self._running and not self._sessions:
             self._drained.set()
 
-    def _settle(self, session: RecordedSession, items: list[_Item], close: bool, outcome: _Outcome) -> bool:
-        """Apply one session's outcome: wake its waiters, keep what failed. True if it failed."""
-        session._inflight = []
-        stored = outcome.durable
-        self._pending -= stored
-        self._events_written += stored
+    def _settle_ahead(self, ahead: list[tuple[RecordedSession, list[_Item]]], outcome: Any) -> None:
+        if isinstance(outcome, str):  # the key: S3 holds every one of these events
+            self._ahead_objects += 1
+            for _, items in ahead:
+                self._ahead_events += len(items)
+                for item in items:
+                    item.ahead = True
+                    if _waiting(item):
+                        item.waiter.set_result(None)  # type: ignore[union-attr]
+            return
+        if isinstance(outcome, AuditWriteError):
+            error = outcome
+        else:
+            error = AuditWriteError(f"the session recorder failed: {type(outcome).__name__}")
+            error.__cause__ = outcome if isinstance(outcome, BaseException) else None
+            log.error("session recorder: the write-ahead write failed", exc_info=outcome)
+        self._failures += 1
+        log.warning(
+            "session recorder: a write-ahead write failed, refusing its statements: %s", error.message
+        )
+        now = time.monotonic()
+        for session, items in ahead:
+            self._refuse_waiters(session, items, error, now)
+
+    def _refuse_waiters(
+        self, session: RecordedSession, items: list[_Item], error: AuditWriteError, now: float
+    ) -> None:
+        """Fail the durable waiters among `items`; each statement's chain gets a `refused` event."""
+        for item in items:
+            if item.waiter is None:
+                continue
+            if not item.waiter.done():
+                item.waiter.set_exception(_copy_error(error))
+            item.waiter = None
+            if session._broken is None and not session._closed:
+                self._enqueue(session, _refusal(item, error, now))
+
+    def _settle(self, session: RecordedSession, outcome: _Outcome) -> None:
+        """Apply the outcome of writing one session's objects."""
+        stored, session._built = session._built[: outcome.stored], session._built[outcome.stored :]
+        self._pending -= len(stored)
+        self._events_written += len(stored)
         self._objects += outcome.objects
-        for item in items[:stored]:
-            if item.waiter is not None and not item.waiter.done():
-                item.waiter.set_result(None)
-        rest = items[stored:]
+        for item in stored:
+            if _waiting(item):
+                item.waiter.set_result(None)  # type: ignore[union-attr]
         error = outcome.error
         if error is None:
-            if close:
+            if outcome.closed:
                 session._closed = True
                 self._sessions.pop(session.session_id, None)
                 if session._close_waiter is not None and not session._close_waiter.done():
                     session._close_waiter.set_result(None)
-            return False
+            elif session._closing:
+                self._request_cycle()  # its events are stored: now session_closed
+            return
         self._failures += 1
         if outcome.permanent:
-            self._break(session, rest, error)
-            return True
+            self._break(session, error)
+            return
         log.warning(
             "session recorder: session %s: %d event(s) not stored, retrying: %s",
             session.session_id,
-            len(rest),
+            len(session._built),
             error.message,
         )
-        now = time.monotonic()
-        refusals: list[_Item] = []
-        for item in rest:
-            if item.waiter is not None:
-                if not item.waiter.done():
-                    item.waiter.set_exception(_copy_error(error))
-                item.waiter = None
-                refusals.append(_refusal(item, error, now))
-        # Back in front of what arrived during the cycle, in their order: the chain keeps it.
-        session._queue.extendleft(reversed(rest))
-        for refusal in refusals:
-            self._enqueue(session, refusal)
-        if close and session._close_waiter is not None and not session._close_waiter.done():
+        session._retry_at = time.monotonic() + self._interval
+        # Waiters not made durable by a write-ahead copy are refused; the events stay, as built.
+        self._refuse_waiters(session, [i for i in session._built if not i.ahead], error, time.monotonic())
+        if session._close_waiter is not None and not session._close_waiter.done():
             session._close_waiter.set_exception(_copy_error(error))
-        return True
 
-    def _break(self, session: RecordedSession, rest: list[_Item], error: AuditWriteError) -> None:
+    @staticmethod
+    def _may_close(session: RecordedSession) -> bool:
+        """Whether this write may end with `session_closed`: a closing session, and none of its
+        events is a statement's decision that a failed write would have to follow with `refused`
+        (nothing can follow `session_closed`, even a write of it that failed): those are written
+        first, and `session_closed` by the next cycle."""
+        return session._closing and not any(i.waiter is not None and not i.ahead for i in session._built)
+
+    def _break(self, session: RecordedSession, error: AuditWriteError) -> None:
         """The session's chain cannot continue: drop its events (said in the log) and refuse the rest."""
-        dropped = rest + list(session._queue)
+        dropped = session._built + list(session._queue)
+        session._built = []
         session._queue.clear()
         self._pending = max(0, self._pending - len(dropped))
         session._broken = error
         log.error(
-            "session recorder: session %s cannot be recorded any more, %d event(s) dropped: %s",
+            "session recorder: session %s cannot be recorded any more, %d event(s) dropped "
+            "(%d of them in the write-ahead log): %s",
             session.session_id,
             len(dropped),
+            sum(1 for item in dropped if item.ahead),
             error.message,
         )
         for item in dropped:
-            if item.waiter is not None and not item.waiter.done():
-                item.waiter.set_exception(_copy_error(error))
+            if _waiting(item):
+                item.waiter.set_exception(_copy_error(error))  # type: ignore[union-attr]
         if session._close_waiter is not None and not session._close_waiter.done():
             session._close_waiter.set_exception(_copy_error(error))
         self._sessions.pop(session.session_id, None)
+        self._recompute_oldest()
 
     # -- the worker side (a pool thread; never two at once for one session) -------------------
 
-    def _write(self, session_log: SessionLog, items: list[_Item], close: bool) -> _Outcome:
+    def _build(
+        self, builds: list[tuple[RecordedSession, list[_Item]]]
+    ) -> list[tuple[RecordedSession, AuditWriteError]]:
+        """Chain and serialize each item once (staged in its SessionLog); the sessions that failed."""
+        failures: list[tuple[RecordedSession, AuditWriteError]] = []
+        for session, items in builds:
+            try:
+                for item in items:
+                    item.line = events.serialize(session._log.stage(item.kind, **item.fields))
+            except AuditWriteError as exc:  # closed by another writer
+                failures.append((session, exc))
+            except Exception as exc:  # a bug must refuse the statements, not leave them waiting
+                log.exception("session recorder: building session %s's events failed", session.session_id)
+                error = AuditWriteError(f"the session recorder failed: {type(exc).__name__}")
+                error.__cause__ = exc
+                failures.append((session, error))
+        return failures
+
+    def _write(self, session_log: SessionLog, built: int, close: bool) -> _Outcome:
         start_seq = session_log.next_seq
         start_keys = len(session_log.keys)
         error: AuditWriteError | None = None
         permanent = False
         try:
-            # A write that failed last cycle may have landed: those events are stored already.
-            rest = items[session_log.settle() :]
-            for first in range(0, len(rest), self._max_batch):
-                for item in rest[first : first + self._max_batch]:
-                    session_log.stage(item.kind, **item.fields)
-                if close and first + self._max_batch >= len(rest):
-                    session_log.close()  # the last chunk and session_closed: one object
-                else:
-                    session_log.flush()
-            if close and not session_log.closed:
-                session_log.close()
+            if close:
+                session_log.close(keep=True, max_events=self._max_batch)
+            else:
+                session_log.flush(keep=True, max_events=self._max_batch)
         except (SessionClosedError, ChainConflictError) as exc:
             error, permanent = exc, True
         except AuditWriteError as exc:
@@ -551,8 +663,9 @@ class ProxyRecorder:
             error.__cause__ = exc
             permanent = True
         return _Outcome(
-            durable=min(len(items), session_log.next_seq - start_seq),
+            stored=min(built, session_log.next_seq - start_seq),
             objects=len(session_log.keys) - start_keys,
+            closed=session_log.closed,
             error=error,
             permanent=permanent,
         )
