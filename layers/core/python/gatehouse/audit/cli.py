@@ -1,4 +1,4 @@
-"""`gatehouse audit query | verify | replay` against the local stack or a deployed one.
+"""`gatehouse audit query | verify | recover | replay` against the local stack or a deployed one.
 
 The target: a deployed stack when `GATEHOUSE_LOG_BUCKET` is set (Athena workgroup and Glue database
 from `GATEHOUSE_ATHENA_WORKGROUP` / `GATEHOUSE_GLUE_DATABASE`, else the names the CDK app uses;
@@ -29,6 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from gatehouse import names
 from gatehouse.audit import named_queries
+from gatehouse.exceptions import AuditWriteError
 from gatehouse.terminal import safe_json, safe_text
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -153,6 +154,32 @@ def register(subparsers: Any, context_loader: ContextLoader = load_target) -> No
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser(
+        "recover",
+        help="write into their sessions' logs the write-ahead events they lack (exit 1 on problems)",
+        description=(
+            "A proxy that died between its write-ahead object and its sessions' own objects leaves "
+            "events only in wal/. This writes them where verify, replay and Athena read them. Safe "
+            "beside a live proxy: objects are written once, and each writer continues after the other's."
+        ),
+    )
+    p.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="only write-ahead objects at least this old (default: 60, what a live writer needs)",
+    )
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help=f"Object Lock retention of what is written (default: ${names.ENV_LOG_RETENTION_DAYS} or "
+        f"{names.DEFAULT_LOG_RETENTION_DAYS})",
+    )
+    p.set_defaults(func=cmd_recover)
+
     p = sub.add_parser("replay", help="a session's events as a readable transcript")
     p.add_argument("session_id", metavar="ID")
     p.set_defaults(func=cmd_replay)
@@ -246,6 +273,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except (BotoCoreError, ClientError) as exc:
         return _fail(f"cannot read the session log: {exc}", EXIT_PROBLEMS)
     print(safe_json(report.as_dict(), indent=2) if args.json else safe_text(report.format(), multiline=True))
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from gatehouse.audit.wal import DEFAULT_GRACE_S, recover
+
+    grace = DEFAULT_GRACE_S if args.older_than is None else args.older_than
+    retention = args.retention_days
+    if retention is None:
+        text = os.environ.get(names.ENV_LOG_RETENTION_DAYS, str(names.DEFAULT_LOG_RETENTION_DAYS))
+        retention = int(text) if text.isdigit() else 0
+    if grace < 0 or retention <= 0:
+        return _fail(
+            "--older-than must be at least 0 and the retention a positive number of days", EXIT_USAGE
+        )
+    try:
+        target = _target(args)
+        report = recover(target.s3_client(), target.bucket, retention_days=retention, grace_s=grace)
+    except (ValueError, AuditTargetError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except AuditWriteError as exc:
+        return _fail(f"cannot write the session log: {exc.message}", EXIT_PROBLEMS)
+    except (BotoCoreError, ClientError) as exc:
+        return _fail(f"cannot read the session log: {exc}", EXIT_PROBLEMS)
+    print(safe_text(report.format(), multiline=True))
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 

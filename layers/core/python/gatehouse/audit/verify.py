@@ -22,6 +22,13 @@ What each problem kind means (one `Problem` per session, seq and kind):
 - `unreadable`: an object that is not newline-terminated JSON lines, or a line that is not a JSON
   event with every column.
 
+The write-ahead log (`wal/`, `gatehouse.audit.wal`: the proxy's group commit) holds copies of
+events that were durable before their sessions' own objects were written. Every copy must be in
+its session's log, identical: a different event at its seq is `altered`; a copy whose session
+lacks its seq is `missing` once the copy is older than a grace period (a live writer copies within
+seconds; `gatehouse audit recover` writes what a writer that died left behind). A write-ahead
+object that is unreadable, rewritten or deleted is reported like an event object.
+
 The `session_closed` event is the session's manifest: it is the last line of the object `close`
 writes, its seq + 1 counts the events, and its `prev_hash` commits to all of them, so a gap, an
 insertion or a rewrite before it is caught. An open session (no `session_closed`) is fine as long
@@ -40,6 +47,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -48,6 +56,7 @@ from botocore.exceptions import ClientError
 from gatehouse import names
 from gatehouse.audit import events
 from gatehouse.audit.log import EventKey, list_partitions, manifest_key, parse_event_key
+from gatehouse.audit.wal import DEFAULT_GRACE_S, WAL_PREFIX, parse_wal_key
 from gatehouse.terminal import safe_text
 
 _MANIFEST_FIELDS = (
@@ -132,6 +141,7 @@ class KeyState:
     current: bool = False  # the key has a current (non-deleted) version
     versions: int = 0
     delete_markers: int = 0
+    modified: datetime | None = None  # when the current version was written
 
 
 @dataclass
@@ -185,11 +195,21 @@ class StoredManifest:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class AheadCopy:
+    """One event as a write-ahead object holds it."""
+
+    key: str
+    modified: datetime | None
+    event: dict[str, Any]
+
+
 @dataclass
 class SessionObjects:
     session_id: str
     objects: list[StoredObject] = field(default_factory=list)  # current objects, and deleted keys
     manifest: StoredManifest | None = None
+    ahead: list[AheadCopy] = field(default_factory=list)  # write-ahead copies of its events
 
 
 def _scan(s3_client: Any, bucket: str, prefix: str) -> dict[str, KeyState]:
@@ -200,7 +220,9 @@ def _scan(s3_client: Any, bucket: str, prefix: str) -> dict[str, KeyState]:
             for version in page.get("Versions", []):
                 state = states[version["Key"]]
                 state.versions += 1
-                state.current = state.current or bool(version.get("IsLatest"))
+                if version.get("IsLatest"):
+                    state.current = True
+                    state.modified = version.get("LastModified")
             for marker in page.get("DeleteMarkers", []):
                 states[marker["Key"]].delete_markers += 1
     except ClientError as exc:
@@ -210,7 +232,7 @@ def _scan(s3_client: Any, bucket: str, prefix: str) -> dict[str, KeyState]:
         states.clear()
         for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                states[obj["Key"]] = KeyState(current=True, versions=1)
+                states[obj["Key"]] = KeyState(current=True, versions=1, modified=obj.get("LastModified"))
     return dict(states)
 
 
@@ -268,13 +290,19 @@ def load_objects(
     def fetch(key: str) -> bytes:
         return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
+    ahead_states = _ahead_states(s3_client, bucket, sessions if session_id is not None else None)
     jobs: list[tuple[str, StoredObject | StoredManifest]] = []
     for objs in sessions.values():
         jobs.extend((o.key.key, o) for o in objs.objects if o.state.current)
         if objs.manifest is not None and objs.manifest.state.current:
             jobs.append((manifest_key(objs.session_id), objs.manifest))
+    ahead_keys = [key for key, state in sorted(ahead_states.items()) if state.current]
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         bodies = list(pool.map(fetch, [key for key, _ in jobs]))
+        ahead_bodies = list(pool.map(fetch, ahead_keys))
+    strays.extend(
+        _ahead_copies(ahead_states, dict(zip(ahead_keys, ahead_bodies, strict=True)), sessions, session_id)
+    )
     for (_, target), body in zip(jobs, bodies, strict=True):
         if isinstance(target, StoredObject):
             parsed_object = parse_object(target.key, target.state, body)
@@ -285,6 +313,68 @@ def load_objects(
             except ValueError as exc:
                 target.error = str(exc)
     return sessions, strays
+
+
+def _ahead_states(
+    s3_client: Any, bucket: str, sessions: dict[str, SessionObjects] | None
+) -> dict[str, KeyState]:
+    """The write-ahead keys to read: all, or (one session) those of the days its objects span."""
+    if sessions is None:
+        return _scan(s3_client, bucket, WAL_PREFIX)
+    days = {o.key.dt for objs in sessions.values() for o in objs.objects}
+    if not days:
+        return _scan(s3_client, bucket, WAL_PREFIX)
+    states: dict[str, KeyState] = {}
+    # A copy is written a moment after its event is built: around midnight, the next day's key.
+    for day in sorted(days | {(date.fromisoformat(d) + timedelta(days=1)).isoformat() for d in days}):
+        states.update(_scan(s3_client, bucket, f"{WAL_PREFIX}dt={day}/"))
+    return states
+
+
+def _ahead_copies(
+    states: dict[str, KeyState],
+    bodies: dict[str, bytes],
+    sessions: dict[str, SessionObjects],
+    session_id: str | None,
+) -> list[Problem]:
+    """File each write-ahead copy under its session; the problems of the objects themselves."""
+    problems: list[Problem] = []
+    for key, state in sorted(states.items()):
+        if parse_wal_key(key) is None:
+            problems.append(Problem(None, None, ProblemKind.EXTRA, f"{key} is outside the key layout"))
+            continue
+        if state.delete_markers:
+            problems.append(
+                Problem(None, None, ProblemKind.REWRITTEN, f"{key} was deleted: a delete marker hides it")
+            )
+        if state.versions > 1:
+            problems.append(
+                Problem(None, None, ProblemKind.REWRITTEN, f"{key} has {state.versions} versions")
+            )
+        body = bodies.get(key)
+        if body is None:
+            continue
+        try:
+            copies = events.parse_events(body)
+        except ValueError as exc:
+            problems.append(Problem(None, None, ProblemKind.UNREADABLE, f"{key}: {exc}"))
+            continue
+        for copy in copies:
+            sid = str(copy["session_id"])
+            if session_id is not None and sid != session_id:
+                continue
+            if events.event_hash(copy) != copy["hash"]:
+                problems.append(
+                    Problem(
+                        sid,
+                        copy["seq"],
+                        ProblemKind.ALTERED,
+                        f"its write-ahead copy in {key} does not match its hash",
+                    )
+                )
+                continue
+            sessions.setdefault(sid, SessionObjects(sid)).ahead.append(AheadCopy(key, state.modified, copy))
+    return problems
 
 
 def _parse_manifest(body: bytes) -> dict[str, Any]:
@@ -320,8 +410,14 @@ class _Findings:
         return sorted(self.items.values(), key=lambda p: (-1 if p.seq is None else p.seq, p.kind.value))
 
 
-def check_session(objs: SessionObjects) -> tuple[SessionSummary, list[Problem]]:
-    """The chain and manifest checks for one session (pure: no S3)."""
+def check_session(
+    objs: SessionObjects, *, ahead_cutoff: datetime | None = None
+) -> tuple[SessionSummary, list[Problem]]:
+    """The chain and manifest checks for one session (pure: no S3).
+
+    A write-ahead copy written after `ahead_cutoff` may still be on its way into the session's log:
+    its absence there is not a problem (None: every absence is).
+    """
     sid = objs.session_id
     found = _Findings(sid)
     candidates: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -420,7 +516,8 @@ def check_session(objs: SessionObjects) -> tuple[SessionSummary, list[Problem]]:
 
     if manifest is not None:
         _check_manifest_contents(manifest, objs, chain, present_seqs, found)
-    if not objs.objects and objs.manifest is None:
+    _check_ahead(objs, chain, present_seqs, ahead_cutoff, found)
+    if not objs.objects and objs.manifest is None and not objs.ahead:
         found.add(None, ProblemKind.MISSING, "no events and no manifest for this session")
 
     times = sorted(str(e["time"]) for e in chain.values() if e.get("time"))
@@ -450,6 +547,32 @@ def _pick_chain(candidates: dict[int, list[dict[str, Any]]], found: _Findings) -
                 found.add(seq, ProblemKind.EXTRA, f"a second event ({other['event_id']}) claims seq {seq}")
         chain[seq] = options[0]
     return chain
+
+
+def _check_ahead(
+    objs: SessionObjects,
+    chain: dict[int, dict[str, Any]],
+    present_seqs: set[int],
+    cutoff: datetime | None,
+    found: _Findings,
+) -> None:
+    """Every write-ahead copy must be in the session's log, identical (see the module doc)."""
+    for copy in objs.ahead:
+        seq = copy.event["seq"]
+        stored = chain.get(seq)
+        if stored is not None:
+            if stored["hash"] != copy.event["hash"]:
+                found.add(seq, ProblemKind.ALTERED, f"differs from its write-ahead copy in {copy.key}")
+            continue
+        if seq in present_seqs:
+            continue  # unreadable there: reported already
+        if cutoff is None or copy.modified is None or copy.modified <= cutoff:
+            found.add(
+                seq,
+                ProblemKind.MISSING,
+                f"in the write-ahead log ({copy.key}) but not in the session's log "
+                "(`gatehouse audit recover` writes it)",
+            )
 
 
 def _check_manifest_object(stored: StoredManifest, sid: str, found: _Findings) -> None:
@@ -507,16 +630,33 @@ def _check_manifest_contents(
 # -- entry point -------------------------------------------------------------------------------
 
 
-def verify_objects(sessions: Iterable[SessionObjects], strays: Iterable[Problem] = ()) -> VerifyReport:
+def verify_objects(
+    sessions: Iterable[SessionObjects],
+    strays: Iterable[Problem] = (),
+    *,
+    ahead_cutoff: datetime | None = None,
+) -> VerifyReport:
     report = VerifyReport(problems=list(strays))
     for objs in sorted(sessions, key=lambda o: o.session_id):
-        summary, problems = check_session(objs)
+        summary, problems = check_session(objs, ahead_cutoff=ahead_cutoff)
         report.sessions.append(summary)
         report.problems.extend(problems)
     return report
 
 
-def verify_log(s3_client: Any, bucket: str, session_id: str | None = None) -> VerifyReport:
-    """Verify every session in the bucket, or one. Reads current objects and version listings."""
+def verify_log(
+    s3_client: Any,
+    bucket: str,
+    session_id: str | None = None,
+    *,
+    ahead_grace_s: float = DEFAULT_GRACE_S,
+    now: datetime | None = None,
+) -> VerifyReport:
+    """Verify every session in the bucket, or one. Reads current objects and version listings.
+
+    `ahead_grace_s`: how long a write-ahead copy may wait to reach its session's log before its
+    absence there is `missing` (0: at once).
+    """
     sessions, strays = load_objects(s3_client, bucket, session_id)
-    return verify_objects(sessions.values(), strays)
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=ahead_grace_s)
+    return verify_objects(sessions.values(), strays, ahead_cutoff=cutoff)
