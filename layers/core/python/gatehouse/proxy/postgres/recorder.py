@@ -494,14 +494,18 @@ class ProxyRecorder:
                 continue
             ahead.append((session, [i for i in session._built if not i.ahead]))
         if not writes and not ahead:
+            if not self._running and not self._sessions:
+                self._drained.set()
             return
         self._cycles += 1
         jobs: list[asyncio.Future[Any]] = [
             loop.run_in_executor(self._executor, self._write, s._log, len(s._built), self._may_close(s))
             for s in writes
         ]
-        if ahead:
-            lines = [item.line for _, items in ahead for item in items if item.line is not None]
+        lines = [item.line for _, items in ahead for item in items if item.line is not None]
+        if not lines:
+            ahead = []
+        else:
             jobs.append(loop.run_in_executor(self._executor, self._wal.write, lines))
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         # 3. Settle: wake the waiters, keep what failed.
@@ -620,7 +624,7 @@ class ProxyRecorder:
                 item.waiter.set_exception(_copy_error(error))  # type: ignore[union-attr]
         if session._close_waiter is not None and not session._close_waiter.done():
             session._close_waiter.set_exception(_copy_error(error))
-        self._sessions.pop(session.session_id, None)
+        self._forget(session)
         self._recompute_oldest()
 
     # -- the worker side (a pool thread; never two at once for one session) -------------------
