@@ -108,14 +108,36 @@ class Masker:
         if not columns:
             return MaskedRows(rows=[tuple(r) for r in rows], masked=())
         # Column by column: a column's values are type-checked, joined and scanned together.
-        values: list[Sequence[Any]] = [list(map(itemgetter(i), rows)) for i in range(len(columns))]
+        values = [list(map(itemgetter(i), rows)) for i in range(len(columns))]
+        masked_values, masked = self.mask_columns(columns, values, plan)
+        return MaskedRows(rows=list(zip(*masked_values, strict=True)), masked=masked)
+
+    def mask_columns(
+        self,
+        columns: Sequence[str],
+        values: Sequence[Sequence[Any]],
+        plan: Sequence[ColumnPlan | None] | None = None,
+    ) -> tuple[list[Sequence[Any]], tuple[MaskedColumn, ...]]:
+        """`mask_rows` for a result already split into columns (one list of values per column,
+        all of one length), without building rows: the proxy holds its values by column.
+
+        A column with nothing to change comes back as the very sequence given (so `is` tells a
+        caller which columns changed); the others as new lists.
+        """
+        if plan is not None and len(plan) != len(columns):
+            raise ValueError(f"the masking plan has {len(plan)} entries for {len(columns)} columns")
+        if len(values) != len(columns):
+            raise ValueError(f"{len(values)} columns of values for {len(columns)} columns")
+        if len(set(map(len, values))) > 1:
+            raise ValueError("every column must have one value per row")
+        out: list[Sequence[Any]] = list(values)
         report: dict[tuple[str, str], MaskedColumn] = {}
         for index, column in enumerate(columns):
             if plan is not None:
                 planned = plan[index]
                 if planned is not None:
-                    values[index] = self._apply_plan(planned, values[index])
-                    if any(v is not None for v in values[index]) or planned.computed:
+                    out[index] = self._apply_plan(planned, out[index])
+                    if any(v is not None for v in out[index]) or planned.computed:
                         report.setdefault(
                             (column, planned.rule),
                             MaskedColumn(
@@ -125,23 +147,23 @@ class Masker:
                     continue
             rule = self._profile.rule_for(column) if plan is None else None
             if rule is not None:
-                masked_values, hit = self._apply_rule(rule, values[index])
+                masked_values, hit = self._apply_rule(rule, out[index])
                 if hit:
-                    values[index] = masked_values
+                    out[index] = masked_values
                     rule_name = f"column:{rule.pattern}"
                     report.setdefault(
                         (column, rule_name), MaskedColumn(column, rule_name, rule.strategy.value)
                     )
                 continue
-            scanned, hits = self._scan_column(values[index])
+            scanned, hits = self._scan_column(out[index])
             if hits:
-                values[index] = scanned
+                out[index] = scanned
                 for detector in DETECTOR_NAMES:
                     if detector in hits:
                         rule_name = f"detector:{detector}"
                         strategy = self._profile.strategy_for(detector).value
                         report.setdefault((column, rule_name), MaskedColumn(column, rule_name, strategy))
-        return MaskedRows(rows=list(zip(*values, strict=True)), masked=tuple(report.values()))
+        return out, tuple(report.values())
 
     def mask_text(self, text: str) -> str:
         """Detectors only, for statement texts and error messages bound for the audit log."""
