@@ -479,3 +479,43 @@ def test_data_after_a_cancel_request_is_refused() -> None:
 def test_strings_with_nul_cannot_be_encoded() -> None:
     with pytest.raises(ProtocolError, match="NUL"):
         m.Query("SELECT 1\x00; DROP TABLE x").encode()
+
+
+# ---------------------------------------------------------------- runs of rows (the proxy's relay)
+
+
+def _unbatched(messages: list[m.Message]) -> list[m.Message]:
+    out: list[m.Message] = []
+    for message in messages:
+        out.extend(message.rows() if isinstance(message, m.DataRows) else [message])
+    return out
+
+
+def test_batched_rows_are_the_same_rows_at_every_split_point() -> None:
+    wire, expected = server_stream()
+    for cut in range(len(wire) + 1):
+        parser = BackendParser(batch_rows=True)
+        got = parser.feed(wire[:cut]) + parser.feed(wire[cut:])
+        assert _unbatched(got) == expected, cut
+        runs = [g for g in got if isinstance(g, m.DataRows)]
+        # Rows in one read come as one run of the server's own bytes.
+        assert b"".join(run.encode() for run in runs) == b"".join(r.encode() for r in expected[5:7])
+
+
+def test_a_run_ends_where_the_column_count_changes() -> None:
+    wire = m.encode_data_row([b"1"]) + m.encode_data_row([b"2"]) + m.encode_data_row([b"3", None])
+    runs = BackendParser(batch_rows=True).feed(wire)
+    assert [(len(r), r.columns) for r in runs if isinstance(r, m.DataRows)] == [(2, 1), (1, 2)]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"D" + be32(10) + be16(1) + be32(-5),  # negative length other than -1
+        b"D" + be32(12) + be16(1) + be32(6) + b"ab" + m.ReadyForQuery("I").encode(),  # overruns
+        m.encode_data_row([b"ok"]) + b"D" + be32(11) + be16(2) + be32(1) + b"x",  # short second row
+    ],
+)
+def test_a_malformed_row_in_a_run_is_refused(wire: bytes) -> None:
+    with pytest.raises(ProtocolError, match=r"DataRow|value length"):
+        BackendParser(batch_rows=True).feed(wire)

@@ -8,6 +8,8 @@ stays failed: the stream has lost its framing and the connection must end.
 
 Speed: a received chunk is framed in place through one memoryview; DataRow values are slices
 of it and `DataRow.raw` is the whole message, so an unmasked row is forwarded without a copy.
+With `batch_rows` (the proxy's relay) consecutive rows are one `DataRows` of offsets into the
+chunk: a large result costs no Python object per row or per value, only the walk that checks it.
 """
 
 from __future__ import annotations
@@ -384,6 +386,55 @@ def _data_row(
     return m.DataRow(values, view[start:end])
 
 
+def _data_rows(
+    buf: bytes,
+    pos: int,
+    total: int,
+    limit: int,
+    i32: Callable[..., tuple[int]] = _i32,
+    u16: Callable[..., tuple[int]] = _u16,
+) -> tuple[m.DataRows, int]:
+    """The hot path of a large result: the complete DataRows from `pos` on (the first one known
+    complete, with a valid length) with one column count, checked as `_data_row` checks one, as
+    offsets into `buf`: no object per row or per value. Returns the run and where it ended; what
+    stops it (another message, another column count, a partial or invalid one) is framed next."""
+    starts: list[int] = []
+    spans: list[int] = []
+    add_row = starts.append
+    add = spans.append
+    columns = u16(buf, pos + 5)[0]
+    try:
+        while True:
+            add_row(pos)
+            end = pos + 1 + i32(buf, pos + 1)[0]
+            at = pos + 7
+            for _ in range(columns):
+                size = i32(buf, at)[0]
+                at += 4
+                if size >= 0:
+                    add(at)
+                    at += size
+                    add(at)
+                elif size == -1:
+                    add(at)
+                    add(at - 1)  # end before start: NULL
+                else:
+                    raise ProtocolError(f"invalid value length {size}")
+            # As in _data_row: the walk must end exactly at the message's end.
+            if at != end:
+                raise ProtocolError("DataRow length does not match its columns")
+            pos = end
+            if total - pos < 7 or buf[pos] != _D:
+                break
+            length = i32(buf, pos + 1)[0]
+            if not 6 <= length <= limit or pos + 1 + length > total or u16(buf, pos + 5)[0] != columns:
+                break
+    except struct.error as exc:
+        raise ProtocolError("DataRow is shorter than its columns") from exc
+    add_row(pos)
+    return m.DataRows(buf, starts, columns, spans), pos
+
+
 # ---------------------------------------------------------------- framing
 
 
@@ -551,11 +602,18 @@ class FrontendParser(_Framer):
 
 class BackendParser(_Framer):
     """What a server sends. Call `expect_ssl_response()` after writing an SSLRequest (or
-    `expect_gssenc_response()`): the answer is one bare byte, not a message."""
+    `expect_gssenc_response()`): the answer is one bare byte, not a message.
 
-    def __init__(self, *, max_message_size: int = DEFAULT_MAX_BACKEND_MESSAGE) -> None:
+    With `batch_rows` (the proxy's relay), consecutive DataRows come as one `DataRows` run
+    instead of one `DataRow` each.
+    """
+
+    def __init__(
+        self, *, max_message_size: int = DEFAULT_MAX_BACKEND_MESSAGE, batch_rows: bool = False
+    ) -> None:
         super().__init__(max_message_size)
         self._bare_byte: type[m.SSLResponse | m.GSSENCResponse] | None = None
+        self.batch_rows = batch_rows
 
     def expect_ssl_response(self) -> None:
         self._bare_byte = m.SSLResponse
@@ -595,7 +653,11 @@ class BackendParser(_Framer):
             if end > total:
                 break
             if code == _D:
-                out.append(_data_row(buf, view, pos, pos + 5, end))
+                if self.batch_rows and length >= 6:
+                    run, end = _data_rows(buf, pos, total, limit)
+                    out.append(run)
+                else:
+                    out.append(_data_row(buf, view, pos, pos + 5, end))
             else:
                 decode = table.get(code)
                 if decode is None:

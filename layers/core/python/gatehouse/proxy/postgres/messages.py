@@ -468,6 +468,45 @@ class DataRow(Message):
         return _frame(self.type_code, _values(self.values))
 
 
+@dataclass(slots=True, eq=False)
+class DataRows(Message):
+    """A run of consecutive DataRow messages of one received buffer, framed and checked as
+    DataRow is, but kept as offsets into `buf` rather than split into one object per row: a large
+    result is relayed as slices of what the server sent (`BackendParser(batch_rows=True)`).
+
+    Row `i` is `buf[starts[i]:starts[i + 1]]` (`starts` has one entry more than there are rows);
+    every row of a run has `columns` values; value `c` of row `i` is
+    `buf[spans[k]:spans[k + 1]]` with `k = 2 * (i * columns + c)`, and SQL NULL where
+    `spans[k + 1] < spans[k]`. Either way the value's length field sits at `spans[k] - 4`.
+    """
+
+    type_code: ClassVar[bytes] = b"D"
+    buf: bytes
+    starts: list[int]
+    columns: int
+    spans: list[int]
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def rows(self) -> list[DataRow]:
+        """The run as DataRow messages (slices of `buf`, as `BackendParser` makes them)."""
+        view = memoryview(self.buf)
+        spans, width = self.spans, 2 * self.columns
+        out = []
+        for i in range(len(self)):
+            base = i * width
+            values: list[Value | None] = [
+                view[spans[k] : spans[k + 1]] if spans[k + 1] >= spans[k] else None
+                for k in range(base, base + width, 2)
+            ]
+            out.append(DataRow(values, view[self.starts[i] : self.starts[i + 1]]))
+        return out
+
+    def encode(self) -> bytes:
+        return self.buf[self.starts[0] : self.starts[-1]]
+
+
 def encode_data_row(values: Sequence[Value | None]) -> bytes:
     """The wire bytes of a DataRow with these column values (None is SQL NULL)."""
     return _frame(b"D", _values(values))
