@@ -16,6 +16,7 @@ from gatehouse.policy import PolicyEngine
 from gatehouse.proxy.postgres import messages as m
 from gatehouse.proxy.postgres.codec import BackendParser
 from gatehouse.proxy.postgres.decisions import DecisionCache, fingerprintable, literal_shape
+from gatehouse.proxy.postgres.exceptions import ProtocolError
 from gatehouse.proxy.postgres.guard import (
     StartupRefused,
     copies_to_client,
@@ -322,3 +323,54 @@ def test_a_masked_json_value_stays_json():
 )
 def test_copy_to_the_client_is_recognised(sql: str, out: bool):
     assert copies_to_client(sql) is out
+
+
+def _run(*rows: tuple[bytes | None, ...]) -> m.DataRows:
+    (run,) = BackendParser(batch_rows=True).feed(b"".join(m.encode_data_row(list(r)) for r in rows))
+    assert isinstance(run, m.DataRows)
+    return run
+
+
+def test_a_run_of_rows_is_masked_as_the_same_rows_one_by_one():
+    fields = [
+        m.FieldDescription("id", type_oid=INT8),
+        m.FieldDescription("card", type_oid=INT8),
+        m.FieldDescription("x", type_oid=TEXT),
+        m.FieldDescription("note", type_oid=TEXT),
+        m.FieldDescription("j", type_oid=114),
+    ]
+    flows = [
+        Flow(),
+        Flow(frozenset({"public.customers.card_number"})),
+        Flow(frozenset({"public.customers.ssn"})),
+        Flow(),
+        Flow(frozenset({"public.customers.email"}), computed=True),
+    ]
+    rows = [
+        (b"1", b"4111111111111111", b"123-45-6789", b"call alice@example.com", b'"a@b.co"'),
+        (b"2", None, None, b"nothing here", None),
+        (b"3", b"1", b"", "caf\u00e9 \xff".encode("latin-1"), b"{}"),
+        (b"4", None, None, None, None),
+    ]
+    one_by_one, batched = _masker(fields, flows), _masker(fields, flows)
+    expected = b"".join(bytes(r) for r in one_by_one.mask(_rows(*rows)))
+    assert b"".join(batched.mask_run(_run(*rows))) == expected
+    assert batched.masked_rules == one_by_one.masked_rules
+
+
+def test_rows_of_a_run_nothing_changes_are_the_servers_bytes():
+    masker = _masker([m.FieldDescription("note", type_oid=TEXT)], [Flow()])
+    run = _run((b"plain",), (b"mail alice@example.com",), (b"also plain",), (b"more",))
+    out = masker.mask_run(run)
+    wire = run.encode()
+    # The rows around the masked one go out as slices of what was received, one per stretch.
+    assert len(out) == 3 and isinstance(out[0], memoryview) and isinstance(out[2], memoryview)
+    assert bytes(out[0]) == m.encode_data_row([b"plain"])
+    assert bytes(out[2]) == wire[len(bytes(out[0])) + len(m.encode_data_row([b"mail alice@example.com"])) :]
+    assert b"alice@example.com" not in out[1]
+
+
+def test_a_row_with_more_columns_than_its_description_is_refused():
+    masker = _masker([m.FieldDescription("note", type_oid=TEXT)], [Flow()])
+    with pytest.raises(ProtocolError, match="columns"):
+        masker.mask_run(_run((b"a", b"alice@example.com")))

@@ -1181,6 +1181,8 @@ class ProxySession:
     async def _from_server(self) -> None:
         upstream = self._upstream
         parser: BackendParser = upstream.parser
+        # Rows come as runs of offsets into what was read: relayed as slices, not row objects.
+        parser.batch_rows = True
         reader = upstream.reader
         writer = self._writer
         while True:
@@ -1197,15 +1199,11 @@ class ProxySession:
                 await writer.drain()
 
     def _answer(self, messages: list[m.Message], out: list[Any]) -> None:
-        rows: list[m.DataRow] = []
         expect = self._expect
         for message in messages:
-            if type(message) is m.DataRow:
-                rows.append(message)
+            if type(message) is m.DataRows:
+                self._rows(message, out)
                 continue
-            if rows:
-                self._rows(rows, out)
-                rows = []
             if isinstance(message, (m.NoticeResponse, m.ParameterStatus, m.NotificationResponse)):
                 self._async_message(message, out)
                 continue
@@ -1215,8 +1213,6 @@ class ProxySession:
                 continue
             self._step(head, message, out)
             self._drain_synthetic(out)
-        if rows:
-            self._rows(rows, out)
 
     def _drain_synthetic(self, out: list[Any]) -> None:
         while self._expect and self._expect[0].kind == "synthetic":
@@ -1363,7 +1359,7 @@ class ProxySession:
         plans = self._ctx.service.column_plans(decided, names, origins, position)
         return ResultMasker(decided.masker, fields, plans, encoding=self._encoding)
 
-    def _rows(self, rows: list[m.DataRow], out: list[Any]) -> None:
+    def _rows(self, rows: m.DataRows, out: list[Any]) -> None:
         head = self._expect[0] if self._expect else None
         if head is None:
             return  # rows nobody asked for are never forwarded
@@ -1383,7 +1379,7 @@ class ProxySession:
         if head.refusal is not None or head.masker is None:
             return  # unmaskable (or unplanned) rows are dropped, never sent
         masker = head.masker
-        out.extend(masker.mask(rows))
+        out.extend(masker.mask_run(rows))
         if head.run is not None:
             head.run.masked |= masker.masked_rules
 
