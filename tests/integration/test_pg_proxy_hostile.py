@@ -725,6 +725,39 @@ def test_an_approval_is_not_used_up_by_a_write_that_cannot_run(
     assert customer(proxy, "demo-prod", 14)["notes"] == note
 
 
+def test_an_approval_claimed_by_an_execute_the_server_skipped_is_given_back(
+    proxy: Proxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Execute claims the approval before the server has answered the batch's earlier
+    messages; when one of those fails the server skips the Execute: the write never ran, so its
+    approval must still be there for the statement's next coming, and run it once."""
+    note = f"skipped approval {marker()}"
+    sql = f"UPDATE customers SET notes = '{note}' WHERE id = 15"
+    login = proxy.login("demo-prod")
+    found = REQUEST_ID.search(psql(login, "-c", sql).stderr)
+    assert found
+    request_id = found.group(1)
+    approve(proxy, request_id, capsys)
+
+    with session(proxy, "demo-prod") as (client, _):
+        got = cycle(
+            client,
+            m.Parse("", sql),
+            m.Parse("bad", "SELECT 'not a number'::integer FROM orders WHERE id = 1"),  # fails at Parse
+            m.Bind("", ""),
+            m.Execute(""),
+            m.Sync(),
+        )
+    assert codes(got) == ["22P02"], got
+    assert customer(proxy, "demo-prod", 15)["notes"] != note
+    assert wait_for(lambda: request_status(proxy, request_id) == "approved"), request_status(proxy, request_id)
+
+    with login.psycopg(autocommit=True) as conn:
+        assert conn.execute(sql).rowcount == 1
+    assert customer(proxy, "demo-prod", 15)["notes"] == note
+    assert wait_for(lambda: request_status(proxy, request_id) == "executed")
+
+
 def test_a_batch_lifted_for_a_write_that_needs_approval_runs_nothing_else_first(proxy: Proxy) -> None:
     """Prod: the Parse of such a write lifts its batch before its approval is claimed at Execute;
     a read in that batch (a hidden write, say) must not ride on it."""

@@ -10,6 +10,7 @@ click, two approvers at once or a vote racing the expiry cannot both win:
     pending_approval --(quorum)--> approved --(claimed once)--> executing --> executed | failed | drifted
     pending_approval --(a deny)--> denied        pending_approval --(timeout)--> expired
     approved --(policy changed since)--> denied
+    executing --(the proxy's Execute skipped by the server: it never ran)--> approved
 """
 
 from __future__ import annotations

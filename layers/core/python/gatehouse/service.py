@@ -347,6 +347,18 @@ class Gatehouse:
             return record
         return None
 
+    def release_claimed(self, record: RequestRecord) -> bool:
+        """Give back a claim whose statement never ran: the server skipped its Execute because an
+        earlier message of the same batch failed (the protocol's rule). The request is approved
+        again, to run once when the statement comes again. False if it was not executing any more."""
+        try:
+            self._requests.transition(record.request_id, expect=("executing",), status="approved")
+        except GatehouseError as exc:
+            log.error("request %s: its claim could not be given back (%s)", record.request_id, exc.code)
+            return False
+        record.status = "approved"
+        return True
+
     def finish_claimed(
         self,
         record: RequestRecord,

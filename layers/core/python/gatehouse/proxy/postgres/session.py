@@ -170,6 +170,9 @@ class _Run:
     rows: int = 0
     error: str | None = None
     masked: set[str] = field(default_factory=set)
+    # The server never ran it: an earlier message of its batch failed, and the server skips every
+    # message up to Sync. Recorded as refused, and an approval it claimed is given back.
+    skipped: bool = False
 
 
 @dataclass
@@ -1155,6 +1158,16 @@ class ProxySession:
 
     def _record_run(self, run: _Run) -> None:
         duration = round((time.perf_counter() - run.started) * 1000, 3)
+        if run.skipped:
+            fields = self._fields(run, outcome="refused", error=run.error)
+            try:
+                self._recorded.record("refused", **fields)
+            except GatehouseError:
+                log.error("session %s: a skipped statement could not be recorded", self.session_id)
+            if run.claimed is not None:
+                # It never ran: the approval is still unused, for the statement's next coming.
+                self._ctx.background(self._ctx.service.release_claimed, run.claimed)
+            return
         self.statements_run += 1
         if run.error is None:
             fields = self._fields(run, outcome="ok", row_count=run.rows, duration_ms=duration)
@@ -1424,6 +1437,9 @@ class ProxySession:
             self._forget_record(skipped)
             if skipped.kind == "execute" and skipped.run is not None:
                 skipped.run.error = "skipped: an earlier message of its batch failed"
+                skipped.run.skipped = True
+                if skipped.portal is not None:
+                    skipped.portal.claimed = False  # a later Execute of it must claim again
                 self._complete(skipped)
         if not self._expect:
             self._busy_since = None
