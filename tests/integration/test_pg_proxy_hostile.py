@@ -750,7 +750,9 @@ def test_an_approval_claimed_by_an_execute_the_server_skipped_is_given_back(
         )
     assert codes(got) == ["22P02"], got
     assert customer(proxy, "demo-prod", 15)["notes"] != note
-    assert wait_for(lambda: request_status(proxy, request_id) == "approved"), request_status(proxy, request_id)
+    assert wait_for(lambda: request_status(proxy, request_id) == "approved"), request_status(
+        proxy, request_id
+    )
 
     with login.psycopg(autocommit=True) as conn:
         assert conn.execute(sql).rowcount == 1
@@ -818,3 +820,40 @@ def test_the_session_log_records_the_text_that_ran(proxy: Proxy) -> None:
     refused = [e for e in events if e["kind"] == "refused"]
     assert [e["statement"] for e in executed] == [first] and executed[0]["row_count"] == 1
     assert [e["statement"] for e in refused] == [second] and refused[0]["error"].startswith("42P05")
+
+
+def test_a_write_rolled_back_by_a_later_error_of_its_batch_is_not_logged_as_executed(proxy: Proxy) -> None:
+    """Extended protocol: the Executes up to Sync share one implicit transaction. A write that
+    completed and then lost its effects to a later error of the batch is `failed` in the log,
+    whereas one whose batch ended well is `executed` (and a statement in a block stays as it ran)."""
+    kept, lost = marker(), marker()
+    insert = INSERT_ORDER.format(status="{}")
+    with session(proxy, "demo-dev") as (client, _):
+        got = cycle(
+            client,
+            m.Parse("", insert.format(lost)),
+            m.Bind("", ""),
+            m.Execute(""),
+            m.Parse("", f"SELECT 1 / (id - id) FROM orders WHERE id = 1 AND '{lost}' <> ''"),
+            m.Bind("", ""),
+            m.Execute(""),
+            m.Sync(),
+        )
+        assert codes(got) == ["22012"], got  # division by zero
+        assert statuses(got) == ["I"]
+        got = cycle(client, m.Parse("", insert.format(kept)), m.Bind("", ""), m.Execute(""), m.Sync())
+        assert not codes(got), got
+    assert orders_with(proxy, "demo-dev", lost) == 0
+    assert orders_with(proxy, "demo-dev", kept) == 1
+
+    events = wait_for(lambda: closed_session_events(proxy, lost), timeout_s=20, interval_s=0.5)
+    assert events, "no closed proxy session with the tag in the log"
+    outcomes = [
+        (e["kind"], e["outcome"])
+        for e in events
+        if lost in str(e["statement"]) or kept in str(e["statement"])
+    ]
+    ran = [o for o in outcomes if o[0] in ("executed", "failed")]
+    assert ran == [("failed", "error"), ("failed", "error"), ("executed", "ok")], outcomes
+    rolled = next(e for e in events if e["kind"] == "failed" and "INSERT" in str(e["statement"]))
+    assert rolled["error"].startswith("rolled back"), rolled["error"]

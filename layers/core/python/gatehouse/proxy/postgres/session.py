@@ -173,6 +173,10 @@ class _Run:
     # The server never ran it: an earlier message of its batch failed, and the server skips every
     # message up to Sync. Recorded as refused, and an approval it claimed is given back.
     skipped: bool = False
+    # Ran in the implicit transaction of its batch (no block open): its effects last only if
+    # the batch ends without an error, so its outcome is recorded then.
+    implicit: bool = False
+    finished: float | None = None  # when the server completed it (perf_counter)
 
 
 @dataclass
@@ -252,6 +256,9 @@ class ProxySession:
         self._closing = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.statements_run = 0
+        # Extended-protocol runs that completed in the batch's implicit transaction, recorded once
+        # its fate is known: committed at its ReadyForQuery, rolled back by any error before it.
+        self._uncommitted: list[_Run] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -289,6 +296,8 @@ class ProxySession:
         self._ctx.forget(self)
         if self._upstream is not None:
             await self._upstream.close()
+        # Closing the server connection ended an implicit transaction still open: rolled back.
+        self._settle_uncommitted("rolled back: the session ended before its transaction was committed")
         if self._recorded is not None:
             try:
                 await self._recorded.close()
@@ -993,6 +1002,7 @@ class ProxySession:
             return
         if claimed is not None and writes:
             self._block_unclaimed = self._batch_unclaimed = False
+        run.implicit = not self._in_block
         self._track(decided, lifted=self._batch_rw, unclaimed=self._batch_unclaimed)
         if not _transaction_only(decided):
             self._batch_used = True
@@ -1157,7 +1167,8 @@ class ProxySession:
             log.error("session %s: a refusal could not be recorded (the log is behind)", self.session_id)
 
     def _record_run(self, run: _Run) -> None:
-        duration = round((time.perf_counter() - run.started) * 1000, 3)
+        finished = time.perf_counter() if run.finished is None else run.finished
+        duration = round((finished - run.started) * 1000, 3)
         if run.skipped:
             fields = self._fields(run, outcome="refused", error=run.error)
             try:
@@ -1296,6 +1307,10 @@ class ProxySession:
     def _ready(self, head: _Expect, message: m.ReadyForQuery, out: list[Any]) -> None:
         status = message.status
         self._status = status
+        if head.kind in ("sync", "query"):
+            # The batch ended without an error (an error settled these already): committed, or
+            # (status T) part of a block the server has open, whose own end is in the log.
+            self._settle_uncommitted(None)
         if head.kind == "query" and head.run is not None:
             self._complete(head)
         if head.kind == "restore":
@@ -1397,6 +1412,10 @@ class ProxySession:
             head.run.masked |= masker.masked_rules
 
     def _error(self, head: _Expect, message: m.ErrorResponse, out: list[Any]) -> None:
+        # Whatever failed, the implicit transaction it ran in is aborted, with the runs before it.
+        self._settle_uncommitted(
+            "rolled back: a later message of its batch failed, and the transaction with it"
+        )
         if head.kind == "refusal" and head.refusal is not None:
             out.append(head.refusal.error.encode())  # a Query: its ReadyForQuery ends it
             return
@@ -1459,8 +1478,26 @@ class ProxySession:
             return
         if head.refusal is not None and run.error is None:
             run.error = f"{head.refusal.sqlstate}: {head.refusal}"
-        self._record_run(run)
         head.run = None
+        run.finished = time.perf_counter()
+        if head.kind == "execute" and run.error is None:
+            if _transaction_only(run.decided):
+                # BEGIN makes the runs before it part of its block, COMMIT commits them: their
+                # outcome is what the block's own end says, as for any statement in a block.
+                self._settle_uncommitted(None)
+            elif run.implicit:
+                self._uncommitted.append(run)
+                return
+        self._record_run(run)
+
+    def _settle_uncommitted(self, rolled_back: str | None) -> None:
+        """Record the runs waiting for their implicit transaction's end: as they completed, or
+        (`rolled_back`: why) as failed, since nothing they did lasted."""
+        runs, self._uncommitted = self._uncommitted, []
+        for run in runs:
+            if rolled_back is not None:
+                run.error = rolled_back
+            self._record_run(run)
 
     def _async_message(self, message: m.Message, out: list[Any]) -> None:
         if isinstance(message, m.ParameterStatus):
