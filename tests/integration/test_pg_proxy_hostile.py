@@ -857,3 +857,19 @@ def test_a_write_rolled_back_by_a_later_error_of_its_batch_is_not_logged_as_exec
     assert ran == [("failed", "error"), ("failed", "error"), ("executed", "ok")], outcomes
     rolled = next(e for e in events if e["kind"] == "failed" and "INSERT" in str(e["statement"]))
     assert rolled["error"].startswith("rolled back"), rolled["error"]
+
+
+def test_the_proxys_lift_and_restore_are_not_reported_to_the_client(proxy: Proxy) -> None:
+    """Postgres reports each change of default_transaction_read_only (ParameterStatus): the
+    client is told the session's default at login and nothing of the proxy's own flips after."""
+    status = marker()
+    with session(proxy, "demo-dev") as (client, _):
+        got = cycle(client, m.Query(INSERT_ORDER.format(status=status)))
+        got += cycle(
+            client, m.Parse("", INSERT_ORDER.format(status=status)), m.Bind("", ""), m.Execute(""), m.Sync()
+        )
+        got += cycle(client, m.Query("SELECT 1"))
+        assert not codes(got), got
+    reported = [msg for msg in got if isinstance(msg, m.ParameterStatus)]
+    assert all(msg.name != "default_transaction_read_only" for msg in reported), reported
+    assert orders_with(proxy, "demo-dev", status) == 2

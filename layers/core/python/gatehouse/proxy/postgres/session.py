@@ -85,6 +85,8 @@ _REFUSE_PARSE = m.Parse("gatehouse_refused", "REFUSED BY GATEHOUSE")
 _LIFT_AUTOCOMMIT = "SET default_transaction_read_only = off"
 _RESTORE_AUTOCOMMIT = "SET default_transaction_read_only = on"
 _LIFT_BLOCK = "SET TRANSACTION READ WRITE"
+# The setting the lift and the restore flip (Postgres 14+ reports its changes to the client).
+_READ_ONLY_DEFAULT = "default_transaction_read_only"
 _DEMOTE_BLOCK = "SET TRANSACTION READ ONLY"
 # How often the proxy sends the restore again before it refuses the statement that waits for it.
 _RESTORE_ATTEMPTS = 3
@@ -1503,6 +1505,10 @@ class ProxySession:
         if isinstance(message, m.ParameterStatus):
             if message.name == "client_encoding":
                 self._encoding = python_encoding(message.value)
+            if message.name == _READ_ONLY_DEFAULT:
+                # After login only the proxy's own lift and restore change it (a client cannot):
+                # the client keeps the value it was told at login, its session's default.
+                return
             out.append(message.encode())
             return
         if isinstance(message, m.NoticeResponse):
