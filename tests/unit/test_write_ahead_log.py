@@ -66,6 +66,16 @@ def recorder(s3: Any, **overrides: Any) -> ProxyRecorder:
     return ProxyRecorder(s3, LOG_BUCKET, **kwargs)
 
 
+def open_session(rec: ProxyRecorder, session_id: str) -> Any:
+    return rec.open(
+        session_id=session_id,
+        principal_arn=AGENT_ARN,
+        principal_name="analyst",
+        connection="demo-prod",
+        connection_env="prod",
+    )
+
+
 def session_events(s3: Any, session_id: str) -> list[dict[str, Any]]:
     return [
         event
@@ -84,16 +94,7 @@ async def die_after_durable_records(s3: Any, sessions: int, statements: int) -> 
     dying = DyingS3(s3)
     rec = recorder(dying)
     await rec.start()
-    opened = [
-        rec.open(
-            session_id=f"sess-{n}",
-            principal_arn=AGENT_ARN,
-            principal_name="analyst",
-            connection="demo-prod",
-            connection_env="prod",
-        )
-        for n in range(sessions)
-    ]
+    opened = [open_session(rec, f"sess-{n}") for n in range(sessions)]
 
     async def client(session: Any) -> None:
         session.record("session_started")
@@ -143,13 +144,7 @@ def test_recover_beside_a_live_writer_leaves_every_event_once_and_the_writer_goe
     async def scenario() -> None:
         rec = recorder(s3)
         await rec.start()
-        session = rec.open(
-            session_id="sess-live",
-            principal_arn=AGENT_ARN,
-            principal_name="analyst",
-            connection="demo-prod",
-            connection_env="prod",
-        )
+        session = open_session(rec, "sess-live")
         session.record("session_started")
         await session.record_durable("decision", statement="UPDATE t SET v = 1", decision="allow")
         # An auditor runs recover while the proxy still holds these events for its own object.
@@ -180,16 +175,7 @@ def test_sync_sessions_waiting_together_share_one_write_ahead_object(s3):
     async def scenario() -> tuple[int, int]:
         rec = recorder(s3)
         await rec.start()
-        sessions = [
-            rec.open(
-                session_id=f"sess-{n}",
-                principal_arn=AGENT_ARN,
-                principal_name="analyst",
-                connection="demo-prod",
-                connection_env="prod",
-            )
-            for n in range(8)
-        ]
+        sessions = [open_session(rec, f"sess-{n}") for n in range(8)]
         await asyncio.gather(
             *(s.record_durable("decision", statement="SELECT 1", decision="allow") for s in sessions)
         )
@@ -212,13 +198,7 @@ def test_a_failed_write_ahead_write_refuses_the_statements_and_their_chains_say_
         dying = DyingS3(s3)
         rec = recorder(dying, flush_interval_s=0.05)
         await rec.start()
-        session = rec.open(
-            session_id="sess-1",
-            principal_arn=AGENT_ARN,
-            principal_name="analyst",
-            connection="demo-prod",
-            connection_env="prod",
-        )
+        session = open_session(rec, "sess-1")
         dying.fail_ahead = True
         with pytest.raises(AuditWriteError):
             await session.record_durable("decision", statement="DROP TABLE t", decision="allow")
