@@ -873,3 +873,81 @@ def test_the_proxys_lift_and_restore_are_not_reported_to_the_client(proxy: Proxy
     reported = [msg for msg in got if isinstance(msg, m.ParameterStatus)]
     assert all(msg.name != "default_transaction_read_only" for msg in reported), reported
     assert orders_with(proxy, "demo-dev", status) == 2
+
+
+def test_psycopg_pipeline_transactions_run_their_writes_and_refuse_one_after_a_read(proxy: Proxy) -> None:
+    """psycopg's pipeline mode outside autocommit: the block begun for the write is lifted for
+    it; one that began with a read stays read-only."""
+    status = marker()
+    insert = "INSERT INTO orders (customer_id, amount, created_at, status) VALUES (%s, 1, now(), %s)"
+    with proxy.login("demo-dev").psycopg() as conn:
+        with conn.pipeline():
+            conn.execute(insert, (1, status))
+            conn.execute(insert, (2, status))
+        conn.commit()
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="began read-only"):
+            with conn.pipeline():
+                conn.execute("SELECT count(*) FROM orders")
+                conn.execute(insert, (3, status))
+        conn.rollback()
+        assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+    assert orders_with(proxy, "demo-dev", status) == 2
+
+
+def test_a_write_bound_first_in_a_block_keeps_its_unnamed_statement(proxy: Proxy, hidden_write: str) -> None:
+    """A write parsed before the block (unnamed), bound in it: the block's lift must not drop the
+    unnamed statement the Bind names (a Query would, and the server would answer 26000)."""
+    status = marker()
+    with session(proxy, "demo-dev") as (client, _):
+        assert not codes(cycle(client, m.Parse("", INSERT_ORDER.format(status=status)), m.Sync()))
+        assert not codes(cycle(client, m.Parse("b", "BEGIN"), m.Bind("", "b"), m.Execute(""), m.Sync()))
+        got = cycle(client, m.Bind("", ""), m.Execute(""), m.Sync())
+        assert not codes(got), got
+        assert statuses(got) == ["T"]
+        assert not codes(cycle(client, m.Query("COMMIT")))
+        assert_read_only(client, proxy)
+    assert orders_with(proxy, "demo-dev", status) == 1
+
+
+def test_a_block_begun_in_the_batch_of_its_first_write_is_lifted_where_the_write_comes(
+    proxy: Proxy, hidden_write: str
+) -> None:
+    """BEGIN and the write in one batch (a pipelining client): the proxy lifts the block with
+    messages of its own between them; a block that something else used first is not lifted."""
+    kept, refused = marker(), marker()
+    with session(proxy, "demo-dev") as (client, _):
+        got = cycle(
+            client,
+            m.Parse("b", "BEGIN"),
+            m.Bind("", "b"),
+            m.Execute(""),
+            m.Parse("", INSERT_ORDER.format(status=kept)),
+            m.Bind("", ""),
+            m.Execute(""),
+            m.Sync(),
+        )
+        assert not codes(got), got
+        # The client sees the answers to its own messages only.
+        assert [type(x).__name__ for x in got] == [
+            "ParseComplete", "BindComplete", "CommandComplete",
+            "ParseComplete", "BindComplete", "CommandComplete", "ReadyForQuery",
+        ]  # fmt: skip
+        assert statuses(got) == ["T"]
+        assert not codes(cycle(client, m.Query("COMMIT")))
+        got = cycle(
+            client,
+            m.Parse("", "BEGIN"),
+            m.Bind("", ""),
+            m.Execute(""),
+            m.Parse("r", "SELECT count(*) FROM orders"),
+            m.Parse("", INSERT_ORDER.format(status=refused)),
+            m.Bind("", ""),
+            m.Execute(""),
+            m.Sync(),
+        )
+        ((code, message),) = errors(got)
+        assert code == "25006" and "began read-only" in message, message
+        cycle(client, m.Query("ROLLBACK"))
+        assert_read_only(client, proxy)
+    assert orders_with(proxy, "demo-dev", kept) == 1
+    assert orders_with(proxy, "demo-dev", refused) == 0

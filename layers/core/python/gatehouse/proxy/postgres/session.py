@@ -194,6 +194,9 @@ class _Expect:
     refusal: _Refusal | None = None
     describe_kind: str = ""
     forward: bool = True  # send the answer to the client (False: a message the proxy injected)
+    # A message the proxy injected into the client's batch: its answer is the proxy's, but an
+    # error is the batch's (the server skips the client's messages after it), so it goes through.
+    quiet: bool = False
     # A simple Query: one lineage entry per statement, the index of the one answering now.
     index: int = 0
     masker: ResultMasker | None = None
@@ -245,7 +248,6 @@ class ProxySession:
         self._block_used = False  # something ran or was parsed in it: SET TRANSACTION is too late
         self._block_rw = False  # lifted for a write (or begun in a lifted transaction)
         self._block_unclaimed = False
-        self._block_cycle = -1  # the cycle its BEGIN went in
         # The session default: read-write from a lift until the server confirms a restore.
         self._rw_default = False
         self._lift_gen = 0
@@ -261,6 +263,8 @@ class ProxySession:
         # Extended-protocol runs that completed in the batch's implicit transaction, recorded once
         # its fate is known: committed at its ReadyForQuery, rolled back by any error before it.
         self._uncommitted: list[_Run] = []
+        # The name of the proxy's own statement and portal that lift a block (see _lift_block).
+        self._lift_name = f"gatehouse_lift_{random_secrets.token_hex(8)}"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -855,12 +859,34 @@ class ProxySession:
                 self._inject_lift(out, keep_unnamed=keep_unnamed)
                 self._batch_rw, self._batch_unclaimed = True, statement.claim
             elif not self._block_rw and not self._block_used:
-                self._inject(out, _LIFT_BLOCK)
-                self._block_rw, self._block_unclaimed = True, statement.claim
+                self._lift_block(out, statement)
             # Otherwise the block is read-write already, or began read-only: Execute decides.
         if not self._batch_rw:
             await self._settle_read_only(out)
         self._batch_open = True
+
+    def _lift_block(self, out: list[bytes], statement: _Statement) -> None:
+        """SET TRANSACTION READ WRITE for the client's block, as extended-protocol messages of the
+        proxy's own under a name of its own, at the point of the batch the write comes in.
+
+        Not a Query: that would end the client's batch (and a Query after an error in it gets no
+        answer at all), and it drops the unnamed statement and portal (a Bind-first batch of the
+        unnamed statement would find it gone). Should the lift fail, the server skips the rest of
+        the batch, the write with it, and the client gets that error. Only before anything but
+        transaction control ran or was parsed in the block: SET TRANSACTION is too late after.
+        """
+        name = self._lift_name
+        for message in (m.Parse(name, _LIFT_BLOCK), m.Bind(name, name), m.Execute(name), m.Close("S", name)):
+            out.append(message.encode())
+        for kind in ("parse", "bind", "execute", "close"):
+            self._push(_Expect(kind, quiet=True))
+        self._block_rw, self._block_unclaimed = True, statement.claim
+
+    def _lift_block_midway(self, out: list[bytes], statement: _Statement) -> None:
+        """A write parsed or bound later in a batch, in a block that began in it (psycopg's
+        pipeline mode: BEGIN, then the write, then Sync) and nothing else used yet."""
+        if self._in_block and not self._block_rw and not self._block_used and _writes(statement.decided):
+            self._lift_block(out, statement)
 
     async def _held(self, table: dict[str, Any], name: str, out: list[bytes]) -> Any:
         """The proxy's record under `name` (a _Statement or _Portal), or None.
@@ -890,6 +916,8 @@ class ProxySession:
             )
             if not self._batch_open:
                 await self._open_batch(out, statement, keep_unnamed=bool(name))
+            else:
+                self._lift_block_midway(out, statement)
         except _Refusal as refusal:
             if not name:
                 self._statements.pop("", None)  # the server drops it at every unnamed Parse
@@ -927,6 +955,8 @@ class ProxySession:
                 )
             if not self._batch_open:
                 await self._open_batch(out, statement, keep_unnamed=True)
+            else:
+                self._lift_block_midway(out, statement)
         except _Refusal as refusal:
             if not message.portal:
                 self._portals.pop("", None)
@@ -982,7 +1012,7 @@ class ProxySession:
                     decided = await self._verdict(statement.sql)
                 why = _BATCH_READ_ONLY
                 if self._in_block:
-                    why = _BLOCK_IN_BATCH if self._block_cycle == self._cycle else _BEGAN_READ_ONLY
+                    why = _BEGAN_READ_ONLY
                 await self._refuse_unliftable(statement.sql, decided, why)
             self._refuse_unclaimed(decided)
             if self._batch_rw and not self._in_block and _begins_block(decided):
@@ -1055,7 +1085,7 @@ class ProxySession:
                 # same message or batch is in the block. Begun in a lifted transaction (its first
                 # statement a write: see _query), a block is read-write. BEGIN inside a block
                 # changes nothing.
-                self._in_block, self._block_cycle = True, self._cycle
+                self._in_block = True
                 self._block_used = index > 0 or self._batch_used
                 self._block_rw, self._block_unclaimed = lifted, unclaimed
             elif kind == "end":
@@ -1266,7 +1296,7 @@ class ProxySession:
             raise _lost_track(message, head)
         if kind in ("parse", "bind", "close"):
             self._pop()
-            if head.forward:
+            if head.forward and not head.quiet:
                 out.append(message.encode())
             return
         if kind == "describe":
@@ -1291,7 +1321,8 @@ class ProxySession:
             else:
                 head.index += 1
                 head.masker = None
-            out.append(message.encode())
+            if not head.quiet:
+                out.append(message.encode())
             return
         if isinstance(message, (m.CopyOutResponse, m.CopyBothResponse)):
             # COPY TO STDOUT would stream rows past the masker: it never reaches the client.
@@ -1648,11 +1679,6 @@ _OPEN_BLOCK = (
 _BEGIN_IN_LIFTED_BATCH = (
     "Gatehouse lifted read-only for this batch's write: a transaction block cannot begin in it; "
     "send BEGIN in a batch of its own (Gatehouse lifts the block for the write that comes first)"
-)
-_BLOCK_IN_BATCH = (
-    "Gatehouse lifts read-only for a transaction block before the batch of its first statement, "
-    "and this block began in the same batch as the write: the write did not run; send BEGIN, "
-    "Sync, then the write"
 )
 _BATCH_READ_ONLY = (
     "Gatehouse lifts read-only for a write before the first message of its batch (its Parse, or "
