@@ -25,7 +25,14 @@ from gatehouse.audit.verify import ProblemKind, verify_log
 from gatehouse.audit.wal import WAL_PREFIX, WriteAheadLog, parse_wal_key, recover
 from gatehouse.exceptions import AuditWriteError
 from gatehouse.proxy.postgres.recorder import ProxyRecorder
-from tests.unit.audit_fixtures import AGENT_ARN, LOG_BUCKET, client_error, fast_retry, make_log_bucket
+from tests.unit.audit_fixtures import (
+    AGENT_ARN,
+    LOG_BUCKET,
+    client_error,
+    fast_retry,
+    make_log_bucket,
+    start_session,
+)
 
 
 @pytest.fixture
@@ -224,17 +231,7 @@ def test_a_failed_write_ahead_write_refuses_the_statements_and_their_chains_say_
 
 
 def _closed_session_with_copy(s3: Any) -> tuple[SessionLog, list[dict[str, Any]]]:
-    log = SessionLog.start(
-        s3,
-        LOG_BUCKET,
-        session_id="sess-t",
-        principal_arn=AGENT_ARN,
-        principal_name="analyst",
-        connection="demo-prod",
-        target_kind="postgres",
-        retention_days=1,
-        retry=fast_retry(),
-    )
+    log = start_session(s3, "sess-t", clock=None)  # wall-clock times, as the proxy's
     log.stage("received", statement="SELECT 1")
     log.stage("decision", statement="SELECT 1", decision="allow")
     built = list(log.staged)
@@ -315,17 +312,7 @@ def test_recover_refuses_copies_that_disagree_and_writes_nothing_for_that_sessio
 
 def test_a_kept_flush_that_fails_writes_the_same_bytes_when_retried(s3):
     failing = DyingS3(s3)
-    log = SessionLog.start(
-        failing,
-        LOG_BUCKET,
-        session_id="sess-k",
-        principal_arn=AGENT_ARN,
-        principal_name="analyst",
-        connection="demo-prod",
-        target_kind="postgres",
-        retention_days=1,
-        retry=fast_retry(),
-    )
+    log = start_session(failing, "sess-k", clock=None)  # wall-clock times, as the proxy's
     log.stage("received", statement="SELECT 1")
     before = [events.serialize(e) for e in log.staged]
     failing.dead = True
