@@ -566,12 +566,8 @@ class SessionLog:
         stored: list[dict[str, Any]] = []
         adoptions = 0
         while pending:
-            day = pending[0].event["time"][:10]
-            count = next((i for i, s in enumerate(pending) if s.event["time"][:10] != day), len(pending))
-            batch = [s.event for s in pending[:count]]
-            key = event_key(self.session_id, batch[0]["seq"], batch[0]["time"])
-            body = events.serialize_many(batch)
-            what = f"write event {batch[0]['seq']}" + (f"-{batch[-1]['seq']}" if count > 1 else "")
+            batch, key, body, what = self._next_object(pending)
+            count = len(batch)
             try:
                 written = self._put_once(key, body, what)
             except AuditWriteError:
@@ -593,6 +589,20 @@ class SessionLog:
             self._rechain(pending)
         return stored
 
+    def _next_object(
+        self, pending: list[_Staged], max_events: int | None = None
+    ) -> tuple[list[dict[str, Any]], str, bytes, str]:
+        """The events of the next object to write from `pending` (one UTC day, at most
+        `max_events`), its key, its body and what to call the write in errors."""
+        day = pending[0].event["time"][:10]
+        count = next((i for i, s in enumerate(pending) if s.event["time"][:10] != day), len(pending))
+        if max_events is not None:
+            count = min(count, max_events)
+        batch = [s.event for s in pending[:count]]
+        key = event_key(self.session_id, batch[0]["seq"], batch[0]["time"])
+        what = f"write event {batch[0]['seq']}" + (f"-{batch[-1]['seq']}" if count > 1 else "")
+        return batch, key, events.serialize_many(batch), what
+
     def _flush_kept(self, max_events: int | None = None) -> list[dict[str, Any]]:
         """`flush(keep=True)`: the staged events stay as built, and staged until S3 holds them."""
         stored: list[dict[str, Any]] = []
@@ -604,27 +614,14 @@ class SessionLog:
                 raise ChainConflictError(
                     f"session {self.session_id}: another writer moved the chain past events already copied"
                 )
-            day = first["time"][:10]
-            count = next(
-                (i for i, s in enumerate(self._staged) if s.event["time"][:10] != day), len(self._staged)
-            )
-            if max_events is not None:
-                count = min(count, max_events)
-            batch = [s.event for s in self._staged[:count]]
-            key = event_key(self.session_id, batch[0]["seq"], batch[0]["time"])
-            body = events.serialize_many(batch)
-            what = f"write event {batch[0]['seq']}" + (f"-{batch[-1]['seq']}" if count > 1 else "")
+            batch, key, body, what = self._next_object(self._staged, max_events)
             # A failure raises here with everything still staged: the next flush tries this key again.
-            if self._put_once(key, body, what):
+            # An object already there with our bytes is our own earlier attempt, whose answer was lost.
+            existing = None if self._put_once(key, body, what) else self._get(key, f"read {key}")
+            if existing is None or existing == body:
                 self._advance(key, batch)
                 stored.extend(batch)
-                del self._staged[:count]
-                continue
-            existing = self._get(key, f"read {key}")
-            if existing == body:  # our own earlier attempt, whose answer was lost
-                self._advance(key, batch)
-                stored.extend(batch)
-                del self._staged[:count]
+                del self._staged[: len(batch)]
                 continue
             # Another writer's object at our position: it must chain (checked by _adopt), and hold
             # our events unchanged where it overlaps them (a recovery from a write-ahead copy).
