@@ -129,7 +129,6 @@ class WriteAheadLog:
 @dataclass(frozen=True)
 class WalObjectRef:
     key: str
-    dt: str
     modified: datetime | None
 
 
@@ -141,9 +140,8 @@ def list_wal_objects(
     for prefix in prefixes:
         for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                dt = parse_wal_key(obj["Key"])
-                if dt is not None:
-                    yield WalObjectRef(obj["Key"], dt, obj.get("LastModified"))
+                if parse_wal_key(obj["Key"]) is not None:
+                    yield WalObjectRef(obj["Key"], obj.get("LastModified"))
 
 
 @dataclass
