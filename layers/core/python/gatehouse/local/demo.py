@@ -108,7 +108,7 @@ class ProxyLogin:
 
     @property
     def conninfo(self) -> str:
-        # The local proxy's certificate is self-signed: `require` encrypts without verifying it
+        # The local proxy's certificate is a throwaway: `require` encrypts without verifying it
         # (against a deployed proxy, use verify-full with its CA as sslrootcert).
         return (
             f"host={self.host} port={self.port} dbname={self.database} user={self.username} sslmode=require"

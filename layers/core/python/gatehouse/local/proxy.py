@@ -1,13 +1,12 @@
 """The Postgres proxy of the local stack: `gatehouse proxy serve` in a process of its own.
 
 The same command the Fargate task runs, with the stack's environment (moto, the tables, the log
-bucket) and a self-signed certificate in Secrets Manager, so `sslmode=require` works on a laptop
+bucket) and a throwaway certificate in Secrets Manager, so `sslmode=require` works on a laptop
 as it does behind the load balancer. Its own process, so its memory can be measured alone.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import signal
 import socket
@@ -31,43 +30,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def self_signed_certificate(host: str = "localhost") -> tuple[str, str]:
-    """A certificate and key (PEM) for the loopback proxy, valid for a week."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+def proxy_certificate(host: str = "localhost") -> tuple[str, str]:
+    """A certificate chain and key (PEM) for the loopback proxy, valid for a week: the server's
+    certificate, then the throwaway authority's (`gatehouse.local.pki`, the tests' CA code) that
+    issued it. The authority's key is dropped here, so nothing else is ever signed by it; a
+    client that verifies the proxy takes the chain as its root (`sslrootcert`)."""
+    from gatehouse.local.pki import authority
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    import ipaddress
-
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode("ascii")
-    return cert_pem, key_pem
+    ca = authority(f"gatehouse local proxy {host}", days=7)
+    cert, key = ca.issue([host], ["127.0.0.1"], days=7)
+    return cert.decode("ascii") + ca.pem, key.decode("ascii")
 
 
 def store_tls_secret(secretsmanager: Any, secret_name: str = names.PROXY_TLS_SECRET) -> None:
-    cert, key = self_signed_certificate()
+    cert, key = proxy_certificate()
     value = json.dumps({"certificate": cert, "private_key": key})
     try:
         secretsmanager.create_secret(Name=secret_name, SecretString=value)
